@@ -1,0 +1,80 @@
+# The two commands: `make run` (set up, run the flagship problem end to end offline)
+# and `make test` (set up, lint, pass the tests). Everything installs from this repo's files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+PROBLEM ?= card_fraud
+RUN_DATE ?= 2026-11-01
+DEMO_DAYS ?= 90
+DEMO_PER_DAY ?= 4000
+
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export AIRFLOW__LOGGING__LOGGING_LEVEL := INFO
+export ML_ARTIFACT_ROOT := $(CURDIR)/artifacts
+
+.PHONY: setup run test lint up demo-data clean lock help
+
+help:
+	@echo "make run   - set up and run the flagship problem ($(PROBLEM)) end to end offline"
+	@echo "make test  - set up, lint (ruff) and run the tests"
+	@echo "make up    - start airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(UV) pip install --python $(PY) --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+# A random PII key per checkout, kept out of git; Airflow reads it as variable ml_pii_hash_key.
+$(AIRFLOW_HOME)/pii_hash_key:
+	mkdir -p $(AIRFLOW_HOME)
+	$(PY) -c "import secrets; print(secrets.token_hex(32))" > $@
+	chmod 600 $@
+
+$(AIRFLOW_HOME)/.db: $(VENV)/.installed
+	mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	touch $@
+
+data/$(PROBLEM)/landing/.generated: $(VENV)/.installed include/lifecycle/synth.py
+	$(PY) -m include.lifecycle.synth --root data/card_fraud/landing --end $(RUN_DATE) --days $(DEMO_DAYS) --per-day $(DEMO_PER_DAY) --seed 7
+	touch $@
+
+demo-data: data/$(PROBLEM)/landing/.generated
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
+	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
+	  $(VENV)/bin/airflow dags test $(PROBLEM) $(RUN_DATE) > $(AIRFLOW_HOME)/last-run.log 2>&1; \
+	  status=$$?; grep -E "collect_and_label:|quality gate|meets_business_goal:|diagnose round|round [0-9]+ plan|deploy_model:|goal_not_met:|report:" $(AIRFLOW_HOME)/last-run.log | sed -E 's/^.*(\[[a-z]+ *\])? *//' | cut -c1-220 | tail -40; \
+	  echo "full log: $(AIRFLOW_HOME)/last-run.log"; \
+	  $(PY) -m include.lifecycle.summarise --artifact-root $(ML_ARTIFACT_ROOT) --problem $(PROBLEM) --run-date $(RUN_DATE); \
+	  exit $$status
+
+up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
+	@echo "Airflow UI on http://127.0.0.1:8080 - user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
+	  $(VENV)/bin/airflow standalone
+
+lock:
+	$(UV) pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.txt --no-header
+
+clean:
+	rm -rf $(AIRFLOW_HOME) artifacts data

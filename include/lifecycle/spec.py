@@ -1,0 +1,413 @@
+"""Problem specification: one YAML file per business problem, validated by a typed model.
+
+Section 1 of the lifecycle ("formulate the problem") starts here: the spec states the
+business goal in words, the measurable criterion, where the data is, what it should
+look like, how to train and when to deploy. Nothing in this module imports airflow,
+so the same spec is read by DAGs, Glue jobs and SageMaker training scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROBLEMS_DIR = PROJECT_ROOT / "include" / "problems"
+
+DType = Literal["string", "int", "float", "bool", "category", "timestamp", "date"]
+MetricName = Literal[
+    "amount_recall_at_alert_rate",
+    "recall_at_alert_rate",
+    "auprc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+    "rmse",
+    "mae",
+    "r2",
+]
+LOWER_IS_BETTER = {"rmse", "mae"}
+BINARY_METRICS = {
+    "amount_recall_at_alert_rate",
+    "recall_at_alert_rate",
+    "auprc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+}
+REGRESSION_METRICS = {"rmse", "mae", "r2"}
+FeatureKind = Literal["raw", "time_parts", "velocity", "history", "target_encoding", "interactions"]
+ModelFamily = Literal["logistic", "linear", "random_forest", "xgboost"]
+
+
+class SpecError(ValueError):
+    """A problem spec is invalid; the message names the file, the field and the rule."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One expected input column."""
+
+    name: str
+    dtype: DType
+    nullable: bool = True
+    pii: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range_fits_dtype(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.dtype not in ("int", "float"):
+            raise ValueError(f"column {self.name!r}: min/max only apply to int or float columns")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"column {self.name!r}: min {self.min} is greater than max {self.max}")
+        if self.allowed is not None and self.dtype not in ("string", "category"):
+            raise ValueError(f"column {self.name!r}: allowed values only apply to string or category columns")
+        return self
+
+
+class LabelsSpec(_Strict):
+    """A separate label feed joined to the data (e.g. chargebacks that confirm fraud later).
+
+    Each row of the feed marks one key as positive; its arrival time decides whether a run
+    may use it: a run sees only labels that arrived before its data interval end.
+    """
+
+    source: str
+    format: Literal["parquet", "csv"] = "parquet"
+    key: str
+    arrived_at: str
+    label_value: Any = 1
+    negative_value: Any = 0
+    maturity_days: int = Field(0, ge=0, le=365, description="rows younger than this at the interval end are left out")
+
+
+class DataSpec(_Strict):
+    """Where the data is and which rows a run uses."""
+
+    source: str = Field(description="CSV/Parquet file, a folder of ds=YYYY-MM-DD partitions, or a sklearn: data set")
+    format: Literal["parquet", "csv", "sklearn"] = "parquet"
+    layout: Literal["partitioned", "single_file"] = "partitioned"
+    key: str | None = None
+    time_column: str | None = None
+    entity_column: str | None = None
+    amount_column: str | None = None
+    lookback_days: int = Field(28, ge=1, le=3650)
+    max_lookback_days: int = Field(56, ge=1, le=3650)
+    labels: LabelsSpec | None = None
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> DataSpec:
+        if self.format == "sklearn" and self.layout != "single_file":
+            raise ValueError("a sklearn: data set is a single file, set layout: single_file")
+        if self.format == "sklearn" and not self.source.startswith("sklearn:"):
+            raise ValueError("format sklearn needs source 'sklearn:<loader name>', e.g. sklearn:load_breast_cancer")
+        if self.max_lookback_days < self.lookback_days:
+            raise ValueError("max_lookback_days must be >= lookback_days")
+        return self
+
+
+class SchemaSpec(_Strict):
+    """The expected shape of the input: rows that break it are quarantined with the rule."""
+
+    columns: list[ColumnSpec] = Field(min_length=1)
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _unique(cls, cols: list[ColumnSpec]) -> list[ColumnSpec]:
+        seen: set[str] = set()
+        for c in cols:
+            if c.name in seen:
+                raise ValueError(f"column {c.name!r} is declared twice")
+            seen.add(c.name)
+        return cols
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+class QualitySpec(_Strict):
+    """The data quality gate of section 3."""
+
+    min_rows: int = Field(100, ge=1)
+    min_positives: int = Field(20, ge=0)
+    max_missing_share: float = Field(0.5, ge=0, le=1)
+    max_drift_psi: float = Field(0.25, gt=0)
+
+
+class ValueSpec(_Strict):
+    """Business value of each outcome, used to choose the decision threshold.
+
+    A number is a fixed value per row; a column name takes the value from that column
+    (e.g. the transaction amount recovered when a fraud is caught).
+    """
+
+    true_positive: float | str = 1.0
+    false_positive: float | str = -1.0
+    false_negative: float | str = 0.0
+
+
+class GoalSpec(_Strict):
+    """The business goal in words and the measurable criterion that stands for it."""
+
+    statement: str = Field(min_length=10)
+    how_used: str = ""
+    assumptions: list[str] = []
+    metric: MetricName
+    target: float
+    max_alert_rate: float | None = Field(None, gt=0, le=1)
+    value: ValueSpec = ValueSpec()
+    champion_margin: float = Field(0.0, ge=0)
+    near_goal: float = Field(0.15, ge=0, le=1, description="relative shortfall that counts as close to the goal")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
+
+
+class ProblemSpec(_Strict):
+    type: Literal["binary_classification", "regression"]
+    target: str
+    positive_label: Any = 1
+
+
+class FeatureGroupSpec(_Strict):
+    """A named set of features; rounds switch groups on one by one."""
+
+    name: str
+    kind: FeatureKind
+    columns: list[str] = []
+    params: dict[str, Any] = {}
+
+
+class FeaturesSpec(_Strict):
+    groups: list[FeatureGroupSpec] = Field(min_length=1)
+    initial: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _initial_known(self) -> FeaturesSpec:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError("feature group names must be unique")
+        unknown = [n for n in self.initial if n not in names]
+        if unknown:
+            raise ValueError(f"initial feature groups {unknown} are not declared in groups {names}")
+        return self
+
+    @property
+    def augment_order(self) -> list[str]:
+        """Groups not in the initial set, in declaration order: the next one is added first."""
+        return [g.name for g in self.groups if g.name not in self.initial]
+
+
+class CandidateSpec(_Strict):
+    family: ModelFamily
+    params: dict[str, Any] = {}
+    search: dict[str, list[Any]] = {}
+
+
+class SplitSpec(_Strict):
+    """Time-respecting split: train on the past, validate on later days, test on the latest."""
+
+    validation_days: int = Field(5, ge=1)
+    test_days: int = Field(5, ge=1)
+    validation_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
+    test_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
+
+
+class TrainingSpec(_Strict):
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    initial_candidates: list[ModelFamily] | None = None
+    trials_per_candidate: int = Field(2, ge=1, le=50)
+    max_trials: int = Field(24, ge=1, le=200)
+    seed: int = 42
+    class_weight: Literal["balanced", "none"] = "balanced"
+    split: SplitSpec = SplitSpec()
+
+    @model_validator(mode="after")
+    def _initial_known(self) -> TrainingSpec:
+        fams = [c.family for c in self.candidates]
+        if self.initial_candidates:
+            unknown = [f for f in self.initial_candidates if f not in fams]
+            if unknown:
+                raise ValueError(f"initial_candidates {unknown} are not among candidates {fams}")
+        return self
+
+
+class DiagnosisSpec(_Strict):
+    """Thresholds of the rule that picks the remedy after a missed round."""
+
+    max_gap: float = Field(0.15, ge=0, description="train minus validation score that counts as overfitting")
+    min_train_positives: int = Field(50, ge=0)
+
+
+class DeploySpec(_Strict):
+    enabled: bool = True
+    require_approval: bool = False
+    endpoint_name: str | None = None
+
+
+class AwsSpec(_Strict):
+    region: str = "eu-west-1"
+    bucket: str | None = None
+    role_arn: str | None = None
+    kms_key_id: str | None = None
+    conn_id: str = "aws_default"
+
+
+class Spec(_Strict):
+    """A whole business problem: what success means, the data, the features, the models."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")]
+    title: str
+    owner: str = "ml-platform"
+    tags: list[str] = []
+    schedule: str | None = "@daily"
+    max_active_runs: int = Field(1, ge=1, le=16)
+    backend: Literal["local", "aws"] = "local"
+    max_rounds: int = Field(3, ge=1, le=10)
+    goal: GoalSpec
+    problem: ProblemSpec
+    data: DataSpec
+    schema_: SchemaSpec = Field(alias="schema")
+    quality: QualitySpec = QualitySpec()
+    features: FeaturesSpec
+    training: TrainingSpec
+    diagnosis: DiagnosisSpec = DiagnosisSpec()
+    deploy: DeploySpec = DeploySpec()
+    aws: AwsSpec = AwsSpec()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Spec:
+        names = set(self.schema_.names)
+        label_target = self.data.labels is not None
+        if not label_target and self.problem.target not in names:
+            raise ValueError(
+                f"problem.target {self.problem.target!r} is not a schema column (and there is no labels feed)"
+            )
+        for field in ("key", "time_column", "entity_column", "amount_column"):
+            col = getattr(self.data, field)
+            if col is not None and col not in names:
+                raise ValueError(f"data.{field} {col!r} is not a schema column")
+        if self.data.labels and self.data.key is None:
+            raise ValueError("data.key is required to join a labels feed")
+        binary = self.problem.type == "binary_classification"
+        if binary and self.goal.metric not in BINARY_METRICS:
+            raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a binary classification problem")
+        if not binary and self.goal.metric not in REGRESSION_METRICS:
+            raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a regression problem")
+        if self.goal.metric == "amount_recall_at_alert_rate" and not self.data.amount_column:
+            raise ValueError("goal.metric amount_recall_at_alert_rate needs data.amount_column")
+        if self.goal.metric.endswith("_at_alert_rate") and self.goal.max_alert_rate is None:
+            raise ValueError(f"goal.metric {self.goal.metric} needs goal.max_alert_rate")
+        for outcome in ("true_positive", "false_positive", "false_negative"):
+            v = getattr(self.goal.value, outcome)
+            if isinstance(v, str) and v not in names:
+                raise ValueError(f"goal.value.{outcome} names column {v!r}, which is not a schema column")
+        for g in self.features.groups:
+            missing = [c for c in g.columns if c not in names]
+            if missing:
+                raise ValueError(f"feature group {g.name!r} uses columns {missing} that are not schema columns")
+            if g.kind in ("velocity", "history") and not (self.data.time_column and self.data.entity_column):
+                raise ValueError(
+                    f"feature group {g.name!r} of kind {g.kind} needs data.time_column and data.entity_column"
+                )
+            if g.kind == "time_parts" and not self.data.time_column:
+                raise ValueError(f"feature group {g.name!r} of kind time_parts needs data.time_column")
+        fams = {c.family for c in self.training.candidates}
+        if not binary and "logistic" in fams:
+            raise ValueError("training.candidates: logistic is for classification; use linear for regression")
+        if binary and "linear" in fams:
+            raise ValueError("training.candidates: linear is for regression; use logistic for classification")
+        if self.backend == "aws" and not (self.aws.bucket and self.aws.role_arn):
+            raise ValueError("backend aws needs aws.bucket and aws.role_arn")
+        return self
+
+    # --- derived helpers -------------------------------------------------------------
+    @property
+    def schema(self) -> SchemaSpec:  # pragma: no cover - alias for readers
+        return self.schema_
+
+    @property
+    def pii_columns(self) -> list[str]:
+        return [c.name for c in self.schema_.columns if c.pii]
+
+    @property
+    def is_binary(self) -> bool:
+        return self.problem.type == "binary_classification"
+
+    def digest(self) -> str:
+        """A stable hash of the validated spec, recorded in every model's lineage."""
+        payload = self.model_dump_json(by_alias=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def group(self, name: str) -> FeatureGroupSpec:
+        for g in self.features.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out.replace("schema_", "schema")
+
+
+def parse_spec(data: dict[str, Any], source: str = "<spec>") -> Spec:
+    """Validate a spec dict; raise SpecError naming the file, the field and the rule."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = _field_path(err["loc"]) or "(top level)"
+            msg = re.sub(r"^Value error, ", "", err["msg"])
+            lines.append(f"{source}: field '{field}': {msg}")
+        raise SpecError("invalid problem spec\n" + "\n".join(lines)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate one problem YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, source=str(path))
+
+
+def spec_files(directory: str | Path = PROBLEMS_DIR) -> list[Path]:
+    return sorted(Path(directory).glob("*.yaml"))
+
+
+def resolve_source(source: str, root: Path = PROJECT_ROOT) -> str:
+    """Relative local paths in a spec are relative to the project root."""
+    if "://" in source or source.startswith("sklearn:") or Path(source).is_absolute():
+        return source
+    return str((root / source).resolve())

@@ -1,0 +1,159 @@
+"""The artifact store: atomic reads and writes of Parquet, JSON and bytes on any fsspec filesystem.
+
+The store never imports airflow. Inside Airflow the plugins resolve the root through
+``ObjectStoragePath`` (which holds the connection's credentials) and hand its ``fs`` and
+``path`` to :class:`Store`; Glue and SageMaker jobs build the same store from a URI.
+Writes are atomic: a local file is written under a temporary name and renamed into place;
+an object-store PUT is atomic by itself. Nothing is ever appended or patched in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+_RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id as a single path segment: ``manual__2026-11-01T00:00:00+00:00`` -> ``manual__2026-11-01T00_00_00_00_00``."""
+    return _RUN_ID_UNSAFE.sub("_", run_id).strip("_") or "run"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if isinstance(obj, set):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+
+
+class Store:
+    """A rooted view of one filesystem; every path argument is relative to the root."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    @classmethod
+    def from_uri(cls, uri: str, **storage_options: Any) -> Store:
+        fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+        return cls(fs, root)
+
+    # --- paths -------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *[p.strip("/") for p in parts if p])
+
+    def uri(self, *parts: str) -> str:
+        """A full URI for people and XCom (``file:///...`` or ``s3://bucket/...``)."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{self.path(*parts)}" if protocol != "file" else f"file://{self.path(*parts)}"
+
+    def sub(self, *parts: str) -> Store:
+        return Store(self.fs, self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def ls(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under a prefix; empty when it does not exist."""
+        p = self.path(*parts)
+        if not self.fs.exists(p):
+            return []
+        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
+
+    # --- bytes ---------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        target = self.path(rel)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+        return target
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_text(self, rel: str, text: str) -> str:
+        return self.write_bytes(rel, text.encode())
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, to_json(obj).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def read_json_or(self, rel: str, default: Any = None) -> Any:
+        return self.read_json(rel) if self.exists(rel) else default
+
+    def copy_in(self, local_path: str, rel: str) -> str:
+        with open(local_path, "rb") as fh:
+            return self.write_bytes(rel, fh.read())
+
+    def download(self, rel: str, local_path: str) -> str:
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        with open(local_path, "wb") as fh:
+            fh.write(self.read_bytes(rel))
+        return local_path
+
+    # --- parquet -------------------------------------------------------------------------
+    def write_parquet(self, rel: str, df: pd.DataFrame | pa.Table) -> str:
+        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+        target = self.path(rel)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, target)
+        else:
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            self.fs.pipe_file(target, buf.getvalue())
+        return target
+
+    def read_parquet(self, rel: str | Iterable[str], columns: list[str] | None = None) -> pd.DataFrame:
+        rels = [rel] if isinstance(rel, str) else list(rel)
+        tables = [pq.read_table(self.path(r), columns=columns, filesystem=self.fs) for r in rels]
+        if not tables:
+            raise FileNotFoundError("no parquet files to read")
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        return table.to_pandas()
+
+    def file_sha256(self, rel: str) -> str:
+        return sha256_bytes(self.read_bytes(rel))

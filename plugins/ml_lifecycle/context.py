@@ -1,0 +1,98 @@
+"""What every lifecycle task needs to know about its run: spec, store, run folder, window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath, Variable
+
+from include.lifecycle.spec import PROBLEMS_DIR, PROJECT_ROOT, Spec, load_spec
+from include.lifecycle.store import Store, safe_run_id
+
+ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"
+PII_KEY_VARIABLE = "ml_pii_hash_key"
+
+
+def default_artifact_root() -> str:
+    return os.environ.get("ML_ARTIFACT_ROOT") or (PROJECT_ROOT / "artifacts").as_uri()
+
+
+def artifact_root() -> ObjectStoragePath:
+    """The root of the artifact store: Airflow variable ``ml_artifact_root`` (e.g.
+    ``s3://aws_default@bucket/prefix``), else ``$ML_ARTIFACT_ROOT``, else ``<project>/artifacts``."""
+    uri = Variable.get(ARTIFACT_ROOT_VARIABLE, default=None) or default_artifact_root()
+    if "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    return ObjectStoragePath(uri)
+
+
+def problem_store(problem: str) -> Store:
+    """The store rooted at ``<root>/<problem>``, with the credentials of the root's connection."""
+    root = artifact_root() / problem
+    return Store(root.fs, root.path)
+
+
+@functools.cache
+def _spec_cached(path: str, mtime: float) -> Spec:
+    return load_spec(path)
+
+
+def spec_for(problem: str) -> Spec:
+    path = PROBLEMS_DIR / f"{problem}.yaml"
+    return _spec_cached(str(path), path.stat().st_mtime)
+
+
+def pii_key() -> bytes:
+    """The PII hashing key from the Airflow variable (never from the repository)."""
+    key = Variable.get(PII_KEY_VARIABLE, default=None)
+    if not key:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            f"Airflow variable {PII_KEY_VARIABLE!r} is not set: the PII columns cannot be tokenised. Set it "
+            f"(e.g. AIRFLOW_VAR_ML_PII_HASH_KEY, or a secrets backend); `make run` creates a random one."
+        )
+    return key.encode()
+
+
+@dataclass
+class RunContext:
+    spec: Spec
+    problem: Store
+    run_id: str
+    as_of: dt.datetime
+    params: dict[str, Any]
+
+    @classmethod
+    def from_airflow(cls, problem: str, context: dict[str, Any]) -> RunContext:
+        as_of = context.get("data_interval_end") or context.get("logical_date")
+        if as_of is None:
+            as_of = context["dag_run"].run_after
+        return cls(
+            spec=spec_for(problem),
+            problem=problem_store(problem),
+            run_id=context["run_id"],
+            as_of=as_of,
+            params=dict(context.get("params") or {}),
+        )
+
+    @property
+    def run_dir(self) -> str:
+        return f"runs/{safe_run_id(self.run_id)}"
+
+    def round_dir(self, k: int) -> str:
+        return f"{self.run_dir}/round_{k}"
+
+    @property
+    def lookback_days(self) -> int:
+        return int(self.params.get("lookback_days") or self.spec.data.lookback_days)
+
+    @property
+    def max_rounds(self) -> int:
+        """Rounds are unrolled up to the spec's max_rounds; a run may ask for fewer."""
+        return min(int(self.params.get("max_rounds") or self.spec.max_rounds), self.spec.max_rounds)

@@ -1,0 +1,501 @@
+"""Unit tests for section 7, "Evaluate model" (include/lifecycle/evaluate_model.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from xgboost import XGBClassifier
+
+from include.lifecycle.evaluate_model import (
+    binary_metrics,
+    calibration_table,
+    choose_threshold,
+    compare_with_champion,
+    feature_importance,
+    goal_metric,
+    meets_goal,
+    metric_at_alert_rate,
+    outcome_values,
+    plots_binary,
+    plots_regression,
+    regression_metrics,
+)
+from include.lifecycle.spec import GoalSpec, ValueSpec
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _goal(metric: str, target: float, margin: float = 0.0, max_alert_rate: float | None = None) -> GoalSpec:
+    return GoalSpec(
+        statement="a goal stated in words for the test",
+        metric=metric,
+        target=target,
+        champion_margin=margin,
+        max_alert_rate=max_alert_rate,
+    )
+
+
+def _reference_at_rate(y, scores, rate, weights=None):
+    """Stable descending sort, flag the first floor(rate * n) rows."""
+    y = np.asarray(y).astype(bool)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+    k = int(np.floor(rate * len(y) + 1e-9))
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    flagged = np.zeros(len(y), dtype=bool)
+    flagged[order[:k]] = True
+    total = w[y].sum()
+    return 0.0 if total <= 0 else w[flagged & y].sum() / total
+
+
+def _brute_force_best(y, scores, tp, fp, fn, max_alert_rate):
+    """Best total value over every distinct threshold (and 'flag nothing'), by a plain loop."""
+    y = np.asarray(y).astype(bool)
+    best = None
+    for t in [np.inf, *np.unique(scores)]:
+        flagged = scores >= t
+        if max_alert_rate is not None and flagged.sum() > np.floor(max_alert_rate * len(y) + 1e-9):
+            continue
+        value = tp[flagged & y].sum() + fp[flagged & ~y].sum() + fn[~flagged & y].sum()
+        best = value if best is None else max(best, value)
+    return best
+
+
+# --------------------------------------------------------------------------------------
+# outcome_values
+# --------------------------------------------------------------------------------------
+def test_outcome_values_broadcasts_numbers_and_reads_columns():
+    amount = np.array([10.0, 20.0, 30.0])
+    tp, fp, fn = outcome_values(
+        ValueSpec(true_positive="amount", false_positive=-4.0, false_negative=0.0), 3, {"amount": amount}
+    )
+    np.testing.assert_array_equal(tp, amount)
+    np.testing.assert_array_equal(fp, [-4.0, -4.0, -4.0])
+    np.testing.assert_array_equal(fn, [0.0, 0.0, 0.0])
+    assert tp.dtype == np.float64
+
+
+def test_outcome_values_rejects_missing_or_wrong_length_column():
+    with pytest.raises(ValueError, match="amount"):
+        outcome_values(ValueSpec(true_positive="amount"), 3, {})
+    with pytest.raises(ValueError, match="rows"):
+        outcome_values(ValueSpec(false_negative="amount"), 3, {"amount": np.ones(2)})
+
+
+# --------------------------------------------------------------------------------------
+# metric_at_alert_rate
+# --------------------------------------------------------------------------------------
+Y10 = np.array([1, 0, 1, 0, 0, 1, 0, 0, 0, 0])
+S10 = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+W10 = np.array([100.0, 5, 50, 5, 5, 250, 5, 5, 5, 5])
+
+
+def test_metric_at_alert_rate_hand_example():
+    # k = floor(0.2 * 10) = 2 -> rows 0 and 1 are flagged; only row 0 is positive (amount 100 of 400)
+    assert metric_at_alert_rate(Y10, S10, max_alert_rate=0.2, weights=W10) == pytest.approx(100 / 400)
+    assert metric_at_alert_rate(Y10, S10, max_alert_rate=0.2) == pytest.approx(1 / 3)
+    # k = 3 catches rows 0 and 2: 150 of 400
+    assert metric_at_alert_rate(Y10, S10, max_alert_rate=0.3, weights=W10) == pytest.approx(150 / 400)
+    # the same rows in another order give the same answer
+    perm = np.random.default_rng(1).permutation(10)
+    assert metric_at_alert_rate(Y10[perm], S10[perm], max_alert_rate=0.2, weights=W10[perm]) == pytest.approx(0.25)
+
+
+def test_metric_at_alert_rate_ties_are_broken_by_row_order():
+    scores = np.array([0.9, 0.5, 0.5, 0.5, 0.1])
+    y = np.array([0, 0, 1, 1, 0])
+    # k = 2: row 0, then the first of the tied rows (row 1, a negative)
+    assert metric_at_alert_rate(y, scores, max_alert_rate=0.4) == 0.0
+    # k = 3: rows 0, 1, 2 -> one of the two positives
+    assert metric_at_alert_rate(y, scores, max_alert_rate=0.6) == pytest.approx(0.5)
+    # deterministic and equal to a stable sort, on random data with many ties
+    rng = np.random.default_rng(7)
+    s = rng.integers(0, 5, 500) / 4
+    yy = rng.random(500) < 0.2
+    w = rng.uniform(1, 100, 500)
+    for rate in (0.01, 0.05, 0.13, 0.5, 1.0):
+        got = metric_at_alert_rate(yy, s, max_alert_rate=rate, weights=w)
+        assert got == pytest.approx(_reference_at_rate(yy, s, rate, w))
+        assert got == metric_at_alert_rate(yy, s, max_alert_rate=rate, weights=w)
+
+
+def test_metric_at_alert_rate_perfect_ranking_and_edge_cases():
+    y = np.array([0, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+    perfect = y + np.linspace(0, 0.5, 10)  # positives score above every negative
+    assert metric_at_alert_rate(y, perfect, max_alert_rate=0.2) == 1.0
+    assert metric_at_alert_rate(y, perfect, max_alert_rate=0.5, weights=np.arange(1.0, 11)) == 1.0
+    assert metric_at_alert_rate(y, perfect, max_alert_rate=0.1) == 0.5
+    assert metric_at_alert_rate(np.zeros(10), perfect, max_alert_rate=0.5) == 0.0  # no positives
+    assert metric_at_alert_rate(y, perfect, max_alert_rate=0.05) == 0.0  # k = 0
+    # 0.29 * 100 = 28.999999999999996 must still allow 29 rows
+    yy = np.zeros(100)
+    yy[:29] = 1
+    assert metric_at_alert_rate(yy, -np.arange(100.0), max_alert_rate=0.29) == 1.0
+
+
+def test_metric_at_alert_rate_rejects_bad_input():
+    with pytest.raises(ValueError):
+        metric_at_alert_rate([0, 2, 1], [0.1, 0.2, 0.3], max_alert_rate=0.5)
+    with pytest.raises(ValueError):
+        metric_at_alert_rate([0, 1, 1], [0.1, np.nan, 0.3], max_alert_rate=0.5)
+
+
+# --------------------------------------------------------------------------------------
+# choose_threshold
+# --------------------------------------------------------------------------------------
+def test_choose_threshold_hand_example():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    y = np.array([1, 0, 1, 0, 0])
+    amount = np.array([100.0, 1, 30, 1, 1])
+    # values of flagging the top 0..5 rows: 0, 100, 90, 120, 110, 100
+    res = choose_threshold(y, scores, tp_value=amount, fp_value=-10.0, fn_value=0.0, max_alert_rate=None)
+    assert res["threshold"] == 0.7
+    assert res["value"] == pytest.approx(120.0)
+    assert res["alert_rate"] == pytest.approx(0.6)
+    assert res["flagged"] == 3
+    assert res["caught"] == 2
+    assert res["value_none"] == 0.0
+    assert res["curve"]["value"] == pytest.approx([0, 100, 90, 120, 110, 100])
+    assert res["curve"]["alert_rate"] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    json.dumps(res)  # JSON-safe
+
+    # capacity of 40% (2 rows) changes the choice to the top row only
+    capped = choose_threshold(y, scores, tp_value=amount, fp_value=-10.0, fn_value=0.0, max_alert_rate=0.4)
+    assert capped["threshold"] == 0.9
+    assert capped["value"] == pytest.approx(100.0)
+    assert capped["flagged"] == 1
+    assert capped["max_alert_rate"] == 0.4
+
+    # a missed fraud costing its amount shifts every value by -130 but not the choice
+    lost = choose_threshold(y, scores, tp_value=amount, fp_value=-10.0, fn_value=-amount, max_alert_rate=None)
+    assert lost["threshold"] == 0.7
+    assert lost["value"] == pytest.approx(120.0)
+    assert lost["value_none"] == pytest.approx(-130.0)
+
+
+def test_choose_threshold_flags_nothing_when_nothing_is_worth_it():
+    res = choose_threshold([0, 1, 0], [0.9, 0.8, 0.1], tp_value=1.0, fp_value=-10.0, fn_value=0.0, max_alert_rate=None)
+    assert res["flagged"] == 0
+    assert res["value"] == 0.0
+    assert res["alert_rate"] == 0.0
+    assert res["threshold"] == pytest.approx(1.9)
+    assert not (np.array([0.9, 0.8, 0.1]) >= res["threshold"]).any()
+
+
+def test_choose_threshold_only_cuts_between_distinct_scores():
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    y = np.array([1, 1, 0, 0])
+    # flagging both 0.5 rows is worth 10 + 10 - 1 = 19
+    res = choose_threshold(y, scores, tp_value=10.0, fp_value=-1.0, fn_value=0.0, max_alert_rate=None)
+    assert (res["threshold"], res["flagged"], res["value"]) == (0.5, 3, 19.0)
+    # 50% capacity allows 2 rows, but the tie cannot be split: only the top row is flagged
+    res = choose_threshold(y, scores, tp_value=10.0, fp_value=-1.0, fn_value=0.0, max_alert_rate=0.5)
+    assert (res["threshold"], res["flagged"], res["value"]) == (0.9, 1, 10.0)
+
+
+@pytest.mark.parametrize("max_alert_rate", [None, 0.01, 0.05, 0.3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_choose_threshold_matches_brute_force(seed, max_alert_rate):
+    rng = np.random.default_rng(seed)
+    n = 400
+    y = rng.random(n) < 0.1
+    scores = np.round(np.clip(0.4 * y + rng.normal(0.3, 0.2, n), 0, 1), 2)  # rounding makes ties
+    amount = rng.lognormal(3, 1, n)
+    fp = np.full(n, -4.0)
+    fn = -0.1 * amount
+    res = choose_threshold(y, scores, tp_value=amount, fp_value=fp, fn_value=fn, max_alert_rate=max_alert_rate)
+    expected = _brute_force_best(y, scores, amount, fp, fn, max_alert_rate)
+    assert res["value"] == pytest.approx(expected)
+    # the reported value is the value at the reported threshold
+    flagged = scores >= res["threshold"]
+    direct = amount[flagged & y].sum() + fp[flagged & ~y].sum() + fn[~flagged & y].sum()
+    assert res["value"] == pytest.approx(direct)
+    assert res["flagged"] == flagged.sum()
+    if max_alert_rate is not None:
+        assert res["alert_rate"] <= max_alert_rate
+
+
+def test_choose_threshold_curve_is_downsampled_and_keeps_the_choice():
+    rng = np.random.default_rng(3)
+    n = 20_000
+    y = rng.random(n) < 0.02
+    scores = rng.random(n) + 0.5 * y
+    res = choose_threshold(y, scores, tp_value=50.0, fp_value=-1.0, fn_value=0.0, max_alert_rate=0.005)
+    curve = res["curve"]
+    assert len(curve["threshold"]) <= 200
+    assert len(curve["threshold"]) == len(curve["value"]) == len(curve["alert_rate"])
+    assert res["threshold"] in curve["threshold"]
+    assert sum(r <= 0.01 for r in curve["alert_rate"]) >= 50  # the feasible region is well covered
+    assert res["flagged"] <= 100
+
+
+def binary_data():
+    rng = np.random.default_rng(11)
+    n = 1000
+    y = (rng.random(n) < 0.15).astype(int)
+    scores = np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1)
+    amount = rng.lognormal(3, 1, n)
+    return y, scores, amount
+
+
+def test_goal_metric_dispatches_every_binary_metric(binary_data):
+    y, scores, amount = binary_data
+    thr = 0.5
+    pred = scores >= thr
+    assert goal_metric("auprc", y, scores) == pytest.approx(average_precision_score(y, scores))
+    assert goal_metric("roc_auc", y, scores) == pytest.approx(roc_auc_score(y, scores))
+    assert goal_metric("f1", y, scores, threshold=thr) == pytest.approx(f1_score(y, pred))
+    assert goal_metric("precision", y, scores, threshold=thr) == pytest.approx(precision_score(y, pred))
+    assert goal_metric("recall", y, scores, threshold=thr) == pytest.approx(recall_score(y, pred))
+    assert goal_metric("recall_at_alert_rate", y, scores, max_alert_rate=0.05) == pytest.approx(
+        _reference_at_rate(y, scores, 0.05)
+    )
+    assert goal_metric("amount_recall_at_alert_rate", y, scores, amount=amount, max_alert_rate=0.05) == pytest.approx(
+        _reference_at_rate(y, scores, 0.05, amount)
+    )
+
+
+def test_goal_metric_dispatches_every_regression_metric():
+    rng = np.random.default_rng(5)
+    y = rng.normal(10, 3, 200)
+    pred = y + rng.normal(0, 1, 200)
+    assert goal_metric("rmse", y, pred) == pytest.approx(np.sqrt(mean_squared_error(y, pred)))
+    assert goal_metric("mae", y, pred) == pytest.approx(mean_absolute_error(y, pred))
+    assert goal_metric("r2", y, pred) == pytest.approx(r2_score(y, pred))
+    assert regression_metrics(y, pred) == {
+        "rmse": pytest.approx(np.sqrt(mean_squared_error(y, pred))),
+        "mae": pytest.approx(mean_absolute_error(y, pred)),
+        "r2": pytest.approx(r2_score(y, pred)),
+        "bias": pytest.approx(np.mean(pred - y)),
+        "n": 200,
+    }
+
+
+def test_goal_metric_errors_and_degenerate_cases(binary_data):
+    y, scores, _ = binary_data
+    with pytest.raises(ValueError, match="unknown metric"):
+        goal_metric("accuracy", y, scores)
+    with pytest.raises(ValueError, match="max_alert_rate"):
+        goal_metric("recall_at_alert_rate", y, scores)
+    with pytest.raises(ValueError, match="amount"):
+        goal_metric("amount_recall_at_alert_rate", y, scores, max_alert_rate=0.1)
+    with pytest.raises(ValueError, match="threshold"):
+        goal_metric("f1", y, scores)
+    zeros = np.zeros(len(y))
+    for metric in ("auprc", "roc_auc", "recall_at_alert_rate"):
+        assert goal_metric(metric, zeros, scores, max_alert_rate=0.1) == 0.0
+    ones = np.ones(len(y))
+    assert goal_metric("auprc", ones, scores) == 0.0
+    assert goal_metric("roc_auc", ones, scores) == 0.0
+
+
+def test_binary_metrics_match_sklearn(binary_data):
+    y, scores, amount = binary_data
+    thr = 0.6
+    pred = scores >= thr
+    m = binary_metrics(y, scores, threshold=thr, amount=amount)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, scores))
+    assert m["auprc"] == pytest.approx(average_precision_score(y, scores))
+    assert m["precision"] == pytest.approx(precision_score(y, pred))
+    assert m["recall"] == pytest.approx(recall_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["alert_rate"] == pytest.approx(pred.mean())
+    assert m["brier"] == pytest.approx(brier_score_loss(y, scores))
+    assert m["log_loss"] == pytest.approx(log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15)))
+    assert m["positives"] == y.sum()
+    assert m["n"] == len(y)
+    assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == len(y)
+    assert m["amount_caught_share"] == pytest.approx(amount[pred & (y == 1)].sum() / amount[y == 1].sum())
+    json.dumps(m)
+
+
+def test_binary_metrics_single_class_does_not_raise():
+    scores = np.array([0.1, 0.4, 0.8, 0.0])
+    m = binary_metrics(np.zeros(4), scores, threshold=0.5, amount=np.ones(4))
+    assert m["roc_auc"] is None and m["auprc"] is None
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0)
+    assert m["alert_rate"] == 0.25
+    assert m["positives"] == 0
+    assert m["amount_caught_share"] == 0.0
+    assert m["log_loss"] > 0 and np.isfinite(m["log_loss"])  # a score of 0.0 is clipped
+    m = binary_metrics(np.ones(4), scores, threshold=0.5)
+    assert m["roc_auc"] is None and m["auprc"] is None
+    assert m["recall"] == 0.25
+    # scores outside [0, 1] are not probabilities
+    assert binary_metrics([0, 1], [-2.0, 3.0], threshold=0.0)["brier"] is None
+
+
+def test_calibration_table_quantile_bins():
+    scores = np.arange(100) / 100
+    y = (np.arange(100) % 2 == 0).astype(int)
+    table = calibration_table(y, scores, bins=10)
+    assert len(table) == 10
+    assert [r["count"] for r in table] == [10] * 10
+    assert table[0]["mean_predicted"] == pytest.approx(np.mean(scores[:10]))
+    assert all(r["observed_rate"] == pytest.approx(0.5) for r in table)
+    # heavily tied scores merge bins instead of producing empty ones
+    tied = np.r_[np.zeros(90), np.linspace(0.5, 1, 10)]
+    table = calibration_table(np.r_[np.zeros(90), np.ones(10)], tied, bins=10)
+    assert sum(r["count"] for r in table) == 100
+    assert table[0]["observed_rate"] == 0.0 and table[0]["count"] == 90
+    assert table[-1]["observed_rate"] == 1.0
+
+
+# --------------------------------------------------------------------------------------
+# meets_goal, compare_with_champion
+# --------------------------------------------------------------------------------------
+def test_meets_goal_respects_direction():
+    higher = _goal("amount_recall_at_alert_rate", 0.55, max_alert_rate=0.005)
+    assert meets_goal(0.55, higher) and meets_goal(0.6, higher)
+    assert not meets_goal(0.54, higher)
+    assert not meets_goal(float("nan"), higher)
+    lower = _goal("rmse", 10.0)
+    assert meets_goal(9.5, lower) and meets_goal(10.0, lower)
+    assert not meets_goal(10.5, lower)
+
+
+def test_compare_with_champion_higher_is_better_with_margin():
+    goal = _goal("auprc", 0.5, margin=0.01)
+    assert compare_with_champion(0.70, None, goal) == {
+        "champion": None,
+        "candidate": 0.70,
+        "no_worse": True,
+        "delta": 0.0,
+        "margin": 0.01,
+        "higher_is_better": True,
+    }
+    within = compare_with_champion(0.595, 0.60, goal)
+    assert within["no_worse"] and within["delta"] == pytest.approx(-0.005)
+    assert compare_with_champion(0.65, 0.60, goal)["no_worse"]
+    worse = compare_with_champion(0.58, 0.60, goal)
+    assert not worse["no_worse"] and worse["delta"] == pytest.approx(-0.02)
+
+
+def test_compare_with_champion_lower_is_better_with_margin():
+    goal = _goal("rmse", 12.0, margin=0.5)
+    assert compare_with_champion(10.4, 10.0, goal)["no_worse"]
+    assert compare_with_champion(9.0, 10.0, goal)["no_worse"]
+    worse = compare_with_champion(10.6, 10.0, goal)
+    assert not worse["no_worse"]
+    assert worse["delta"] == pytest.approx(0.6)
+    assert worse["higher_is_better"] is False
+    assert compare_with_champion(25.0, None, goal)["no_worse"]
+
+
+# --------------------------------------------------------------------------------------
+# feature_importance
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def tabular():
+    rng = np.random.default_rng(0)
+    n = 600
+    X = rng.normal(size=(n, 4))
+    y = (2.5 * X[:, 2] + 0.5 * X[:, 0] + rng.normal(0, 0.3, n) > 0).astype(int)
+    return X, y, ["a", "b", "c", "d"]
+
+
+def _check_importance(result, names, top_feature):
+    assert [r["feature"] for r in result][0] == top_feature
+    assert sorted(r["feature"] for r in result) == sorted(names)
+    values = [r["importance"] for r in result]
+    assert values == sorted(values, reverse=True)
+    assert all(isinstance(v, float) and v >= 0 for v in values)
+
+
+def test_feature_importance_xgboost(tabular):
+    X, y, names = tabular
+    model = XGBClassifier(n_estimators=30, max_depth=3, random_state=0).fit(X, y)
+    result = feature_importance(model, names)
+    _check_importance(result, names, "c")
+    assert sum(r["importance"] for r in result) == pytest.approx(1.0, abs=1e-5)  # normalised gain
+    assert len(feature_importance(model, names, top=2)) == 2
+
+
+def test_feature_importance_random_forest(tabular):
+    X, y, names = tabular
+    model = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0).fit(X, y)
+    result = feature_importance(model, names)
+    _check_importance(result, names, "c")
+    assert sum(r["importance"] for r in result) == pytest.approx(1.0)
+
+
+def test_feature_importance_logistic_in_pipeline(tabular):
+    X, y, names = tabular
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]).fit(X, y)
+    result = feature_importance(model, names)
+    _check_importance(result, names, "c")
+    coef = np.abs(model[-1].coef_[0])
+    assert {r["feature"]: r["importance"] for r in result} == pytest.approx(dict(zip(names, coef, strict=True)))
+
+
+def test_feature_importance_names_from_pipeline_and_unknown_models(tabular):
+    X, y, names = tabular
+    colors = np.array(["red", "blue", "green"])[np.arange(len(y)) % 3].reshape(-1, 1)
+    model = Pipeline([("onehot", OneHotEncoder()), ("clf", LogisticRegression())]).fit(colors, y)
+    result = feature_importance(model, ["color"])
+    assert sorted(r["feature"] for r in result) == ["x0_blue", "x0_green", "x0_red"]
+    assert feature_importance(KNeighborsClassifier().fit(X, y), names) == []
+    assert feature_importance(object(), names) == []
+
+
+# --------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------
+def test_plots_binary_return_png_bytes(binary_data):
+    y, scores, amount = binary_data
+    choice = choose_threshold(y, scores, tp_value=amount, fp_value=-4.0, fn_value=0.0, max_alert_rate=0.05)
+    importance = [{"feature": "amount", "importance": 0.7}, {"feature": "hour", "importance": 0.3}]
+    plots = plots_binary(
+        y,
+        scores,
+        threshold=choice["threshold"],
+        value_curve=choice,
+        importance=importance,
+        calibration=calibration_table(y, scores),
+    )
+    assert set(plots) == {
+        "pr_curve",
+        "roc_curve",
+        "confusion_matrix",
+        "value_vs_threshold",
+        "feature_importance",
+        "calibration",
+    }
+    assert all(isinstance(b, bytes) and b.startswith(PNG_MAGIC) for b in plots.values())
+    # the bare curve is accepted too, and degenerate inputs draw placeholders instead of raising
+    single = plots_binary(
+        np.zeros(len(y)),
+        scores,
+        threshold=0.5,
+        value_curve=choice["curve"],
+        importance=[],
+        calibration=[],
+        max_alert_rate=0.05,
+    )
+    assert all(b.startswith(PNG_MAGIC) for b in single.values())
+
+
+def test_plots_regression_return_png_bytes():
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=300)
+    plots = plots_regression(y, y + rng.normal(0, 0.2, 300), importance=[{"feature": "x", "importance": 1.0}])
+    assert set(plots) == {"predicted_vs_actual", "residuals", "feature_importance"}
+    assert all(b.startswith(PNG_MAGIC) for b in plots.values())
