@@ -114,6 +114,17 @@ def _cast_column(raw: pd.Series, col: ColumnSpec) -> pd.Series:
     return text.mask(text == "").astype("str")
 
 
+def _infer_column(raw: pd.Series) -> pd.Series:
+    """An undeclared column: numeric when every present value parses as a number, text otherwise."""
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return raw
+    text = raw.astype("string").str.strip().mask(lambda s: s == "")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().sum() == text.notna().sum():
+        return numbers.astype("float64")
+    return text.astype("str")
+
+
 def cast_and_validate(
     df: pd.DataFrame, schema: SchemaSpec, *, source: str, key: str | None, extra_columns: str = "drop"
 ) -> CastResult:
@@ -158,7 +169,7 @@ def cast_and_validate(
             flag(~ok, "allowed", col.name)
         cast[col.name] = values
     for name in extra if extra_columns == "keep" else []:
-        cast[name] = df[name]
+        cast[name] = _infer_column(df[name])
     typed = pd.DataFrame(cast, index=df.index)
     for col in schema.columns:
         if col.dtype == "int" and not typed[col.name].isna().any():
@@ -219,7 +230,7 @@ def curate_partition(
     rows_in = 0
     for source, raw in frames:
         rows_in += len(raw)
-        res = cast_and_validate(raw, spec.schema_, source=source, key=None)
+        res = cast_and_validate(raw, spec.schema_, source=source, key=None, extra_columns=spec.schema_.extra_columns)
         curated.append(res.curated)
         quarantined.append(res.quarantined)
         dropped.update(res.dropped_columns)

@@ -9,6 +9,7 @@ so the same spec is read by DAGs, Glue jobs and SageMaker training scripts.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,7 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PROBLEMS_DIR = PROJECT_ROOT / "include" / "problems"
+# Where the problem specs are, and what relative data paths in them are relative to;
+# overridable so a deployment (or a test) can point the same code at other specs and data.
+PROBLEMS_DIR = Path(os.environ.get("ML_PROBLEMS_DIR") or PROJECT_ROOT / "include" / "problems")
+DATA_ROOT = Path(os.environ.get("ML_DATA_ROOT") or PROJECT_ROOT)
 
 DType = Literal["string", "int", "float", "bool", "category", "timestamp", "date"]
 MetricName = Literal[
@@ -124,6 +128,9 @@ class SchemaSpec(_Strict):
 
     columns: list[ColumnSpec] = Field(min_length=1)
     max_quarantine_share: float = Field(0.05, ge=0, le=1)
+    extra_columns: Literal["keep", "drop"] = Field(
+        "drop", description="columns not declared here: keep them (numeric when every value parses) or drop them"
+    )
 
     @field_validator("columns")
     @classmethod
@@ -328,7 +335,7 @@ class Spec(_Strict):
                 raise ValueError(f"goal.value.{outcome} names column {v!r}, which is not a schema column")
         for g in self.features.groups:
             missing = [c for c in g.columns if c not in names]
-            if missing:
+            if missing and self.schema_.extra_columns == "drop":
                 raise ValueError(f"feature group {g.name!r} uses columns {missing} that are not schema columns")
             if g.kind in ("velocity", "history") and not (self.data.time_column and self.data.entity_column):
                 raise ValueError(
@@ -406,8 +413,8 @@ def spec_files(directory: str | Path = PROBLEMS_DIR) -> list[Path]:
     return sorted(Path(directory).glob("*.yaml"))
 
 
-def resolve_source(source: str, root: Path = PROJECT_ROOT) -> str:
-    """Relative local paths in a spec are relative to the project root."""
+def resolve_source(source: str, root: Path | None = None) -> str:
+    """Relative local paths in a spec are relative to the data root ($ML_DATA_ROOT, else the project root)."""
     if "://" in source or source.startswith("sklearn:") or Path(source).is_absolute():
         return source
-    return str((root / source).resolve())
+    return str(((root or DATA_ROOT) / source).resolve())

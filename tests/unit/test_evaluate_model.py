@@ -247,6 +247,7 @@ def test_choose_threshold_curve_is_downsampled_and_keeps_the_choice():
     assert res["flagged"] <= 100
 
 
+@pytest.fixture
 def binary_data():
     rng = np.random.default_rng(11)
     n = 1000
