@@ -51,7 +51,9 @@ def _value(text: str) -> Any:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
-    p = argparse.ArgumentParser(description="train one model (SageMaker script mode)")
+    # no abbreviations: a hyper-parameter named like the start of a fixed option (--metr, --max_alert)
+    # must stay a hyper-parameter, not silently set that option
+    p = argparse.ArgumentParser(description="train one model (SageMaker script mode)", allow_abbrev=False)
     p.add_argument("--family", required=True)
     p.add_argument("--trial-id", "--trial_id", dest="trial_id", default="trial")
     p.add_argument("--problem-type", "--problem_type", dest="problem_type", default="binary_classification")

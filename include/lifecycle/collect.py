@@ -35,6 +35,12 @@ def _noop(_: str) -> None:
     pass
 
 
+def _utc(as_of: dt.datetime) -> pd.Timestamp:
+    """``as_of`` as a UTC timestamp; a naive datetime (e.g. ``--as-of 2026-11-01``) is taken as UTC."""
+    ts = pd.Timestamp(as_of)
+    return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+
+
 # --- reading ---------------------------------------------------------------------------------
 def list_partitions(source: Store) -> list[str]:
     """The ``YYYY-MM-DD`` dates of the ``ds=`` folders under a source, sorted."""
@@ -178,15 +184,18 @@ def cast_and_validate(
             typed[col.name] = typed[col.name].astype("Int64")
     good = rule == ""
     if key is not None:
-        dup = typed[key].duplicated(keep="first").to_numpy() & good
+        # only a valid row can be "the first" of its key: a broken first row must not push a good one out
+        dup = np.zeros(n, dtype=bool)
+        dup[good] = typed[key][good].duplicated(keep="first").to_numpy()
         flag(dup, "duplicate_key", key)
         good = rule == ""
     bad_idx = np.flatnonzero(~good)
     quarantined = df.iloc[bad_idx].astype("string").copy()
     quarantined["_rule"] = rule[bad_idx].astype(str)
     quarantined["_column"] = column[bad_idx].astype(str)
+    pii = {c.name for c in schema.columns if c.pii}
     quarantined["_reason"] = [
-        f"{c}={df[c].iloc[i]!r} breaks rule {r}"
+        f"{c}={'<pii>' if c in pii else repr(df[c].iloc[i])} breaks rule {r}"
         for i, c, r in zip(bad_idx, column[bad_idx], rule[bad_idx], strict=True)
     ]
     quarantined["_source"] = source
@@ -226,12 +235,13 @@ def curate_partition(
     frames: list[tuple[str, pd.DataFrame]], spec: Spec, *, pii_key: bytes
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Curate all files of one partition; return curated, quarantined and the counts."""
-    curated, quarantined, by_rule, dropped = [], [], {}, set()
+    curated, quarantined, by_rule, dropped, sources = [], [], {}, set(), []
     rows_in = 0
     for source, raw in frames:
         rows_in += len(raw)
         res = cast_and_validate(raw, spec.schema_, source=source, key=None, extra_columns=spec.schema_.extra_columns)
         curated.append(res.curated)
+        sources += [source] * len(res.curated)
         quarantined.append(res.quarantined)
         dropped.update(res.dropped_columns)
         for k, v in res.by_rule.items():
@@ -244,8 +254,9 @@ def curate_partition(
             dups = cur[dup].astype("string")
             dups["_rule"] = "duplicate_key"
             dups["_column"] = spec.data.key
-            dups["_reason"] = [f"{spec.data.key}={v!r} breaks rule duplicate_key" for v in cur.loc[dup, spec.data.key]]
-            dups["_source"] = "partition"
+            shown = ["<pii>" if spec.data.key in spec.pii_columns else repr(v) for v in cur.loc[dup, spec.data.key]]
+            dups["_reason"] = [f"{spec.data.key}={v} breaks rule duplicate_key" for v in shown]
+            dups["_source"] = np.asarray(sources, dtype=object)[dup.to_numpy()]
             qua = pd.concat([qua, dups], ignore_index=True)
             by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + int(dup.sum())
             cur = cur[~dup.to_numpy()].reset_index(drop=True)
@@ -290,7 +301,7 @@ def read_labels(
                 f"labels.arrived_at must be columns of the label feed)"
             )
     arrived = pd.to_datetime(labels[lab.arrived_at], utc=True, errors="coerce")
-    ts_as_of = pd.Timestamp(as_of).tz_convert("UTC") if pd.Timestamp(as_of).tzinfo else pd.Timestamp(as_of, tz="UTC")
+    ts_as_of = _utc(as_of)
     usable = labels[(arrived < ts_as_of).to_numpy()]
     log(f"labels: {len(labels)} rows in feed window, {len(usable)} arrived before {ts_as_of.isoformat()}")
     return usable
@@ -382,7 +393,7 @@ def collect_and_label(
         dataset = join_labels(dataset, labels, spec)
         label_rows = len(labels)
         if spec.data.labels.maturity_days and spec.data.time_column and len(dataset):
-            cutoff = pd.Timestamp(as_of) - pd.Timedelta(days=spec.data.labels.maturity_days)
+            cutoff = _utc(as_of) - pd.Timedelta(days=spec.data.labels.maturity_days)
             mature = (dataset[spec.data.time_column] < cutoff).to_numpy()
             immature = int((~mature).sum())
             dataset = dataset[mature].reset_index(drop=True)

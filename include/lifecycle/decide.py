@@ -41,7 +41,7 @@ def goal_decision(spec: Spec, *, candidate: float, champion: float | None) -> di
     """Deploy only when the criterion holds on the test split and the champion is not better."""
     goal = spec.goal
     hib = goal.higher_is_better
-    meets = candidate >= goal.target if hib else candidate <= goal.target
+    meets = goal.met_by(candidate)
     if champion is None:
         no_worse = True
     else:
@@ -65,8 +65,21 @@ def goal_decision(spec: Spec, *, candidate: float, champion: float | None) -> di
     }
 
 
-def diagnose(spec: Spec, *, train_score: float, validation_score: float, train_positives: int | None) -> dict[str, Any]:
-    """Pick the remedy from the evidence of the best trial of the round."""
+def diagnose(
+    spec: Spec,
+    *,
+    train_score: float,
+    validation_score: float,
+    train_positives: int | None,
+    test_score: float | None = None,
+) -> dict[str, Any]:
+    """Pick the remedy from the evidence of the best trial of the round.
+
+    Rules in order: too few positives -> augment_data; train/validation gap above
+    ``diagnosis.max_gap`` -> augment_data; validation meets the goal but test does not (the
+    selection does not hold on unseen days) -> augment_data; validation within ``goal.near_goal``
+    of the target -> tune_model; otherwise both scores are low -> augment_features.
+    """
     goal, rule = spec.goal, spec.diagnosis
     hib = goal.higher_is_better
     gap = (train_score - validation_score) if hib else (validation_score - train_score)
@@ -78,6 +91,7 @@ def diagnose(spec: Spec, *, train_score: float, validation_score: float, train_p
         "gap": gap,
         "relative_shortfall": rel_short,
         "train_positives": train_positives,
+        "test_score": test_score,
     }
     if spec.is_binary and train_positives is not None and train_positives < rule.min_train_positives:
         return {
@@ -92,6 +106,13 @@ def diagnose(spec: Spec, *, train_score: float, validation_score: float, train_p
             "evidence": evidence,
             "reason": f"train {_fmt(train_score)} vs validation {_fmt(validation_score)}: gap {gap:.3f} > "
             f"{rule.max_gap} - the model does not generalise; add history and resample",
+        }
+    if test_score is not None and shortfall <= 0 and not goal.met_by(test_score):
+        return {
+            "remedy": AUGMENT_DATA,
+            "evidence": evidence,
+            "reason": f"validation {_fmt(validation_score)} meets the goal {goal.target} but test {_fmt(test_score)} "
+            f"does not: the choice does not hold on unseen data; add history and resample",
         }
     if rel_short <= goal.near_goal:
         return {

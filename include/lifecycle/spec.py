@@ -20,8 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where the problem specs are, and what relative data paths in them are relative to;
 # overridable so a deployment (or a test) can point the same code at other specs and data.
-PROBLEMS_DIR = Path(os.environ.get("ML_PROBLEMS_DIR") or PROJECT_ROOT / "include" / "problems")
-DATA_ROOT = Path(os.environ.get("ML_DATA_ROOT") or PROJECT_ROOT)
+# Read at call time, so one process can switch between spec folders (tests, backfills of other data).
+DEFAULT_PROBLEMS_DIR = PROJECT_ROOT / "include" / "problems"
+
+
+def problems_dir() -> Path:
+    """``$ML_PROBLEMS_DIR``, else ``include/problems`` of this project."""
+    return Path(os.environ.get("ML_PROBLEMS_DIR") or DEFAULT_PROBLEMS_DIR)
+
+
+def data_root() -> Path:
+    """``$ML_DATA_ROOT``, else the project root: what relative local data paths are relative to."""
+    return Path(os.environ.get("ML_DATA_ROOT") or PROJECT_ROOT)
+
 
 DType = Literal["string", "int", "float", "bool", "category", "timestamp", "date"]
 MetricName = Literal[
@@ -190,6 +201,10 @@ class GoalSpec(_Strict):
     @property
     def higher_is_better(self) -> bool:
         return self.metric not in LOWER_IS_BETTER
+
+    def met_by(self, score: float) -> bool:
+        """Whether ``score`` satisfies the success criterion."""
+        return score >= self.target if self.higher_is_better else score <= self.target
 
 
 class ProblemSpec(_Strict):
@@ -406,15 +421,25 @@ def load_spec(path: str | Path) -> Spec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_spec(data, source=str(path))
+    spec = parse_spec(data, source=str(path))
+    if spec.name != path.stem:
+        raise SpecError(
+            f"{path}: field 'name': must equal the file name without .yaml ({path.stem!r}), got {spec.name!r}"
+        )
+    return spec
 
 
-def spec_files(directory: str | Path = PROBLEMS_DIR) -> list[Path]:
-    return sorted(Path(directory).glob("*.yaml"))
+def spec_files(directory: str | Path | None = None) -> list[Path]:
+    return sorted(Path(directory or problems_dir()).glob("*.yaml"))
+
+
+def spec_path(problem: str) -> Path:
+    """The spec file of a problem (the file is named after the problem)."""
+    return problems_dir() / f"{problem}.yaml"
 
 
 def resolve_source(source: str, root: Path | None = None) -> str:
     """Relative local paths in a spec are relative to the data root ($ML_DATA_ROOT, else the project root)."""
     if "://" in source or source.startswith("sklearn:") or Path(source).is_absolute():
         return source
-    return str(((root or DATA_ROOT) / source).resolve())
+    return str(((root or data_root()) / source).resolve())

@@ -30,7 +30,8 @@ _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 def safe_run_id(run_id: str) -> str:
     """A run id as a single path segment: ``manual__2026-11-01T00:00:00+00:00`` -> ``manual__2026-11-01T00_00_00_00_00``."""
-    return _RUN_ID_UNSAFE.sub("_", run_id).strip("_") or "run"
+    # leading/trailing dots go too: "." and ".." are not folders of their own, ".x" is hidden (skipped as a temp file)
+    return _RUN_ID_UNSAFE.sub("_", run_id).strip("_.") or "run"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -95,11 +96,15 @@ class Store:
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
             tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            finally:  # a failed write leaves neither a half-written target nor a stray temp file
+                if os.path.exists(tmp):
+                    os.remove(tmp)
         else:
             self.fs.pipe_file(target, data)
         return target
@@ -139,8 +144,12 @@ class Store:
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
             tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, target)
+            try:
+                pq.write_table(table, tmp, compression="zstd")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
         else:
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd")

@@ -50,13 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--artifact-root", required=True)
     p.add_argument("--problem", required=True)
-    p.add_argument("--run-date", default=None, help="pick the latest run whose id contains this date")
+    p.add_argument("--run-date", default=None, help="pick the latest run for this logical date (YYYY-MM-DD)")
     args = p.parse_args(argv)
     root = args.artifact_root if "://" in args.artifact_root else Path(args.artifact_root).resolve().as_uri()
     problem = Store.from_uri(f"{root.rstrip('/')}/{args.problem}")
     runs = problem.ls("runs")
     if args.run_date:
-        runs = [r for r in runs if args.run_date in r]
+        # run ids of manual runs carry the wall-clock time; the problem card records the data date
+        runs = [
+            r
+            for r in runs
+            if str((problem.read_json_or(f"runs/{r}/problem_card.json") or {}).get("as_of", "")).startswith(
+                args.run_date
+            )
+        ]
     if not runs:
         print(f"no runs of {args.problem} under {problem.uri()}")
         return 1

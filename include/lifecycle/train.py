@@ -44,8 +44,12 @@ def plan_trials(
     spec: Spec, *, families: list[str], trials_per_family: int, wide: bool, round_no: int, max_trials: int | None = None
 ) -> list[dict[str, Any]]:
     """Deterministic list of trials: per family the spec's default params first, then
-    samples of its search grid (a wider grid when ``wide``). Small JSON each."""
-    trials: list[dict[str, Any]] = []
+    samples of its search grid (a wider grid when ``wide``). Small JSON each.
+
+    Families are interleaved (each family's i-th trial before any family's (i+1)-th), so
+    when ``max_trials`` cuts the list every family keeps a fair share instead of the
+    last families in the spec losing all their trials."""
+    per_family: list[list[dict[str, Any]]] = []
     rng = random.Random(spec.training.seed * 1000 + round_no)
     for cand in spec.training.candidates:
         if cand.family not in families:
@@ -65,8 +69,13 @@ def plan_trials(
                 params = {**cand.params, **g}
                 if params not in seen:
                     seen.append(params)
-        for i, params in enumerate(seen[:trials_per_family]):
-            trials.append({"trial_id": f"r{round_no}-{cand.family}-{i}", "family": cand.family, "params": params})
+        per_family.append(
+            [
+                {"trial_id": f"r{round_no}-{cand.family}-{i}", "family": cand.family, "params": params}
+                for i, params in enumerate(seen[:trials_per_family])
+            ]
+        )
+    trials = [t for level in itertools.zip_longest(*per_family) for t in level if t is not None]
     limit = max_trials or spec.training.max_trials
     return trials[:limit]
 

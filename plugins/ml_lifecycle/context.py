@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath, Variable
 
-from include.lifecycle.spec import PROBLEMS_DIR, PROJECT_ROOT, Spec, load_spec
+from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, spec_path
 from include.lifecycle.store import Store, safe_run_id
 
 ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"
@@ -43,7 +43,7 @@ def _spec_cached(path: str, mtime: float) -> Spec:
 
 
 def spec_for(problem: str) -> Spec:
-    path = PROBLEMS_DIR / f"{problem}.yaml"
+    path = spec_path(problem)
     return _spec_cached(str(path), path.stat().st_mtime)
 
 

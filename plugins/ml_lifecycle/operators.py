@@ -66,10 +66,10 @@ class GlueEtlOperator(BaseOperator):
 def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any) -> dict[str, Any]:
     """The local implementation: the Glue job file, in-process."""
     from include.jobs import collect_and_label
-    from include.lifecycle.spec import PROBLEMS_DIR
+    from include.lifecycle.spec import spec_path
 
     argv = [
-        "--spec", str(PROBLEMS_DIR / f"{rc.spec.name}.yaml"),
+        "--spec", str(spec_path(rc.spec.name)),
         "--artifact-root", rc.problem.uri(),
         "--run-dir", run_dir,
         "--as-of", rc.as_of.isoformat(),

@@ -235,10 +235,13 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
     if previous is not None:
         drift_result["reference"] = f"run {previous_ptr['run_id']}"
     rows_in = collect["rows_in"] or 1
+    expected = [*spec.schema_.names, spec.problem.target]
+    if spec.schema_.extra_columns == "keep":  # undeclared columns were kept on purpose: not drift
+        expected += [c for c in df.columns if c not in expected]
     verdict = eda.quality_gate(
         prof,
         quality=spec.quality,
-        expected_columns=[*spec.schema_.names, spec.problem.target],
+        expected_columns=expected,
         drift_result=drift_result,
         quarantine_share=collect["rows_quarantined"] / rows_in,
         max_quarantine_share=spec.schema_.max_quarantine_share,
@@ -263,7 +266,6 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
     rc.problem.write_text(f"{eda_dir}/eda_report.html", html)
     for c in verdict["checks"]:
         _log(f"quality gate: {'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}")
-    eda.raise_if_unfit(verdict) if verdict["passed"] else None
     if not verdict["passed"]:
         try:
             eda.raise_if_unfit(verdict)
@@ -597,7 +599,13 @@ def diagnose(problem: str, round_no: int, **context: Any) -> str:
             "__target__"
         ].sum()
         fe_pos = int(fe_pos) if sel else None
-    d = rule(rc.spec, train_score=ev["train_score"], validation_score=ev["validation_score"], train_positives=fe_pos)
+    d = rule(
+        rc.spec,
+        train_score=ev["train_score"],
+        validation_score=ev["validation_score"],
+        train_positives=fe_pos,
+        test_score=ev["test_score"],
+    )
     rc.problem.write_json(f"{rd}/diagnosis.json", d)
     _log(f"diagnose round {round_no}: {d['remedy']} - {d['reason']}")
     return f"round_{round_no}.{d['remedy']}"
@@ -619,7 +627,10 @@ def remedy(problem: str, round_no: int, remedy_name: str, **context: Any) -> dic
         _log(f"{remedy_name}: collecting {new['lookback_days']} days of history")
         summary = run_collect(rc, lookback_days=new["lookback_days"], run_dir=nd, log=_log)
         new["dataset_rel"] = summary["dataset_rel"]
-        new["collect"] = {k: summary[k] for k in ("rows_in", "rows_curated", "rows_quarantined", "dataset_rows")}
+        new["collect"] = {
+            k: summary.get(k)
+            for k in ("rows_in", "rows_curated", "rows_quarantined", "dataset_rows", "window", "partitions")
+        }
     rc.problem.write_json(f"{nd}/plan.json", new)
     _log(f"{remedy_name}: round {round_no + 1} plan: {'; '.join(new['changes'])}")
     return {"round": round_no + 1, "remedy": new["applied"], "changes": new["changes"]}
@@ -663,13 +674,15 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     files["threshold.json"] = json.dumps({"threshold": ev.get("threshold")}).encode()
     files["evaluation.json"] = rc.problem.read_bytes(f"{rd}/evaluation.json")
     collect = rc.problem.read_json(f"{rc.run_dir}/collect_summary.json")
+    # the data the winning round trained on: this run's collection, or a wider one from augment_data
+    source = collect if win["plan"]["dataset_rel"] == collect["dataset_rel"] else win["plan"].get("collect", {})
     lineage = {
         "run_id": rc.run_id,
         "round": k,
         "dataset_uri": rc.problem.uri(win["plan"]["dataset_rel"]),
-        "window": collect["window"]
-        if win["plan"]["dataset_rel"] == collect["dataset_rel"]
-        else {"lookback_days": win["plan"]["lookback_days"], "as_of": rc.as_of.isoformat()},
+        "window": source.get("window"),
+        "partitions": [p.get("ds") for p in source.get("partitions") or []],
+        "rows": source.get("dataset_rows"),
         "spec_digest": rc.spec.digest(),
         "code_version": code_version(),
         "feature_groups": win["plan"]["feature_groups"],

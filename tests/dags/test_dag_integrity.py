@@ -1,0 +1,152 @@
+"""DAG integrity, adapted to Airflow 3.3: DagBag lives in airflow.dag_processing.dagbag and
+takes no include_examples (conftest sets AIRFLOW__CORE__LOAD_EXAMPLES=False)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.lifecycle.spec import load_spec, spec_files
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
+SHIPPED = {p.stem: load_spec(p) for p in spec_files(ROOT / "include" / "problems")}
+
+
+def _dagbag(problems_dir: Path | None = None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if problems_dir is not None:
+        os.environ["ML_PROBLEMS_DIR"] = str(problems_dir)
+    try:
+        return DagBag(dag_folder=str(DAGS))
+    finally:
+        os.environ.pop("ML_PROBLEMS_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return _dagbag()
+
+
+def test_every_spec_becomes_a_dag_without_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == set(SHIPPED)
+    assert {"card_fraud", "breast_cancer", "diabetes"} <= set(dagbag.dag_ids)
+
+
+@pytest.mark.parametrize("problem", sorted(SHIPPED))
+def test_dag_metadata_comes_from_the_spec(dagbag, problem):
+    spec = SHIPPED[problem]
+    dag = dagbag.dags[problem]
+    assert isinstance(dag.tags, set)
+    assert {"ml-lifecycle", f"backend:{spec.backend}", *spec.tags} <= dag.tags
+    # the goal in words and the measurable criterion are the DAG's documentation
+    assert " ".join(spec.goal.statement.split())[:60] in " ".join(dag.doc_md.split())
+    assert f"`{spec.goal.metric} " in dag.doc_md
+    assert dag.catchup is False
+    assert dag.params["max_rounds"] == spec.max_rounds
+    for task in dag.tasks:
+        assert task.owner == spec.owner, task.task_id
+        assert task.retries >= 1, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.retry_delay >= dt.timedelta(seconds=1)
+
+
+def test_flagship_schedule_is_nightly(dagbag):
+    dag = dagbag.dags["card_fraud"]
+    assert SHIPPED["card_fraud"].schedule == "0 2 * * *"
+    assert dag.timetable.expression == "0 2 * * *"
+
+
+@pytest.mark.parametrize("problem", sorted(SHIPPED))
+def test_every_section_is_a_task_and_rounds_are_unrolled(dagbag, problem):
+    spec = SHIPPED[problem]
+    dag = dagbag.dags[problem]
+    ids = set(dag.task_ids)
+    assert {"formulate_problem", "collect_and_label", "evaluate_data", "deploy_model", "goal_not_met",
+            "publish_report"} <= ids
+    for k in range(1, spec.max_rounds + 1):
+        for section in ("feature_engineering", "plan_trials", "tuning_trials", "train_model", "evaluate_model",
+                        "meets_business_goal"):
+            assert f"round_{k}.{section}" in ids
+        last = k == spec.max_rounds
+        assert (f"round_{k}.diagnose" in ids) is not last
+        for remedy in ("tune_model", "augment_features", "augment_data"):
+            assert (f"round_{k}.{remedy}" in ids) is not last
+    assert f"round_{spec.max_rounds + 1}.feature_engineering" not in ids
+
+
+def test_branches_and_the_loop_edges(dagbag):
+    from airflow.providers.standard.operators.python import BranchPythonOperator
+
+    dag = dagbag.dags["card_fraud"]
+    gate = dag.get_task("round_1.meets_business_goal")
+    assert isinstance(gate, BranchPythonOperator)
+    assert gate.downstream_task_ids == {"deploy_model", "goal_not_met", "round_1.diagnose"}
+    diagnose = dag.get_task("round_1.diagnose")
+    assert isinstance(diagnose, BranchPythonOperator)
+    assert diagnose.downstream_task_ids == {"round_1.tune_model", "round_1.augment_features", "round_1.augment_data"}
+    for remedy in ("tune_model", "augment_features", "augment_data"):
+        assert dag.get_task(f"round_1.{remedy}").downstream_task_ids == {"round_2.feature_engineering"}
+    # trials are a mapped task; the joins tolerate skipped branches
+    assert dag.get_task("round_2.tuning_trials").is_mapped
+    assert dag.get_task("deploy_model").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("publish_report").upstream_task_ids == {"deploy_model", "goal_not_met"}
+    assert dag.get_edge_info("round_1.meets_business_goal", "deploy_model") == {"label": "goal met"}
+
+
+def test_dag_file_imports_nothing_heavy():
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(DAGS)!r})
+        assert not bag.import_errors, bag.import_errors
+        heavy = sorted(m for m in ("sklearn", "xgboost", "matplotlib", "scipy") if m in sys.modules)
+        print("HEAVY", heavy)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "HEAVY []" in proc.stdout
+
+
+def _broken_dir(tmp_path: Path, mutate) -> Path:
+    d = tmp_path / "problems"
+    d.mkdir()
+    shutil.copy(ROOT / "include" / "problems" / "breast_cancer.yaml", d / "breast_cancer.yaml")
+    data = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    mutate(data)
+    (d / "card_fraud.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return d
+
+
+def test_a_wrong_spec_fails_the_import_naming_file_field_and_rule(tmp_path):
+    def mutate(data):
+        data["goal"]["max_alert_rate"] = 3  # a share: must be <= 1
+
+    bag = _dagbag(_broken_dir(tmp_path, mutate))
+    assert bag.import_errors, "a broken spec must fail the DAG import"
+    message = "\n".join(bag.import_errors.values())
+    assert "card_fraud.yaml" in message
+    assert "goal.max_alert_rate" in message
+    assert "less than or equal to 1" in message
+
+
+def test_an_unknown_field_is_rejected_with_its_name(tmp_path):
+    def mutate(data):
+        data["training"]["candidates"][0]["famly"] = "logistic"
+
+    bag = _dagbag(_broken_dir(tmp_path, mutate))
+    message = "\n".join(bag.import_errors.values())
+    assert "training.candidates[0].famly" in message
+    assert "card_fraud.yaml" in message

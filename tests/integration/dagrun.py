@@ -1,0 +1,61 @@
+"""Run a DAG of dags/ end to end in-process with ``dag.test()`` and read what it wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_dag(
+    dag_id: str,
+    logical_date: dt.datetime,
+    *,
+    problems_dir: Path | None = None,
+    conf: dict[str, Any] | None = None,
+) -> tuple[str, str, Path]:
+    """(state, run_id, run folder) of one whole-DAG run; the DAG is parsed from dags/ with
+    ``ML_PROBLEMS_DIR`` pointing at ``problems_dir`` (default: the shipped specs)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.lifecycle.store import safe_run_id
+
+    old = os.environ.get("ML_PROBLEMS_DIR")
+    if problems_dir is not None:
+        os.environ["ML_PROBLEMS_DIR"] = str(problems_dir)
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert not bag.import_errors, bag.import_errors
+        dr = bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
+    finally:
+        if old is None:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        else:
+            os.environ["ML_PROBLEMS_DIR"] = old
+    run_dir = artifacts(dag_id) / "runs" / safe_run_id(dr.run_id)
+    return str(dr.state), dr.run_id, run_dir
+
+
+def artifacts(problem: str) -> Path:
+    return Path(os.environ["ML_ARTIFACT_ROOT"]) / problem
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def content_hash(df) -> str:
+    """Order- and encoding-independent hash of a frame's content."""
+    import pandas as pd
+
+    df = df.sort_values(list(df.columns)).reset_index(drop=True)
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()

@@ -1,0 +1,371 @@
+"""Unit tests of include/lifecycle/decide.py: the business-goal gate, the diagnosis rules that pick
+a remedy from the evidence of a round, and the plan of the next round (with fall-through)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from include.lifecycle.decide import (
+    AUGMENT_DATA,
+    AUGMENT_FEATURES,
+    TUNE,
+    diagnose,
+    goal_decision,
+    initial_plan,
+    next_plan,
+)
+from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
+
+CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
+
+
+# --------------------------------------------------------------------------------------
+# specs: the flagship file and variants derived from its YAML dict
+# --------------------------------------------------------------------------------------
+def _card_dict() -> dict[str, Any]:
+    return yaml.safe_load(CARD_FRAUD.read_text())
+
+
+def _variant(edit: Any) -> Spec:
+    """card_fraud.yaml with ``edit(d)`` applied to its dict, validated like a file."""
+    d = _card_dict()
+    edit(d)
+    return parse_spec(d, source="card_fraud-variant")
+
+
+def _as_regression(d: dict[str, Any], *, layout: str = "partitioned") -> None:
+    """Turn the card fraud spec into an rmse regression of the amount (lower is better)."""
+    d["problem"] = {"type": "regression", "target": "amount"}
+    d["goal"].update(metric="rmse", target=50.0, champion_margin=2.0, near_goal=0.12)
+    d["diagnosis"] = {"max_gap": 15.0, "min_train_positives": 60}
+    d["data"]["layout"] = layout
+    for cand in d["training"]["candidates"]:
+        if cand["family"] == "logistic":
+            cand["family"], cand["params"], cand["search"] = "linear", {"alpha": 1.0}, {"alpha": [0.1, 1.0]}
+    d["training"]["initial_candidates"] = ["linear", "xgboost"]
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(CARD_FRAUD)
+
+
+@pytest.fixture(scope="module")
+def rmse_spec() -> Spec:
+    return _variant(_as_regression)
+
+
+def _plan(spec: Spec, **overrides: Any) -> dict[str, Any]:
+    plan = initial_plan(spec, dataset_rel="runs/r1/dataset.parquet", lookback_days=spec.data.lookback_days)
+    plan.update(overrides)
+    return plan
+
+
+def test_flagship_spec_has_the_values_these_tests_rely_on(spec: Spec) -> None:
+    # The expectations below are derived from these numbers; fail loudly if the YAML moves.
+    assert spec.goal.higher_is_better
+    assert spec.goal.target == 0.75
+    assert spec.goal.champion_margin == 0.01
+    assert spec.goal.near_goal == 0.12
+    assert spec.diagnosis.max_gap == 0.2
+    assert spec.diagnosis.min_train_positives == 60
+    assert spec.features.initial == ["transaction"]
+    assert spec.features.augment_order == ["card_velocity", "card_history", "merchant_risk", "time_of_day"]
+    assert spec.data.layout == "partitioned"
+    assert (spec.data.lookback_days, spec.data.max_lookback_days) == (35, 70)
+
+
+def test_rmse_variant_is_lower_is_better(rmse_spec: Spec) -> None:
+    assert not rmse_spec.goal.higher_is_better
+    assert not rmse_spec.is_binary
+    assert [c.family for c in rmse_spec.training.candidates] == ["linear", "random_forest", "xgboost"]
+
+
+# --------------------------------------------------------------------------------------
+# goal_decision
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("candidate", "champion", "meets", "no_worse"),
+    [
+        (0.80, None, True, True),  # first model that meets the goal
+        (0.70, None, False, True),  # no champion, but the goal is missed
+        (0.75, None, True, True),  # the goal is inclusive
+        (0.80, 0.805, True, True),  # slightly below the champion, within the 0.01 margin
+        (0.80, 0.78, True, True),  # better than the champion
+        (0.80, 0.85, True, False),  # meets the goal but is a regression
+        (0.70, 0.60, False, True),  # better than the champion but misses the goal
+    ],
+)
+def test_goal_decision_higher_is_better(
+    spec: Spec, candidate: float, champion: float | None, meets: bool, no_worse: bool
+) -> None:
+    d = goal_decision(spec, candidate=candidate, champion=champion)
+    assert d["meets_goal"] is meets
+    assert d["no_worse_than_champion"] is no_worse
+    assert d["deploy"] is (meets and no_worse)
+    assert d["candidate"] == candidate
+    assert d["champion"] == champion
+    assert "amount_recall_at_alert_rate" in d["reason"]
+    assert ">= 0.75" in d["reason"]
+    assert ("meets the goal" if meets else "misses the goal") in d["reason"]
+    if champion is None:
+        assert "no champion yet" in d["reason"]
+    else:
+        assert ("candidate no worse" if no_worse else "candidate worse") in d["reason"]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "meets", "no_worse"),
+    [
+        (45.0, None, True, True),
+        (55.0, None, False, True),
+        (50.0, None, True, True),  # rmse == target meets the goal
+        (30.0, 45.0, True, True),  # lower rmse than the champion
+        (45.0, 44.0, True, True),  # 1.0 worse, within the 2.0 margin
+        (45.0, 43.0, True, True),  # exactly at the margin
+        (45.0, 40.0, True, False),  # 5.0 worse: a regression
+        (60.0, 70.0, False, True),  # better than the champion, still misses the goal
+    ],
+)
+def test_goal_decision_lower_is_better(
+    rmse_spec: Spec, candidate: float, champion: float | None, meets: bool, no_worse: bool
+) -> None:
+    d = goal_decision(rmse_spec, candidate=candidate, champion=champion)
+    assert (d["meets_goal"], d["no_worse_than_champion"], d["deploy"]) == (meets, no_worse, meets and no_worse)
+    assert "rmse" in d["reason"] and "<= 50.0" in d["reason"]
+
+
+def test_goal_decision_margin_boundary_is_inclusive() -> None:
+    # Binary fractions, so the boundary is exact in floating point.
+    s = _variant(lambda d: d["goal"].update(target=0.5, champion_margin=0.25))
+    assert goal_decision(s, candidate=0.75, champion=1.0)["deploy"] is True
+    assert goal_decision(s, candidate=0.74, champion=1.0)["deploy"] is False
+    no_margin = _variant(lambda d: d["goal"].update(target=0.5, champion_margin=0.0))
+    assert goal_decision(no_margin, candidate=0.75, champion=0.75)["deploy"] is True
+    assert goal_decision(no_margin, candidate=0.75, champion=0.7500001)["deploy"] is False
+
+
+def test_goal_decision_formats_scores_in_the_reason(spec: Spec) -> None:
+    d = goal_decision(spec, candidate=0.812345, champion=0.8)
+    assert "0.8123" in d["reason"] and "0.8000" in d["reason"]
+    assert "margin 0.01" in d["reason"]
+
+
+# --------------------------------------------------------------------------------------
+# diagnose
+# --------------------------------------------------------------------------------------
+def test_too_few_positives_means_more_data_first(spec: Spec) -> None:
+    # The scores alone would say "tune" (small gap, close to the goal); the positives rule wins.
+    d = diagnose(spec, train_score=0.72, validation_score=0.70, train_positives=10)
+    assert d["remedy"] == AUGMENT_DATA
+    assert "only 10 positives" in d["reason"] and "60" in d["reason"]
+    assert d["evidence"]["train_positives"] == 10
+
+
+def test_enough_or_unknown_positives_skip_the_positives_rule(spec: Spec) -> None:
+    for positives in (60, 5000, None):
+        d = diagnose(spec, train_score=0.72, validation_score=0.70, train_positives=positives)
+        assert d["remedy"] == TUNE, positives
+
+
+def test_regression_ignores_the_positives_rule(rmse_spec: Spec) -> None:
+    d = diagnose(rmse_spec, train_score=52.0, validation_score=54.0, train_positives=0)
+    assert d["remedy"] == TUNE
+
+
+def test_large_train_validation_gap_means_more_data(spec: Spec) -> None:
+    d = diagnose(spec, train_score=0.99, validation_score=0.60, train_positives=500)
+    assert d["remedy"] == AUGMENT_DATA
+    assert d["evidence"]["gap"] == pytest.approx(0.39)
+    assert "gap 0.390 > 0.2" in d["reason"]
+
+
+def test_gap_equal_to_max_gap_is_not_overfitting() -> None:
+    s = _variant(lambda d: d["diagnosis"].update(max_gap=0.25))
+    d = diagnose(s, train_score=0.75, validation_score=0.5, train_positives=500)
+    assert d["evidence"]["gap"] == 0.25
+    assert d["remedy"] == AUGMENT_FEATURES  # short by a third of the goal: both low
+
+
+def test_validation_meets_goal_but_test_misses_means_more_data(spec: Spec) -> None:
+    d = diagnose(spec, train_score=0.85, validation_score=0.80, train_positives=500, test_score=0.70)
+    assert d["remedy"] == AUGMENT_DATA
+    assert "does not hold on unseen data" in d["reason"]
+    assert d["evidence"]["test_score"] == 0.70
+
+
+def test_validation_meets_goal_without_test_score_is_not_a_data_problem(spec: Spec) -> None:
+    d = diagnose(spec, train_score=0.85, validation_score=0.80, train_positives=500)
+    assert d["remedy"] == TUNE
+    assert d["evidence"]["relative_shortfall"] < 0
+
+
+def test_close_to_goal_means_tune(spec: Spec) -> None:
+    d = diagnose(spec, train_score=0.72, validation_score=0.70, train_positives=500, test_score=0.69)
+    assert d["remedy"] == TUNE
+    assert d["evidence"]["relative_shortfall"] == pytest.approx(0.05 / 0.75)
+    assert "within 12% of the goal" in d["reason"]
+
+
+def test_near_goal_boundary(spec: Spec) -> None:
+    # near_goal 0.12 of target 0.75 is a shortfall of 0.09: validation 0.66 is the edge.
+    assert diagnose(spec, train_score=0.70, validation_score=0.6601, train_positives=500)["remedy"] == TUNE
+    assert diagnose(spec, train_score=0.70, validation_score=0.6599, train_positives=500)["remedy"] == AUGMENT_FEATURES
+
+
+def test_both_scores_low_means_more_features(spec: Spec) -> None:
+    d = diagnose(spec, train_score=0.40, validation_score=0.35, train_positives=500)
+    assert d["remedy"] == AUGMENT_FEATURES
+    assert d["evidence"]["relative_shortfall"] == pytest.approx(0.40 / 0.75)
+    assert "both low" in d["reason"]
+
+
+@pytest.mark.parametrize(
+    ("train", "validation", "test", "remedy"),
+    [
+        (20.0, 60.0, None, AUGMENT_DATA),  # validation rmse 40 above train: gap > 15
+        (48.0, 49.0, 60.0, AUGMENT_DATA),  # validation meets (<= 50), test misses
+        (50.0, 54.0, None, TUNE),  # 8% above the target
+        (85.0, 90.0, None, AUGMENT_FEATURES),  # 80% above the target, small gap
+    ],
+)
+def test_diagnose_lower_is_better(
+    rmse_spec: Spec, train: float, validation: float, test: float | None, remedy: str
+) -> None:
+    d = diagnose(rmse_spec, train_score=train, validation_score=validation, train_positives=None, test_score=test)
+    assert d["remedy"] == remedy
+    assert d["evidence"]["gap"] == pytest.approx(validation - train)
+    assert d["evidence"]["relative_shortfall"] == pytest.approx((validation - 50.0) / 50.0)
+
+
+def test_rmse_train_worse_than_validation_is_not_a_gap(rmse_spec: Spec) -> None:
+    # Lower is better: a validation rmse below the train rmse is a negative gap, not overfitting.
+    d = diagnose(rmse_spec, train_score=90.0, validation_score=52.0, train_positives=None)
+    assert d["evidence"]["gap"] == pytest.approx(-38.0)
+    assert d["remedy"] == TUNE
+
+
+# --------------------------------------------------------------------------------------
+# next_plan
+# --------------------------------------------------------------------------------------
+def test_initial_plan_follows_the_spec(spec: Spec) -> None:
+    plan = _plan(spec)
+    assert plan["round"] == 1
+    assert plan["feature_groups"] == ["transaction"]
+    assert plan["families"] == ["logistic", "xgboost"]
+    assert plan["trials_per_family"] == 2
+    assert plan["resample"] == "none" and plan["wide_search"] is False
+    assert plan["lookback_days"] == 35
+
+
+def test_augment_features_adds_groups_in_spec_order_then_falls_through_to_tune(spec: Spec) -> None:
+    plan = _plan(spec)
+    for k, group in enumerate(spec.features.augment_order, start=1):
+        plan = next_plan(spec, plan, AUGMENT_FEATURES, f"round {k} features low")
+        assert plan["round"] == k + 1
+        assert plan["feature_groups"] == ["transaction", *spec.features.augment_order[:k]]
+        assert plan["feature_groups"][-1] == group
+        assert plan["applied"] == AUGMENT_FEATURES
+        assert plan["changes"] == [f"feature groups + {group}"]
+        assert plan["reason"] == f"round {k} features low"
+        assert plan["remedy"] == AUGMENT_FEATURES
+        assert plan["needs_new_data"] is False
+        assert plan["lookback_days"] == 35 and plan["resample"] == "none"
+    exhausted = next_plan(spec, plan, AUGMENT_FEATURES, "still low")
+    assert exhausted["feature_groups"] == plan["feature_groups"]
+    assert exhausted["remedy"] == AUGMENT_FEATURES
+    assert exhausted["applied"] == TUNE
+    assert exhausted["changes"][0] == "augment_features has nothing left to give; applied tune_model instead"
+    assert exhausted["families"] == ["logistic", "random_forest", "xgboost"]
+    assert exhausted["wide_search"] is True
+
+
+def test_augment_data_doubles_lookback_and_oversamples(spec: Spec) -> None:
+    plan = next_plan(spec, _plan(spec), AUGMENT_DATA, "gap")
+    assert plan["applied"] == AUGMENT_DATA
+    assert plan["lookback_days"] == 70
+    assert plan["needs_new_data"] is True
+    assert plan["resample"] == "oversample"
+    assert plan["feature_groups"] == ["transaction"]
+    assert plan["changes"] == ["lookback 35 -> 70 days", "oversample the minority class"]
+
+
+def test_lookback_doubling_is_capped_at_the_maximum(spec: Spec) -> None:
+    plan = next_plan(spec, _plan(spec, lookback_days=50, resample="oversample"), AUGMENT_DATA, "gap")
+    assert plan["lookback_days"] == 70
+    assert plan["changes"] == ["lookback 50 -> 70 days"]
+    assert plan["needs_new_data"] is True
+
+
+def test_exhausted_data_remedy_falls_through_to_features(spec: Spec) -> None:
+    first = next_plan(spec, _plan(spec), AUGMENT_DATA, "gap")
+    second = next_plan(spec, first, AUGMENT_DATA, "gap again")
+    assert second["lookback_days"] == 70 and second["resample"] == "oversample"
+    assert second["needs_new_data"] is False  # nothing new to collect
+    assert second["applied"] == AUGMENT_FEATURES
+    assert second["feature_groups"] == ["transaction", "card_velocity"]
+    assert second["changes"][0] == "augment_data has nothing left to give; applied augment_features instead"
+
+
+def test_everything_exhausted_falls_through_to_tune(spec: Spec) -> None:
+    full = ["transaction", *spec.features.augment_order]
+    plan = _plan(spec, lookback_days=70, resample="oversample", feature_groups=full)
+    nxt = next_plan(spec, plan, AUGMENT_DATA, "gap")
+    assert nxt["applied"] == TUNE
+    assert nxt["trials_per_family"] == 4
+    assert nxt["feature_groups"] == full
+
+
+def test_single_file_data_only_oversamples(spec: Spec) -> None:
+    s = _variant(lambda d: d["data"].update(layout="single_file"))
+    plan = next_plan(s, _plan(s), AUGMENT_DATA, "gap")
+    assert plan["lookback_days"] == 35
+    assert plan["needs_new_data"] is False
+    assert plan["resample"] == "oversample"
+    assert plan["applied"] == AUGMENT_DATA
+
+
+def test_regression_partitioned_data_gets_history_but_no_oversampling(rmse_spec: Spec) -> None:
+    plan = next_plan(rmse_spec, _plan(rmse_spec), AUGMENT_DATA, "gap")
+    assert plan["lookback_days"] == 70
+    assert plan["resample"] == "none"
+    assert plan["applied"] == AUGMENT_DATA
+
+
+def test_regression_single_file_has_no_data_remedy() -> None:
+    s = _variant(lambda d: _as_regression(d, layout="single_file"))
+    plan = next_plan(s, _plan(s), AUGMENT_DATA, "gap")
+    assert plan["applied"] == AUGMENT_FEATURES
+    assert plan["resample"] == "none" and plan["lookback_days"] == 35
+    assert plan["changes"][0].startswith("augment_data has nothing left to give")
+
+
+def test_tune_widens_the_search_and_doubles_trials_up_to_the_maximum(spec: Spec) -> None:
+    plan = _plan(spec)
+    seen = []
+    for _ in range(4):
+        plan = next_plan(spec, plan, TUNE, "close")
+        assert plan["applied"] == TUNE
+        assert plan["wide_search"] is True
+        assert plan["families"] == ["logistic", "random_forest", "xgboost"]
+        assert plan["feature_groups"] == ["transaction"]
+        seen.append(plan["trials_per_family"])
+    assert seen == [4, 8, 12, 12]  # max_trials is 12
+    assert "12 trials per family" in plan["changes"][0]
+
+
+def test_next_plan_does_not_modify_the_previous_plan(spec: Spec) -> None:
+    plan = _plan(spec)
+    before = copy.deepcopy(plan)
+    for remedy in (AUGMENT_FEATURES, AUGMENT_DATA, TUNE):
+        next_plan(spec, plan, remedy, "why")
+    assert plan == before
+
+
+def test_unknown_remedy_is_refused(spec: Spec) -> None:
+    with pytest.raises(KeyError):
+        next_plan(spec, _plan(spec), "deploy_anyway", "no")
