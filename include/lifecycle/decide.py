@@ -154,7 +154,11 @@ def next_plan(spec: Spec, plan: dict[str, Any], remedy: str, reason: str) -> dic
             if spec.is_binary and plan["resample"] == "none":
                 new["resample"] = "oversample"
                 notes.append("oversample the minority class")
-        elif r == TUNE:
+        elif r == TUNE and not (
+            plan.get("wide_search")
+            and set(plan.get("families") or []) == set(all_fams)
+            and plan["trials_per_family"] >= spec.training.max_trials
+        ):
             new["families"] = all_fams
             new["trials_per_family"] = min(plan["trials_per_family"] * 2, spec.training.max_trials)
             new["wide_search"] = True
@@ -162,7 +166,10 @@ def next_plan(spec: Spec, plan: dict[str, Any], remedy: str, reason: str) -> dic
         if notes:
             applied = r
             break
-    if applied != remedy:
+    if applied is None:
+        notes.append("every remedy is exhausted (all feature groups, all history, widest search): the next round "
+                     "repeats this plan with newly sampled trials")
+    elif applied != remedy:
         notes.insert(0, f"{remedy} has nothing left to give; applied {applied} instead")
     new["applied"] = applied
     new["changes"] = notes

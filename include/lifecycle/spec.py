@@ -399,6 +399,18 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out.replace("schema_", "schema")
 
 
+def _field_in_message(msg: str) -> str:
+    """Cross-field rules are checked on the whole spec; their message starts with the field."""
+    m = re.match(r"((?:[a-z_]+\.)+[a-z_]+)", msg)
+    if m:
+        return m.group(1)
+    if msg.startswith("feature group"):
+        return "features.groups"
+    if msg.startswith("backend"):
+        return "backend"
+    return "(top level)"
+
+
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> Spec:
     """Validate a spec dict; raise SpecError naming the file, the field and the rule."""
     if not isinstance(data, dict):
@@ -408,8 +420,8 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> Spec:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = _field_path(err["loc"]) or "(top level)"
             msg = re.sub(r"^Value error, ", "", err["msg"])
+            field = _field_path(err["loc"]) or _field_in_message(msg)
             lines.append(f"{source}: field '{field}': {msg}")
         raise SpecError("invalid problem spec\n" + "\n".join(lines)) from None
 

@@ -347,15 +347,20 @@ def test_regression_single_file_has_no_data_remedy() -> None:
 def test_tune_widens_the_search_and_doubles_trials_up_to_the_maximum(spec: Spec) -> None:
     plan = _plan(spec)
     seen = []
-    for _ in range(4):
+    for _ in range(3):
         plan = next_plan(spec, plan, TUNE, "close")
         assert plan["applied"] == TUNE
         assert plan["wide_search"] is True
         assert plan["families"] == ["logistic", "random_forest", "xgboost"]
         assert plan["feature_groups"] == ["transaction"]
         seen.append(plan["trials_per_family"])
-    assert seen == [4, 8, 12, 12]  # max_trials is 12
+    assert seen == [4, 8, 12]  # max_trials is 12
     assert "12 trials per family" in plan["changes"][0]
+    # the search is at its widest: tuning again would change nothing, so the next remedy applies
+    after = next_plan(spec, plan, TUNE, "close")
+    assert after["applied"] == AUGMENT_FEATURES
+    assert after["changes"][0] == "tune_model has nothing left to give; applied augment_features instead"
+    assert after["feature_groups"] == ["transaction", "card_velocity"]
 
 
 def test_next_plan_does_not_modify_the_previous_plan(spec: Spec) -> None:
@@ -369,3 +374,18 @@ def test_next_plan_does_not_modify_the_previous_plan(spec: Spec) -> None:
 def test_unknown_remedy_is_refused(spec: Spec) -> None:
     with pytest.raises(KeyError):
         next_plan(spec, _plan(spec), "deploy_anyway", "no")
+
+
+def test_tune_is_exhausted_once_the_search_is_at_its_widest():
+    spec = load_spec(CARD_FRAUD)
+    plan = initial_plan(spec, dataset_rel="runs/r1/dataset.parquet", lookback_days=spec.data.max_lookback_days)
+    plan.update(
+        feature_groups=[g.name for g in spec.features.groups],
+        families=[c.family for c in spec.training.candidates],
+        trials_per_family=spec.training.max_trials,
+        wide_search=True,
+        resample="oversample",
+    )
+    nxt = next_plan(spec, plan, TUNE, "close")
+    assert nxt["applied"] is None
+    assert "every remedy is exhausted" in nxt["changes"][-1]

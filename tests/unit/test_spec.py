@@ -185,7 +185,7 @@ def test_spec_is_frozen() -> None:
         ),
         pytest.param(
             lambda d: d["data"].__setitem__("key", "tx_id"),
-            "(top level)",
+            "data.key",
             "data.key 'tx_id' is not a schema column",
             id="key-not-a-column",
         ),
