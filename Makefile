@@ -62,7 +62,7 @@ test: setup
 run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
 	  $(VENV)/bin/airflow dags test $(PROBLEM) $(RUN_DATE) > $(AIRFLOW_HOME)/last-run.log 2>&1; \
-	  status=$$?; grep -E "collect_and_label:|quality gate|meets_business_goal:|diagnose round|round [0-9]+ plan|deploy_model:|goal_not_met:|report:" $(AIRFLOW_HOME)/last-run.log | sed -E 's/^.*(\[[a-z]+ *\])? *//' | cut -c1-220 | tail -40; \
+	  status=$$?; grep -E "collect_and_label:|quality gate: FAIL|meets_business_goal:|diagnose round|deploy_model:|goal_not_met:|ERROR|Error:" $(AIRFLOW_HOME)/last-run.log | sed -E 's/^[^ ]+ \[[a-z ]+\] +//; s/ +\[[a-zA-Z_.]+\] +loc=.*$$//' | cut -c1-200 | tail -40; \
 	  echo "full log: $(AIRFLOW_HOME)/last-run.log"; \
 	  $(PY) -m include.lifecycle.summarise --artifact-root $(ML_ARTIFACT_ROOT) --problem $(PROBLEM) --run-date $(RUN_DATE); \
 	  exit $$status

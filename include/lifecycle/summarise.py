@@ -36,6 +36,8 @@ def summarise(problem: Store, run: str) -> str:
                 f"best {r['best_trial']}, train {r['train_score']:.4f}, validation {r['validation_score']:.4f}, "
                 f"test {r['test_score']:.4f} -> {'meets' if r['meets_goal'] else 'misses'} the goal"
             )
+            if r.get("diagnosis"):
+                lines.append(f"    diagnosis: {r['diagnosis']['remedy']} - {r['diagnosis']['reason']}")
         lines.append(
             f"  DECISION: {summary['decision']} (model version {summary['model_version']}; champion "
             f"{summary['champion_before']} -> {summary['champion_after']})"
