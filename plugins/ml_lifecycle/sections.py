@@ -479,6 +479,9 @@ def evaluate_model(problem: str, round_no: int, **context: Any) -> dict[str, Any
         "metric": goal.metric,
         "train_score": best["train_score"],
         "validation_score": best["validation_score"],
+        # how much better the model does on rows it was fit on: the overfitting evidence of the diagnosis
+        "train_validation_gap": (best["train_score"] - best["validation_score"])
+        * (1 if goal.higher_is_better else -1),
         "importance": importance,
     }
     if binary:

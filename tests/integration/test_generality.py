@@ -234,3 +234,27 @@ def test_a_goal_that_cannot_be_met_ends_in_goal_not_met_and_deploys_nothing(airf
     )
     outcome = read_json(run_dir / "outcome.json")
     assert outcome["decision"] == "goal_not_met"
+
+
+def test_unfit_data_stops_the_run_at_the_quality_gate(airflow_db, churn_env):
+    # tenure_months and monthly_charges miss 3% and 5% of their values: more than this spec allows
+    unfit = {**CHURN_SPEC, "name": "churn_unfit", "quality": {"min_rows": 500, "max_missing_share": 0.02}}
+    _write_spec(churn_env["problems"], unfit)
+    state, _, run_dir = run_dag("churn_unfit", LOGICAL_DATE, problems_dir=churn_env["problems"])
+    assert state == "failed"
+    verdict = read_json(run_dir / "eda" / "verdict.json")
+    assert verdict["verdict"] == "unfit"
+    assert verdict["failed"] == ["max_missing_share"]
+    detail = next(c["detail"] for c in verdict["checks"] if c["name"] == "max_missing_share")
+    assert "monthly_charges" in detail
+    assert (run_dir / "eda" / "eda_report.html").exists()  # the person fixing the data gets the report
+    # nothing was engineered or trained on unfit data (only round 1's plan had been written)
+    assert [p.name for p in (run_dir / "round_1").iterdir()] == ["plan.json"]
+
+
+def test_too_few_positives_stops_the_run_when_the_problem_is_formulated(airflow_db, churn_env):
+    unfit = {**CHURN_SPEC, "name": "churn_rare", "quality": {"min_rows": 500, "min_positives": 100_000}}
+    _write_spec(churn_env["problems"], unfit)
+    state, _, run_dir = run_dag("churn_rare", LOGICAL_DATE, problems_dir=churn_env["problems"])
+    assert state == "failed"
+    assert not (run_dir / "collect_summary.json").exists()
