@@ -19,7 +19,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export AIRFLOW__LOGGING__LOGGING_LEVEL := INFO
 export ML_ARTIFACT_ROOT := $(CURDIR)/artifacts
 
-.PHONY: setup run test lint up demo-data clean lock help
+.PHONY: setup run test lint up demo-data clean lock help bench
 
 help:
 	@echo "make run   - set up and run the flagship problem ($(PROBLEM)) end to end offline"
@@ -72,6 +72,12 @@ up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
 	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	  $(VENV)/bin/airflow standalone
+
+# Benchmarks are not tests: they measure time and memory and write bench/results/<date>.json.
+BENCH_ROWS ?= 250000 1000000 4000000
+bench: setup
+	$(PY) bench/lifecycle.py --rows $(BENCH_ROWS)
+	$(PY) bench/bench_data_and_features.py
 
 lock:
 	$(UV) pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.txt --no-header
