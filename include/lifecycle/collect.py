@@ -159,7 +159,10 @@ def cast_and_validate(
     for col in schema.columns:
         raw = df[col.name]
         values = _cast_column(raw, col)
-        raw_missing = raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+        raw_missing = raw.isna().to_numpy()
+        if pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
+            # only text can be blank; typed columns (numbers, timestamps) need no string round trip
+            raw_missing = raw_missing | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
         now_missing = values.isna().to_numpy()
         if not col.nullable:
             flag(raw_missing, "not_null", col.name)
@@ -209,19 +212,24 @@ def cast_and_validate(
     )
 
 
-def tokenise(values: pd.Series, key: bytes) -> pd.Series:
+def tokenise(values: pd.Series, key: bytes, cache: dict[str, str] | None = None) -> pd.Series:
     """Keyed hash (BLAKE2b MAC, 96 bits, hex) of each value; the same value gives the same token.
 
     Only distinct values are hashed, so a million rows of a hundred thousand cards cost a
-    hundred thousand hashes.
+    hundred thousand hashes; ``cache`` (one per key) carries tokens across the partitions of a run.
     """
     if not key:
         raise ValueError("the PII hash key is empty: set the Airflow variable ml_pii_hash_key")
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    tokens = np.array(
-        [hashlib.blake2b(str(u).encode(), key=key[:64], digest_size=12).hexdigest() for u in uniques] + [None],
-        dtype=object,
-    )
+    memo: dict[str, str] = {} if cache is None else cache
+    mac = key[:64]
+    out: list[str | None] = []
+    for u in map(str, uniques.tolist()):
+        token = memo.get(u)
+        if token is None:
+            token = memo[u] = hashlib.blake2b(u.encode(), key=mac, digest_size=12).hexdigest()
+        out.append(token)
+    tokens = np.array([*out, None], dtype=object)
     return pd.Series(tokens[codes], index=values.index, dtype="str")
 
 
@@ -232,7 +240,7 @@ def key_fingerprint(key: bytes) -> str:
 
 # --- per partition ---------------------------------------------------------------------------
 def curate_partition(
-    frames: list[tuple[str, pd.DataFrame]], spec: Spec, *, pii_key: bytes
+    frames: list[tuple[str, pd.DataFrame]], spec: Spec, *, pii_key: bytes, token_cache: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Curate all files of one partition; return curated, quarantined and the counts."""
     curated, quarantined, by_rule, dropped, sources = [], [], {}, set(), []
@@ -261,9 +269,9 @@ def curate_partition(
             by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + int(dup.sum())
             cur = cur[~dup.to_numpy()].reset_index(drop=True)
     for col in spec.pii_columns:
-        cur[col] = tokenise(cur[col], pii_key)
+        cur[col] = tokenise(cur[col], pii_key, token_cache)
         if col in qua.columns:
-            qua[col] = tokenise(qua[col], pii_key)
+            qua[col] = tokenise(qua[col], pii_key, token_cache)
     if spec.data.time_column and len(cur):
         cur = cur.sort_values(
             [spec.data.time_column, *([spec.data.key] if spec.data.key else [])], kind="stable"
@@ -340,6 +348,7 @@ def collect_and_label(
     totals = {"rows_in": 0, "rows_curated": 0, "rows_quarantined": 0}
     by_rule: dict[str, int] = {}
     partitions: list[dict[str, Any]] = []
+    token_cache: dict[str, str] = {}  # PII tokens of this run, shared by its partitions
     curated_rel: list[str] = []
     if spec.data.layout == "partitioned":
         source = Store.from_uri(source_uri)
@@ -365,7 +374,7 @@ def collect_and_label(
         else:
             if frames is None:
                 frames = read_partition_files(source, ds, spec.data.format)
-            cur, qua, counts = curate_partition(frames, spec, pii_key=pii_key)
+            cur, qua, counts = curate_partition(frames, spec, pii_key=pii_key, token_cache=token_cache)
             problem.write_parquet(f"{rel}/part-0.parquet", cur)
             if len(qua):
                 problem.write_parquet(f"quarantine/ds={ds}/part-0.parquet", qua)
