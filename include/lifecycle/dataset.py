@@ -41,8 +41,11 @@ def assign_splits(df: pd.DataFrame, spec: Spec, y: np.ndarray | None = None) -> 
     out = np.full(n, TRAIN, dtype=object)
     tcol = spec.data.time_column
     if tcol:
-        days = df[tcol].dt.floor("D")
-        uniq = np.sort(days.unique())
+        ts = df[tcol]
+        if isinstance(ts.dtype, pd.DatetimeTZDtype):
+            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+        d = ts.to_numpy(dtype="datetime64[us]").astype("datetime64[D]")  # numpy days, no Timestamp objects
+        uniq = np.unique(d[~np.isnat(d)])
         need = sp.validation_days + sp.test_days + 1
         if len(uniq) < need:
             raise SplitError(
@@ -51,7 +54,6 @@ def assign_splits(df: pd.DataFrame, spec: Spec, y: np.ndarray | None = None) -> 
             )
         test_from = uniq[-sp.test_days]
         val_from = uniq[-(sp.test_days + sp.validation_days)]
-        d = days.to_numpy()
         out[d >= val_from] = VALIDATION
         out[d >= test_from] = TEST
         return out
