@@ -79,6 +79,18 @@ bench: setup
 	$(PY) bench/lifecycle.py --rows $(BENCH_ROWS)
 	$(PY) bench/bench_data_and_features.py
 
+# The champion of $(PROBLEM) behind a SageMaker-style endpoint on 127.0.0.1:$(SERVE_PORT) (after `make run`);
+# with the PII key it keeps the recent curated days as per-card context. deploy_model tells it to
+# reload when the Airflow variable ml_serving_url (or ML_SERVING_URL) points at it.
+SERVE_PORT ?= 8081
+.PHONY: serve bench-serving
+serve: setup
+	ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key 2>/dev/null) \
+	  $(PY) -m include.lifecycle.serving --problem $(PROBLEM) --host 127.0.0.1 --port $(SERVE_PORT)
+
+bench-serving: setup
+	$(PY) bench/serving.py --problem $(PROBLEM)
+
 lock:
 	$(UV) pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.txt --no-header
 

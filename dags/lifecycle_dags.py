@@ -5,7 +5,7 @@ Every YAML file in ``include/problems/`` becomes a DAG with the sections as task
     formulate_problem -> collect_and_label -> evaluate_data ->
     round_k: feature_engineering -> plan_trials -> tuning_trials (mapped) -> train_model
              -> evaluate_model -> meets_business_goal?
-                 yes -> deploy_model
+                 yes -> [approve_deployment: a person approves, if deploy.require_approval] -> deploy_model
                  no  -> diagnose -> tune_model | augment_features | augment_data -> round_k+1
                  no, last round -> goal_not_met
     -> publish_report (run_summary.json + report.html)
@@ -26,6 +26,9 @@ from airflow.sdk import DAG, Label, Param, TaskGroup, TriggerRule, chain
 from include.lifecycle.decide import REMEDIES
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import sections
+from ml_lifecycle.approval import APPROVAL_TASK_ID, DeploymentApprovalOperator
+from ml_lifecycle.assets import champion_model_asset, curated_data_asset
+from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -44,6 +47,13 @@ def _doc(spec: Spec, path: Path) -> str:
 
 
 def _params(spec: Spec) -> dict[str, Param]:
+    """The run's form (Trigger DAG in the UI, ``-c`` on the CLI, ``conf`` over REST): every field
+    has a title, a description and bounds, so a wrong value is refused before the run starts."""
+    approval = (
+        "This problem requires a person to approve every deployment (deploy.require_approval)."
+        if spec.deploy.require_approval
+        else "This problem deploys automatically (deploy.require_approval is false): no effect."
+    )
     return {
         "max_rounds": Param(
             spec.max_rounds,
@@ -51,7 +61,8 @@ def _params(spec: Spec) -> dict[str, Param]:
             minimum=1,
             maximum=spec.max_rounds,
             title="Max rounds",
-            description="Improvement rounds before the run gives up (at most the spec's max_rounds).",
+            description=f"Improvement rounds (train, evaluate, remedy) before the run gives up: 1 to "
+            f"{spec.max_rounds}, the spec's max_rounds (the rounds are unrolled in the DAG).",
         ),
         "lookback_days": Param(
             spec.data.lookback_days,
@@ -59,21 +70,30 @@ def _params(spec: Spec) -> dict[str, Param]:
             minimum=1,
             maximum=spec.data.max_lookback_days,
             title="Lookback days",
-            description="Days of data before the data interval end used for training.",
+            description=f"Days of data before the data interval end used for training: 1 to "
+            f"{spec.data.max_lookback_days} (data.max_lookback_days); the spec's default is {spec.data.lookback_days}.",
         ),
         "force_deploy": Param(
             False,
             type="boolean",
-            title="Force deploy",
-            description="WARNING: deploys the last candidate even if it misses the goal or is "
-            "worse than the champion. Recorded in the registry.",
+            title="Force deploy (dangerous)",
+            description="WARNING: deploys the last candidate even if it misses the business goal or is worse "
+            "than the champion in production. Use only to roll out a fix you have checked by hand; "
+            "the registry records the version as forced.",
+        ),
+        "skip_approval": Param(
+            False,
+            type="boolean",
+            title="Skip human approval",
+            description=f"Deploy a model that passes the gate without asking for approval. {approval} "
+            "The run records that approval was skipped.",
         ),
         "backend": Param(
             spec.backend,
             type="string",
             enum=["local", "aws"],
             title="Backend",
-            description="Where the heavy work runs: this machine or AWS (Glue, SageMaker).",
+            description="Where the heavy work runs: local (this machine) or aws (Glue, SageMaker, S3).",
         ),
     }
 
@@ -107,13 +127,30 @@ def build_dag(path: Path) -> DAG:
             "retry_delay": dt.timedelta(seconds=20),
             "retry_exponential_backoff": True,
             "max_retry_delay": dt.timedelta(minutes=10),
+            "on_failure_callback": lifecycle_notifiers(name, "failure", spec.alerts.on_failure),
         },
     ) as dag:
         formulate_problem = py("formulate_problem", sections.formulate_problem)
-        collect_and_label = GlueEtlOperator(task_id="collect_and_label", problem=name)
+        collect_and_label = GlueEtlOperator(
+            task_id="collect_and_label", problem=name, outlets=[curated_data_asset(name)]
+        )
         evaluate_data = py("evaluate_data", sections.evaluate_data)
         deploy_model = py("deploy_model", sections.deploy_model, trigger_rule=JOIN)
+        deploy_model.outlets = [champion_model_asset(name)]
         goal_not_met = py("goal_not_met", sections.goal_not_met, trigger_rule=JOIN)
+        goal_not_met.on_success_callback = lifecycle_notifiers(name, "goal_not_met", spec.alerts.on_goal_not_met)
+        # the goal-met branch leads to deploy_model, or first to a person's approval (deploy.require_approval)
+        deploy_gate = deploy_model
+        if spec.deploy.require_approval:
+            hours = spec.deploy.approval_timeout_hours
+            deploy_gate = DeploymentApprovalOperator(
+                task_id=APPROVAL_TASK_ID,
+                problem=name,
+                trigger_rule=JOIN,
+                response_timeout=dt.timedelta(hours=hours) if hours else None,
+                notifiers=lifecycle_notifiers(name, "approval_requested", True),
+            )
+            deploy_gate >> deploy_model
         publish_report = py("publish_report", sections.publish_report, trigger_rule=JOIN)
         chain(formulate_problem, collect_and_label, evaluate_data)
 
@@ -138,11 +175,16 @@ def build_dag(path: Path) -> DAG:
             for upstream in into_round:
                 upstream >> feature_engineering
             # Label() across a TaskGroup boundary attaches to the group's leaves, so label the edges directly.
-            meets_business_goal >> [deploy_model, goal_not_met]
-            dag.set_edge_info(meets_business_goal.task_id, deploy_model.task_id, {"label": "goal met"})
+            meets_business_goal >> [deploy_gate, goal_not_met]
+            dag.set_edge_info(meets_business_goal.task_id, deploy_gate.task_id, {"label": "goal met"})
             dag.set_edge_info(meets_business_goal.task_id, goal_not_met.task_id, {"label": "last round"})
             into_round = remedies if k < spec.max_rounds else []
+        # a rejected deployment skips deploy_model, so the approval itself leads to the report too
         [deploy_model, goal_not_met] >> publish_report
+        if deploy_gate is not deploy_model:
+            deploy_gate >> publish_report
+            dag.set_edge_info(deploy_gate.task_id, deploy_model.task_id, {"label": "approved"})
+            dag.set_edge_info(deploy_gate.task_id, publish_report.task_id, {"label": "rejected: report only"})
     return dag
 
 

@@ -4,6 +4,9 @@ and as an AWS Glue Python shell job (aws backend), where Glue passes ``--name va
     python -m include.jobs.collect_and_label --spec include/problems/card_fraud.yaml \
         --artifact-root file:///.../artifacts/card_fraud --run-dir runs/<run> \
         --as-of 2026-11-01T00:00:00+00:00 --lookback-days 28 --pii-key-env ML_PII_HASH_KEY
+
+On Glue the key comes from Secrets Manager (``--pii-key-secret``) and every object written to S3
+is encrypted on the server (``--sse aws:kms --kms-key-id ...`` or ``--sse AES256``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pii-key-env", default="ML_PII_HASH_KEY", help="environment variable holding the PII key")
     p.add_argument("--source", default=None, help="override data.source")
     p.add_argument("--labels", default=None, help="override data.labels.source")
+    p.add_argument("--pii-key-secret", default=None, help="AWS Secrets Manager secret holding the PII key (Glue)")
+    p.add_argument("--region", default=None, help="AWS region of the secret")
+    p.add_argument("--sse", default=None, choices=["aws:kms", "AES256"], help="S3 server-side encryption of writes")
+    p.add_argument("--kms-key-id", default=None, help="KMS key of --sse aws:kms")
     args, _unknown = p.parse_known_args(argv)  # Glue adds its own --JOB_NAME etc.
     return args
 
@@ -40,12 +47,18 @@ def main(argv: Sequence[str] | None = None, *, pii_key: bytes | None = None, log
     spec = (
         parse_spec(json.loads(args.spec), "<spec json>") if args.spec.lstrip().startswith("{") else load_spec(args.spec)
     )
-    key = pii_key if pii_key is not None else os.environ.get(args.pii_key_env, "").encode()
+    if pii_key is not None:
+        key = pii_key
+    elif args.pii_key_secret:
+        key = secret_key(args.pii_key_secret, args.region)
+    else:
+        key = os.environ.get(args.pii_key_env, "").encode()
     source = resolve_source(args.source or spec.data.source)
     labels = resolve_source(args.labels or spec.data.labels.source) if spec.data.labels else None
+    problem = Store.from_uri(args.artifact_root, **storage_options(args))
     summary = collect_and_label(
         spec,
-        problem=Store.from_uri(args.artifact_root),
+        problem=problem,
         run_dir=args.run_dir,
         as_of=dt.datetime.fromisoformat(args.as_of),
         lookback_days=args.lookback_days,
@@ -54,8 +67,26 @@ def main(argv: Sequence[str] | None = None, *, pii_key: bytes | None = None, log
         labels_uri=labels,
         log=log,
     )
-    Store.from_uri(args.artifact_root).write_json(f"{args.run_dir}/collect_summary.json", summary)
+    problem.write_json(f"{args.run_dir}/collect_summary.json", summary)
     return summary
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    """s3fs options that encrypt every object the job writes (``--sse``, ``--kms-key-id``)."""
+    if not args.sse or not args.artifact_root.startswith("s3://"):
+        return {}
+    extra = {"ServerSideEncryption": args.sse}
+    if args.sse == "aws:kms" and args.kms_key_id:
+        extra["SSEKMSKeyId"] = args.kms_key_id
+    return {"s3_additional_kwargs": extra}
+
+
+def secret_key(secret_id: str, region: str | None) -> bytes:
+    """The PII key from AWS Secrets Manager (the Glue job's role may read this one secret)."""
+    import boto3
+
+    value = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
+    return (value.get("SecretString") or value["SecretBinary"].decode()).encode()
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised as a Glue job / CLI

@@ -285,16 +285,95 @@ class DiagnosisSpec(_Strict):
 
 class DeploySpec(_Strict):
     enabled: bool = True
-    require_approval: bool = False
+    require_approval: bool = Field(
+        False, description="a person approves (Airflow human-in-the-loop) before a model is deployed"
+    )
+    approval_timeout_hours: float | None = Field(
+        None, gt=0, description="no answer within this many hours counts as Reject (none: wait)"
+    )
     endpoint_name: str | None = None
 
 
+class AlertsSpec(_Strict):
+    """Notifications when a run fails or ends without meeting the goal (an Airflow notifier)."""
+
+    channel: Literal["log", "smtp", "slack", "sns"] = "log"
+    on_failure: bool = True
+    on_goal_not_met: bool = True
+    to: list[str] = Field([], description="smtp: e-mail addresses")
+    conn_id: str | None = Field(None, description="smtp/slack/sns connection (default: the provider's)")
+    target: str | None = Field(None, description="slack: channel; sns: topic ARN")
+
+    @model_validator(mode="after")
+    def _addressed(self) -> AlertsSpec:
+        if self.channel == "smtp" and not self.to:
+            raise ValueError("alerts.to: the smtp channel needs at least one address")
+        if self.channel in ("slack", "sns") and not self.target:
+            raise ValueError(
+                f"alerts.target: the {self.channel} channel needs a target (slack channel or SNS topic ARN)"
+            )
+        return self
+
+
+class GlueSpec(_Strict):
+    """How collect_and_label runs as an AWS Glue job (backend aws)."""
+
+    job_type: Literal["glueetl", "pythonshell"] = Field(
+        "glueetl",
+        description="glueetl (Glue 5.0 runs Python 3.11, which pandas 3 needs) or pythonshell (Python 3.9 only)",
+    )
+    glue_version: str = Field("5.0", pattern=r"^\d+\.\d+$")
+    worker_type: Literal["G.1X", "G.2X", "G.4X", "G.8X"] = "G.1X"
+    number_of_workers: int = Field(2, ge=2, le=299, description="glueetl workers")
+    max_capacity: float = Field(0.0625, description="pythonshell DPUs: 0.0625 or 1")
+    timeout_minutes: int = Field(60, ge=1, le=2880)
+    database: str = Field(
+        "ml_lifecycle", pattern=r"^[a-z0-9_]{1,255}$", description="Glue Data Catalog database of the curated tables"
+    )
+
+    @field_validator("max_capacity")
+    @classmethod
+    def _shell_dpus(cls, v: float) -> float:
+        if v not in (0.0625, 1.0):
+            raise ValueError("aws.glue.max_capacity must be 0.0625 or 1 (Python shell DPUs)")
+        return v
+
+
 class AwsSpec(_Strict):
-    region: str = "eu-west-1"
-    bucket: str | None = None
-    role_arn: str | None = None
-    kms_key_id: str | None = None
+    """Where and how the aws backend runs: S3 artifacts (encrypted), Glue ETL, SageMaker training."""
+
+    region: str = Field("eu-west-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+    bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field(
+        "ml-lifecycle",
+        pattern=r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$",
+        description="key prefix in the bucket",
+    )
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+    kms_key_id: str | None = Field(None, description="SSE-KMS key (id, ARN or alias); none: SSE-S3 (AES256)")
     conn_id: str = "aws_default"
+    pii_key_secret: str = Field(
+        "ml-lifecycle/pii-hash-key",
+        description="Secrets Manager secret holding the PII hashing key (read by the Glue job)",
+    )
+    training_instance_type: str = Field("ml.m5.xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    training_instance_count: int = Field(1, ge=1, le=1, description="train.py fits on one node")
+    training_volume_gb: int = Field(30, ge=1, le=16384)
+    training_max_runtime_seconds: int = Field(3600, ge=60, le=28 * 24 * 3600)
+    framework: Literal["sklearn"] = "sklearn"
+    framework_version: str = Field("1.4-2", pattern=r"^\d+\.\d+-\d+$", description="SageMaker framework image tag")
+    training_image: str | None = Field(
+        None, description="an image implementing the script-mode contract; none: the framework image"
+    )
+    serving_image: str | None = Field(
+        None, description="an image serving the SageMaker hosting contract (include/lifecycle/serving.py) for endpoints"
+    )
+    serving_instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    serving_instance_count: int = Field(1, ge=1, le=20)
+    poll_seconds: int = Field(
+        30, ge=1, le=600, description="how often a waiting task asks Glue/SageMaker for the state"
+    )
+    glue: GlueSpec = GlueSpec()
 
 
 class Spec(_Strict):
@@ -317,6 +396,7 @@ class Spec(_Strict):
     training: TrainingSpec
     diagnosis: DiagnosisSpec = DiagnosisSpec()
     deploy: DeploySpec = DeploySpec()
+    alerts: AlertsSpec = AlertsSpec()
     aws: AwsSpec = AwsSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -31,10 +31,24 @@ def artifact_root() -> ObjectStoragePath:
     return ObjectStoragePath(uri)
 
 
-def problem_store(problem: str) -> Store:
-    """The store rooted at ``<root>/<problem>``, with the credentials of the root's connection."""
+def problem_store(problem: str, backend: str = "local") -> Store:
+    """The store rooted at ``<root>/<problem>``, with the credentials of the root's connection.
+
+    Backend ``aws`` roots it at ``s3://<aws.conn_id>@<aws.bucket>/<aws.prefix>`` from the spec, and
+    every object written through it is encrypted on the server (SSE-KMS with ``aws.kms_key_id``,
+    else SSE-S3).
+    """
+    if backend == "aws":
+        from ml_lifecycle.aws import s3_problem_store
+
+        return s3_problem_store(spec_for(problem))
     root = artifact_root() / problem
     return Store(root.fs, root.path)
+
+
+def backend_of(spec: Spec, params: dict[str, Any]) -> str:
+    """The run's backend: the ``backend`` param of the run, else the spec's."""
+    return str(params.get("backend") or spec.backend)
 
 
 @functools.cache
@@ -73,13 +87,27 @@ class RunContext:
         as_of = context.get("data_interval_end") or context.get("logical_date")
         if as_of is None:
             as_of = context["dag_run"].run_after
+        spec = spec_for(problem)
+        params = dict(context.get("params") or {})
         return cls(
-            spec=spec_for(problem),
-            problem=problem_store(problem),
+            spec=spec,
+            problem=problem_store(problem, backend_of(spec, params)),
             run_id=context["run_id"],
             as_of=as_of,
-            params=dict(context.get("params") or {}),
+            params=params,
         )
+
+    @property
+    def backend(self) -> str:
+        return backend_of(self.spec, self.params)
+
+    def input_store(self, uri: str) -> Store:
+        """A read view of an input location; ``s3://`` on backend aws goes through the spec's
+        connection (credentials, endpoint), like the artifact store."""
+        if uri.startswith("s3://") and self.backend == "aws":
+            path = ObjectStoragePath(f"s3://{self.spec.aws.conn_id}@{uri.removeprefix('s3://')}")
+            return Store(path.fs, path.path)
+        return Store.from_uri(uri)
 
     @property
     def run_dir(self) -> str:

@@ -3,7 +3,9 @@
 ``GlueEtlOperator`` runs the collect-and-label ETL (``include/jobs/collect_and_label.py``)
 and ``ScriptModeTrainingOperator`` runs one training trial (``include/jobs/train.py``, the
 SageMaker script-mode contract). The ``local`` backend runs the very same files in-process;
-nothing in a constructor touches the disk or the network.
+the ``aws`` backend (the run's ``backend`` param, else the spec's) submits them as an AWS Glue job
+run and SageMaker training jobs through the Amazon provider's hooks (``ml_lifecycle.aws``),
+re-attaching to its own job on a retry. Nothing in a constructor touches the disk or the network.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ PROBLEM_DOC = ":param problem: name of the problem spec (``include/problems/<pro
 
 
 def _backend(rc: RunContext) -> str:
-    backend = rc.params.get("backend") or rc.spec.backend
-    if backend != "local":
+    """The run's backend (the run's ``backend`` param, else the spec's); ``aws`` needs the spec's aws settings."""
+    backend = rc.backend
+    if backend not in ("local", "aws"):
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"backend {backend!r} is not available in this release (see README: not done yet)")
+        raise AirflowFailException(f"unknown backend {backend!r}: use local or aws")
     return backend
 
 
@@ -55,16 +58,35 @@ class GlueEtlOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         rc = RunContext.from_airflow(self.problem, context)
         _backend(rc)
+        self._remote: tuple[Any, str, str] | None = None
+
+        def started(job_name: str, run_id: str) -> None:
+            self._remote = (rc.spec, job_name, run_id)
+
         return run_collect(
             rc,
             lookback_days=int(self.lookback_days or rc.lookback_days),
             run_dir=f"{rc.run_dir}/{self.output_subdir}".rstrip("/"),
             log=self.log.info,
+            on_start=started,
         )
 
+    def on_kill(self) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote:  # the Glue job run must not outlive the task
+            from ml_lifecycle.aws import stop_glue_run
 
-def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any) -> dict[str, Any]:
-    """The local implementation: the Glue job file, in-process."""
+            stop_glue_run(*remote)
+
+
+def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:
+    """The collect-and-label job for ``run_dir``: an AWS Glue job run (backend aws), or the very same
+    job file in-process (local). Returns the summary with the partitions counted, not listed."""
+    if _backend(rc) == "aws":
+        from ml_lifecycle.aws import run_glue_collect
+
+        summary = run_glue_collect(rc, lookback_days=lookback_days, run_dir=run_dir, log=log, on_start=on_start)
+        return {k: v for k, v in summary.items() if k != "partitions"} | {"partitions": len(summary["partitions"])}
     from include.jobs import collect_and_label
     from include.lifecycle.spec import spec_path
 
@@ -98,8 +120,34 @@ class ScriptModeTrainingOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         rc = RunContext.from_airflow(self.problem, context)
-        _backend(rc)
+        if "k" in self.trial:  # progress in the task log: which of the round's trials this is
+            self.log.info(
+                "round %s: trial %s of %s (%s)",
+                self.round_no,
+                self.trial["k"],
+                self.trial["of"],
+                self.trial["trial_id"],
+            )
+        if _backend(rc) == "aws":
+            from ml_lifecycle.aws import run_trial_aws
+
+            self._remote: tuple[Any, str] | None = None
+
+            def started(name: str) -> None:
+                self._remote = (rc.spec, name)
+
+            try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+            return run_trial_aws(
+                rc, self.round_no, self.trial, try_number=try_number, log=self.log.info, on_start=started
+            )
         return run_trial_local(rc, self.round_no, self.trial, log=self.log.info)
+
+    def on_kill(self) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote:  # the training job must not outlive the task
+            from ml_lifecycle.aws import stop_training
+
+            stop_training(*remote)
 
 
 def hyperparameter_args(rc: RunContext, plan: dict[str, Any], trial: dict[str, Any]) -> list[str]:

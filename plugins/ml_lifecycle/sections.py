@@ -61,14 +61,13 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
     from include.lifecycle.collect import list_partitions, window_dates
     from include.lifecycle.decide import initial_plan
     from include.lifecycle.spec import resolve_source
-    from include.lifecycle.store import Store
 
     rc = RunContext.from_airflow(problem, context)
     spec = rc.spec
     checks: list[dict[str, Any]] = []
     available: dict[str, Any] = {}
     if spec.data.layout == "partitioned":
-        src = Store.from_uri(resolve_source(spec.data.source))
+        src = rc.input_store(resolve_source(spec.data.source))
         start, end = window_dates(rc.as_of, rc.lookback_days)
         parts = [ds for ds in list_partitions(src) if start <= ds < end]
         rows = 0
@@ -85,7 +84,7 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
             }
         )
         if spec.data.labels is not None:
-            lab = Store.from_uri(resolve_source(spec.data.labels.source))
+            lab = rc.input_store(resolve_source(spec.data.labels.source))
             lab_parts = [ds for ds in list_partitions(lab) if start <= ds <= end]
             n_labels = sum(
                 pq.ParquetFile(lab.path(f"ds={ds}", n), filesystem=lab.fs).metadata.num_rows
@@ -374,7 +373,7 @@ def plan_trials(problem: str, round_no: int, **context: Any) -> list[dict[str, A
         round_no=round_no,
     )
     _log(f"round {round_no}: {len(trials)} trials: {[t['trial_id'] for t in trials]}")
-    return trials
+    return [{**t, "k": i, "of": len(trials)} for i, t in enumerate(trials, start=1)]
 
 
 def train_model(problem: str, round_no: int, trials: Any, **context: Any) -> dict[str, Any]:
@@ -579,7 +578,7 @@ def meets_business_goal(problem: str, round_no: int, **context: Any) -> str:
     ev = rc.problem.read_json(f"{rc.round_dir(round_no)}/evaluation.json")
     if ev["decision"]["deploy"] and rc.spec.deploy.enabled:
         _log(f"meets_business_goal: YES - {ev['decision']['reason']}")
-        return "deploy_model"
+        return "approve_deployment" if rc.spec.deploy.require_approval else "deploy_model"
     why = ev["decision"]["reason"] if ev["decision"]["deploy"] is False else "deploy.enabled is false in the spec"
     if round_no >= rc.max_rounds:
         _log(f"meets_business_goal: NO in the last round ({round_no}/{rc.max_rounds}) - {why}")
@@ -658,6 +657,37 @@ def _rounds(rc: RunContext) -> list[dict[str, Any]]:
     return out
 
 
+def _promote_or_recheck(
+    rc: RunContext, reg: Any, version: int, plan: dict[str, Any], ev: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Promote ``version``; if another run (a concurrent run or backfill) promoted a champion since
+    this run compared against it, compare again with the new champion on this run's test rows and
+    promote only if the candidate still passes the gate (None: it does not; recorded in recheck.json)."""
+    from include.lifecycle.decide import goal_decision
+    from include.lifecycle.registry import ChampionChanged
+
+    forced = bool(ev["decision"].get("forced", False))
+    details = {"metric": ev["metric"], "test_score": ev["test_score"], "forced": forced}
+    expected = ev["champion_version"]
+    for _ in range(10):
+        try:
+            return reg.promote(version, run_id=rc.run_id, expected_champion=expected, details=details)
+        except ChampionChanged as exc:
+            expected, champ_value, note = champion_score(rc, plan)
+            again = goal_decision(rc.spec, candidate=ev["test_score"], champion=champ_value)
+            reason = f"the champion changed during this run ({exc}); against version {expected}: {again['reason']}"
+            if note:
+                reason += f"; {note}"
+            rc.problem.write_json(
+                f"{rc.run_dir}/recheck.json", {**again, "champion_version": expected, "reason": reason}
+            )
+            _log(f"deploy_model: {reason}")
+            if not (again["deploy"] or forced):
+                return None
+    _fail("deploy_model: the champion kept changing under this run; giving up after 10 comparisons")
+    return None
+
+
 def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     """Register the winning round's bundle as a new version and make it the champion."""
     from include.lifecycle.registry import ModelRegistry
@@ -703,12 +733,19 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
             "round": k,
         },
     )
-    record = reg.promote(
-        version,
-        run_id=rc.run_id,
-        expected_champion=ev["champion_version"],
-        details={"metric": ev["metric"], "test_score": ev["test_score"], "forced": ev["decision"].get("forced", False)},
-    )
+    record = _promote_or_recheck(rc, reg, version, win["plan"], ev)
+    if record is None:
+        out = {
+            "decision": "not_promoted",
+            "version": None,
+            "registered_version": version,
+            "round": k,
+            "test_score": ev["test_score"],
+            "reason": rc.problem.read_json(f"{rc.run_dir}/recheck.json")["reason"],
+        }
+        rc.problem.write_json(f"{rc.run_dir}/outcome.json", out)
+        _log(f"deploy_model: version {version} registered, not promoted - {out['reason']}")
+        return out
     out = {
         "decision": "deployed",
         "version": version,
@@ -717,6 +754,14 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
         "test_score": ev["test_score"],
         "reason": ev["decision"]["reason"],
     }
+    if (rc.params.get("backend") or rc.spec.backend) == "local":  # a running local endpoint loads it now
+        from ml_lifecycle.scoring import notify_serving
+
+        out["serving"] = notify_serving(rc.spec.name, version)
+    elif rc.spec.aws.serving_image:  # aws: a model package version and the SageMaker endpoint on it
+        from ml_lifecycle.aws import publish_champion
+
+        out["sagemaker"] = publish_champion(rc.spec, rc.problem, version, run_id=rc.run_id, log=_log)
     rc.problem.write_json(f"{rc.run_dir}/outcome.json", out)
     _log(f"deploy_model: version {version} is the champion (was {record['previous']})")
     return out

@@ -1,0 +1,314 @@
+"""Benchmark: serving the flagship champion (run by `make bench-serving`, never by `make test`).
+
+Starts the endpoint (``python -m include.lifecycle.serving``) as a subprocess on a free
+loopback port with the champion of ``--problem`` from the artifact root (run `make run` first),
+sends real rows of the last landing partition and prints a table:
+
+* single-row latency (p50 / p99 / mean) over one keep-alive connection, JSON and CSV;
+* single-row requests from several concurrent clients (requests/s);
+* batch requests of 1,000 and 10,000 CSV rows (rows/s);
+* in-process: ``ModelBundle.score`` on a whole day and on 100k rows, and the batch DAG's
+  ``score_partition`` (one day plus the lookback days as per-card history) in rows/s.
+
+The numbers go to ``bench/results/serving-<date>.json``.
+
+    .venv/bin/python bench/serving.py [--problem card_fraud] [--requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+
+from include.lifecycle.collect import curate_partition, list_partitions, read_partition_files  # noqa: E402
+from include.lifecycle.scoring import load_champion, score_partition  # noqa: E402
+from include.lifecycle.serving import registry_for  # noqa: E402
+from include.lifecycle.spec import load_spec, resolve_source, spec_path  # noqa: E402
+from include.lifecycle.store import Store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    problem: str, artifact_root: str, port: int, history_days: int, pii_key: bytes | None = None
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "include.lifecycle.serving", "--problem", problem, "--artifact-root", artifact_root]
+    cmd += ["--port", str(port), "--poll-seconds", "0", "--max-body-bytes", str(64 * 1024 * 1024)]
+    cmd += ["--history-days", str(history_days)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ML_PII_HASH_KEY": pii_key.decode() if pii_key else ""}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ping")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            if resp.status == 200:
+                return proc
+            if resp.status == 503:
+                proc.terminate()
+                raise RuntimeError(f"no champion to serve ({body.decode()}): run `make run` first")
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("server did not start within 60 s")
+
+
+def champion_files(registry: Any, version: int) -> dict[str, bytes]:
+    return {n: d for n, d in registry.load(version).items() if n not in ("manifest.json", "metadata.json")}
+
+
+def post(conn: http.client.HTTPConnection, body: bytes, ctype: str) -> float:
+    t0 = time.perf_counter()
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    data = resp.read()
+    elapsed = time.perf_counter() - t0
+    if resp.status != 200:
+        raise RuntimeError(f"{resp.status}: {data[:300]!r}")
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def single_rows(port: int, bodies: list[bytes], ctype: str) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for b in bodies[:20]:  # warm up
+        post(conn, b, ctype)
+    times = [post(conn, b, ctype) for b in bodies]
+    conn.close()
+    return {
+        "requests": len(times),
+        "p50_ms": 1000 * pct(times, 0.5),
+        "p99_ms": 1000 * pct(times, 0.99),
+        "mean_ms": 1000 * statistics.fmean(times),
+        "rows_per_s": len(times) / sum(times),
+    }
+
+
+def concurrent(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    times: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = k
+        while time.monotonic() < stop:
+            t = post(conn, bodies[i % len(bodies)], "application/json")
+            with lock:
+                times.append(t)
+            i += clients
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "requests": len(times),
+        "p50_ms": 1000 * pct(times, 0.5),
+        "p99_ms": 1000 * pct(times, 0.99),
+        "rows_per_s": len(times) / wall,
+    }
+
+
+def batches(port: int, frame: pd.DataFrame, size: int, repeats: int) -> dict[str, Any]:
+    rows = pd.concat([frame] * (size // len(frame) + 1), ignore_index=True).head(size)
+    body = rows.to_csv(index=False).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    post(conn, body, "text/csv")
+    times = [post(conn, body, "text/csv") for _ in range(repeats)]
+    conn.close()
+    return {
+        "rows": size,
+        "body_kb": len(body) // 1024,
+        "p50_ms": 1000 * statistics.median(times),
+        "rows_per_s": size / statistics.median(times),
+    }
+
+
+def timed(fn: Any, repeats: int = 3) -> float:
+    fn()
+    return statistics.median([_once(fn) for _ in range(repeats)])
+
+
+def _once(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="serving benchmark")
+    p.add_argument("--problem", default="card_fraud")
+    p.add_argument("--artifact-root", default=os.environ.get("ML_ARTIFACT_ROOT") or str(ROOT / "artifacts"))
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=4)
+    args = p.parse_args(argv)
+
+    spec = load_spec(spec_path(args.problem))
+    source = Store.from_uri(resolve_source(spec.data.source))
+    days = list_partitions(source)
+    if not days:
+        raise SystemExit(f"no landing partitions under {source.uri()}: run `make demo-data` (or `make run`)")
+    day = days[-1]
+    raw = pd.concat([df for _, df in read_partition_files(source, day, spec.data.format)], ignore_index=True)
+    champion = load_champion(registry_for(args.artifact_root, args.problem), args.problem)
+    keep = [c for c in champion.bundle.input_columns if c in raw.columns]
+    # only rows that pass the schema (the generator breaks a few on purpose); CSV/JSON text as a client sends
+    good = raw[keep].dropna()
+    good = good[good["amount"].astype(float) >= 0.01] if "amount" in good.columns else good
+    frame = good.astype({c: "string" for c in good.columns if c != "amount"}).reset_index(drop=True)
+    records = json.loads(frame.to_json(orient="records", date_format="iso"))
+    json_bodies = [json.dumps(r).encode() for r in records[: args.requests]]
+    csv_bodies = [frame.iloc[[i]].to_csv(index=False).encode() for i in range(min(args.requests, len(frame)))]
+
+    port = free_port()
+    proc = start_server(args.problem, args.artifact_root, port, history_days=0)  # rows of the request only
+    try:
+        results: dict[str, Any] = {
+            "single_json": single_rows(port, json_bodies, "application/json"),
+            "single_csv": single_rows(port, csv_bodies, "text/csv"),
+            "concurrent_json": concurrent(port, json_bodies, args.clients, seconds=5.0),
+            "batch_1k": batches(port, frame, 1_000, 5),
+            "batch_10k": batches(port, frame, 10_000, 3),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # the server with the lookback days before ds as per-card context: a scratch artifact root
+    # with a copy of the champion and those days curated under a throwaway PII key
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        key = secrets.token_hex(32).encode()
+        registry = registry_for(scratch, args.problem)
+        files = champion_files(registry_for(args.artifact_root, args.problem), champion.version)
+        registry.promote(registry.register(files, {}), run_id="bench", expected_champion=None)
+        problem_store = Store.from_uri(Path(scratch, args.problem).as_uri())
+        for p in days[-spec.data.lookback_days - 1 : -1]:
+            cur, _, _ = curate_partition(read_partition_files(source, p, spec.data.format), spec, pii_key=key)
+            problem_store.write_parquet(f"curated/ds={p}/part-0.parquet", cur)
+        port = free_port()
+        proc = start_server(args.problem, scratch, port, spec.data.lookback_days, pii_key=key)
+        try:
+            results["single_json_history"] = single_rows(port, json_bodies, "application/json")
+            results["batch_1k_history"] = batches(port, frame, 1_000, 5)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    typed = frame.astype({"amount": "float64"})
+    typed["ts"] = pd.to_datetime(typed["ts"], utc=True)
+    big = pd.concat([typed] * (100_000 // len(typed) + 1), ignore_index=True).head(100_000)
+    t_day = timed(lambda: champion.bundle.score(typed))
+    t_big = timed(lambda: champion.bundle.score(big), repeats=2)
+    key = secrets.token_bytes(32)  # any key: the batch path curates its own context
+    out: dict[str, Any] = {}
+
+    def run_partition() -> None:
+        out["scores"], out["summary"] = score_partition(spec, champion, source=source, ds=day, pii_key=key)
+
+    t_part = timed(run_partition, repeats=2)
+    s = out["summary"]
+    results["in_process_day"] = {"rows": len(typed), "seconds": t_day, "rows_per_s": len(typed) / t_day}
+    results["in_process_100k"] = {"rows": len(big), "seconds": t_big, "rows_per_s": len(big) / t_big}
+    results["batch_partition"] = {
+        "rows": s["rows_scored"],
+        "history_rows": s["history_rows"],
+        "seconds": t_part,
+        "rows_per_s": s["rows_scored"] / t_part,
+    }
+
+    print(
+        f"\nserving benchmark: {args.problem} champion version {champion.version} ({type(champion.bundle.model).__name__}),"
+    )
+    print(
+        f"rows of ds={day}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n"
+    )
+    header = f"{'measurement':<52} {'p50 ms':>9} {'p99 ms':>9} {'rows/s':>10}"
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("HTTP single row, JSON (1 client, keep-alive)", results["single_json"]),
+        ("HTTP single row, CSV (1 client, keep-alive)", results["single_csv"]),
+        (f"HTTP single row, JSON ({args.clients} clients)", results["concurrent_json"]),
+        ("HTTP batch of 1,000 CSV rows", results["batch_1k"]),
+        ("HTTP batch of 10,000 CSV rows", results["batch_10k"]),
+        *(
+            [
+                (
+                    f"HTTP single row, JSON, {spec.data.lookback_days} days of card history",
+                    results["single_json_history"],
+                ),
+                (
+                    f"HTTP batch of 1,000 rows, {spec.data.lookback_days} days of card history",
+                    results["batch_1k_history"],
+                ),
+            ]
+            if "single_json_history" in results
+            else []
+        ),
+        (f"in-process ModelBundle.score, {len(typed):,} rows", results["in_process_day"]),
+        ("in-process ModelBundle.score, 100,000 rows", results["in_process_100k"]),
+        (f"batch DAG score_partition, 1 day + {s['history_rows']:,} history rows", results["batch_partition"]),
+    ]
+    for name, r in rows:
+        p50 = r.get("p50_ms", 1000 * r.get("seconds", float("nan")))
+        p99 = r.get("p99_ms")
+        p99_text = f"{p99:.1f}" if p99 is not None else "-"
+        print(f"{name:<52} {p50:>9.1f} {p99_text:>9} {r['rows_per_s']:>10,.0f}")
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    target = results_dir / f"serving-{dt.date.today().isoformat()}.json"
+    doc = {
+        "problem": args.problem,
+        "model_version": champion.version,
+        "model": type(champion.bundle.model).__name__,
+        "ds": day,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "results": results,
+    }
+    with tempfile.NamedTemporaryFile("w", dir=results_dir, delete=False, suffix=".tmp") as fh:
+        json.dump(doc, fh, indent=2)
+    os.replace(fh.name, target)
+    print(f"\nwritten to {target.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

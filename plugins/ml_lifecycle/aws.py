@@ -1,0 +1,631 @@
+"""The ``aws`` backend: S3 artifact store, the ETL as an AWS Glue job, training trials as
+SageMaker script-mode training jobs, the curated data in the Glue Data Catalog.
+
+The files that run remotely are the project's own entry points, unchanged:
+``include/jobs/collect_and_label.py`` (the Glue job's script, with ``include/`` as an
+``--extra-py-files`` zip) and ``include/jobs/train.py`` (``sagemaker_program`` of a
+``sourcedir.tar.gz`` holding it and ``include/``). Code is staged content-addressed under
+``<prefix>/_code/<digest>/``, so a Glue job definition never changes under its name.
+
+Names are deterministic: a Glue job run carries ``--ml-run-key`` (problem + run folder), a
+training job is named from problem, run, round and trial (<= 63 characters). A retried task
+finds its earlier job and waits for it (or takes its result) instead of starting another.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import json
+import posixpath
+import re
+import tarfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from include.lifecycle.spec import PROJECT_ROOT, AwsSpec, Spec
+from include.lifecycle.store import Store
+
+ACTIVE_GLUE_STATES = {"STARTING", "RUNNING", "STOPPING", "WAITING", "SUCCEEDED"}
+ATTACHABLE_TRAINING_STATES = {"InProgress", "Stopping", "Completed"}
+# Python packages the Glue job installs (--additional-python-modules), pinned to the versions
+# this project runs with, so the job computes exactly what the local backend computes.
+GLUE_MODULES = ("pandas", "numpy", "pyarrow", "pydantic", "pyyaml", "s3fs", "fsspec")
+# AWS's public registries of the SageMaker framework images (per region, from the SageMaker
+# docs); any other region needs aws.training_image.
+FRAMEWORK_REGISTRIES = {
+    "us-east-1": "683313688378",
+    "us-east-2": "257758044811",
+    "us-west-2": "246618743249",
+    "eu-west-1": "141502667606",
+    "eu-central-1": "492215442770",
+}
+
+
+def _fail(msg: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(msg)
+
+
+def require_aws(spec: Spec) -> AwsSpec:
+    """The spec's aws settings, or a clear failure when a run asks for aws on a spec without them."""
+    aws = spec.aws
+    if not (aws.bucket and aws.role_arn):
+        _fail(f"problem {spec.name!r}: backend aws needs aws.bucket and aws.role_arn in its spec")
+    return aws
+
+
+def sse_kwargs(aws: AwsSpec) -> dict[str, str]:
+    """Server-side encryption of every object the backend writes: SSE-KMS with the spec's key, else SSE-S3."""
+    if aws.kms_key_id:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": aws.kms_key_id}
+    return {"ServerSideEncryption": "AES256"}
+
+
+def s3_problem_store(spec: Spec) -> Store:
+    """``s3://<conn_id>@<bucket>/<prefix>/<problem>`` through ObjectStoragePath (credentials and
+    ``endpoint_url`` from the Airflow connection), on an s3fs instance of its own that encrypts."""
+    from airflow.sdk import ObjectStoragePath
+
+    aws = require_aws(spec)
+    root = ObjectStoragePath(f"s3://{aws.conn_id}@{aws.bucket}/{aws.prefix}") / spec.name
+    shared = root.fs  # cached per connection: never mutate it, derive an encrypting instance
+    options = {**shared.storage_options, "s3_additional_kwargs": sse_kwargs(aws), "skip_instance_cache": True}
+    return Store(type(shared)(**options), root.path)
+
+
+def s3_uri(store: Store, rel: str = "") -> str:
+    return f"s3://{store.path(rel)}" if rel else f"s3://{store.root}"
+
+
+# --- code staging ------------------------------------------------------------------------------
+def _include_files() -> list[Path]:
+    root = PROJECT_ROOT / "include"
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, files[name])
+    return buf.getvalue()
+
+
+def _targz(files: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(files[name]), 0, 0o644
+            tf.addfile(info, io.BytesIO(files[name]))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+@functools.cache
+def code_bundle() -> dict[str, bytes]:
+    """The code the remote jobs run, byte-for-byte reproducible from the checkout."""
+    include = {str(p.relative_to(PROJECT_ROOT)): p.read_bytes() for p in _include_files()}
+    jobs = PROJECT_ROOT / "include" / "jobs"
+    return {
+        "collect_and_label.py": (jobs / "collect_and_label.py").read_bytes(),
+        "include.zip": _zip(include),
+        # script mode: the framework runs `python train.py --hp value ...` in the extracted folder,
+        # so include/ next to it is importable
+        "sourcedir.tar.gz": _targz({"train.py": (jobs / "train.py").read_bytes(), **include}),
+    }
+
+
+def code_digest() -> str:
+    h = hashlib.sha256()
+    for name, data in sorted(code_bundle().items()):
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:12]
+
+
+def stage_code(problem: Store) -> dict[str, str]:
+    """Upload the code bundle once per code version (``<prefix>/_code/<digest>/``); returns S3 URIs."""
+    code = Store(problem.fs, posixpath.dirname(problem.root)).sub("_code", code_digest())
+    out = {}
+    for name, data in code_bundle().items():
+        if not code.exists(name):
+            code.write_bytes(name, data)
+        out[name] = s3_uri(code, name)
+    return out
+
+
+# --- Glue: collect_and_label --------------------------------------------------------------------
+def glue_job_name(spec: Spec) -> str:
+    """One immutable job definition per problem and code version."""
+    return f"ml-{spec.name}-collect-and-label-{code_digest()}"
+
+
+def glue_run_key(problem: str, run_dir: str) -> str:
+    return f"{problem}/{run_dir}"
+
+
+def _modules() -> str:
+    out = []
+    for dist in GLUE_MODULES:
+        try:
+            out.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(dist)
+    return ",".join(out)
+
+
+def glue_job_kwargs(aws: AwsSpec, code: dict[str, str]) -> tuple[dict[str, Any], float | None]:
+    """``create_job_kwargs`` and DPUs of the job definition (Python shell or Glue 5.0 Python 3.11)."""
+    g = aws.glue
+    defaults = {
+        "--extra-py-files": code["include.zip"],
+        "--additional-python-modules": _modules(),
+        "--job-language": "python",
+    }
+    kwargs: dict[str, Any] = {"Timeout": g.timeout_minutes, "DefaultArguments": defaults}
+    if g.job_type == "pythonshell":
+        kwargs["Command"] = {
+            "Name": "pythonshell",
+            "ScriptLocation": code["collect_and_label.py"],
+            "PythonVersion": "3.9",
+        }
+        defaults["library-set"] = "analytics"
+        return kwargs, g.max_capacity
+    kwargs["Command"] = {"Name": "glueetl", "ScriptLocation": code["collect_and_label.py"], "PythonVersion": "3"}
+    kwargs |= {"GlueVersion": g.glue_version, "WorkerType": g.worker_type, "NumberOfWorkers": g.number_of_workers}
+    return kwargs, None
+
+
+def glue_hook(spec: Spec, code: dict[str, str]) -> Any:
+    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
+
+    aws = require_aws(spec)
+    kwargs, dpus = glue_job_kwargs(aws, code)
+    return GlueJobHook(
+        job_name=glue_job_name(spec),
+        desc=f"ml-lifecycle collect_and_label for {spec.name} (code {code_digest()})",
+        script_location=code["collect_and_label.py"],
+        iam_role_arn=aws.role_arn,
+        create_job_kwargs=kwargs,
+        num_of_dpus=dpus,
+        concurrent_run_limit=max(2, spec.max_active_runs),
+        retry_limit=0,  # Airflow retries the task, which re-attaches; Glue must not run it twice
+        job_poll_interval=aws.poll_seconds,
+        aws_conn_id=aws.conn_id,
+        region_name=aws.region,
+    )
+
+
+def glue_arguments(
+    spec: Spec, problem: Store, *, run_dir: str, as_of: str, lookback_days: int, source: str, labels: str | None
+) -> dict[str, str]:
+    aws = require_aws(spec)
+    args = {
+        "--spec": json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True),
+        "--artifact-root": s3_uri(problem),
+        "--run-dir": run_dir,
+        "--as-of": as_of,
+        "--lookback-days": str(lookback_days),
+        "--source": source,
+        "--pii-key-secret": aws.pii_key_secret,
+        "--region": aws.region,
+        "--ml-run-key": glue_run_key(spec.name, run_dir),
+    }
+    if labels:
+        args["--labels"] = labels
+    args |= {"--sse": sse_kwargs(aws)["ServerSideEncryption"]}
+    if aws.kms_key_id:
+        args["--kms-key-id"] = aws.kms_key_id
+    return args
+
+
+def find_glue_run(hook: Any, job_name: str, run_key: str) -> dict[str, Any] | None:
+    """The newest run of ``job_name`` started for ``run_key`` that is running or succeeded."""
+    runs: list[dict[str, Any]] = []
+    for page in hook.conn.get_paginator("get_job_runs").paginate(JobName=job_name):
+        runs += page.get("JobRuns", [])
+    mine = [r for r in runs if (r.get("Arguments") or {}).get("--ml-run-key") == run_key]
+    mine = [r for r in mine if r.get("JobRunState") in ACTIVE_GLUE_STATES]
+    return max(mine, key=lambda r: r.get("StartedOn") or 0, default=None)
+
+
+def run_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:
+    """Run (or re-attach to) the Glue job for this run folder, wait, register the curated partitions."""
+    from include.lifecycle.spec import resolve_source
+
+    spec = rc.spec
+    source = resolve_source(spec.data.source)
+    labels = resolve_source(spec.data.labels.source) if spec.data.labels else None
+    remote = [s for s in (source, labels) if s]
+    if not all(s.startswith("s3://") for s in remote):
+        _fail(
+            f"backend aws runs collect_and_label in AWS Glue: data.source (and labels) must be s3:// URIs, got {remote}"
+        )
+    code = stage_code(rc.problem)
+    hook = glue_hook(spec, code)
+    job_name = glue_job_name(spec)
+    run_key = glue_run_key(spec.name, run_dir)
+    hook.get_or_create_glue_job()
+    earlier = find_glue_run(hook, job_name, run_key)
+    if earlier:
+        run_id = earlier["Id"]
+        log(f"collect_and_label: re-attaching to Glue job run {job_name}/{run_id} ({earlier['JobRunState']})")
+    else:
+        args = glue_arguments(
+            spec,
+            rc.problem,
+            run_dir=run_dir,
+            as_of=rc.as_of.isoformat(),
+            lookback_days=lookback_days,
+            source=source,
+            labels=labels,
+        )
+        run_id = hook.initialize_job(script_arguments=args)["JobRunId"]
+        log(f"collect_and_label: started Glue job run {job_name}/{run_id} for {run_key}")
+    if on_start:
+        on_start(job_name, run_id)
+    state = hook.job_completion(job_name, run_id)["JobRunState"]
+    if state != "SUCCEEDED":
+        _fail(f"Glue job run {job_name}/{run_id} ended {state}")
+    summary = rc.problem.read_json(f"{run_dir}/collect_summary.json")
+    register_curated_partitions(rc.problem, spec, [p["ds"] for p in summary["partitions"]], log=log)
+    return summary
+
+
+# --- Glue Data Catalog ----------------------------------------------------------------------------
+_HIVE = [
+    (("int8", "int16", "int32"), "int"),
+    (("int64", "uint32", "uint64"), "bigint"),
+    (("float", "halffloat"), "float"),
+    (("double",), "double"),
+    (("bool",), "boolean"),
+]
+
+
+def hive_type(arrow_type: Any) -> str:
+    t = str(arrow_type)
+    if t.startswith("timestamp"):
+        return "timestamp"
+    if t.startswith("date32"):  # "date32[day]"
+        return "date"
+    if t.startswith("dictionary") or t in ("string", "large_string"):
+        return "string"
+    for names, hive in _HIVE:
+        if t in names:
+            return hive
+    return "string"
+
+
+def curated_table_name(spec: Spec) -> str:
+    return f"{spec.name}_curated"
+
+
+def register_curated_partitions(problem: Store, spec: Spec, days: list[str], *, log: Any) -> dict[str, Any]:
+    """Create or update the ``<problem>_curated`` table (Parquet, partitioned by ``ds``) and add the
+    partitions it lacks; returns what was registered."""
+    import pyarrow.parquet as pq
+    from airflow.providers.amazon.aws.hooks.glue_catalog import GlueCatalogHook
+
+    aws = require_aws(spec)
+    glue = GlueCatalogHook(aws_conn_id=aws.conn_id, region_name=aws.region).conn
+    db, table = aws.glue.database, curated_table_name(spec)
+    days = sorted(set(days))
+    if not days:
+        return {"database": db, "table": table, "added": []}
+    schema = pq.read_schema(problem.path(f"curated/ds={days[-1]}/part-0.parquet"), filesystem=problem.fs)
+    columns = [{"Name": f.name, "Type": hive_type(f.type)} for f in schema if f.name != "ds"]
+    location = s3_uri(problem, "curated") + "/"
+    storage = {
+        "Columns": columns,
+        "Location": location,
+        "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+        "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+        "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
+    }
+    table_input = {
+        "Name": table,
+        "Description": f"curated (typed, deduplicated, labelled, PII tokenised) data of {spec.name}",
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"classification": "parquet", "ml_lifecycle_problem": spec.name},
+        "PartitionKeys": [{"Name": "ds", "Type": "string"}],
+        "StorageDescriptor": storage,
+    }
+    try:
+        glue.get_database(Name=db)
+    except glue.exceptions.EntityNotFoundException:
+        glue.create_database(DatabaseInput={"Name": db, "Description": "ml-lifecycle curated data"})
+    try:
+        glue.get_table(DatabaseName=db, Name=table)
+        glue.update_table(DatabaseName=db, TableInput=table_input)
+    except glue.exceptions.EntityNotFoundException:
+        glue.create_table(DatabaseName=db, TableInput=table_input)
+    have: set[str] = set()
+    for page in glue.get_paginator("get_partitions").paginate(DatabaseName=db, TableName=table):
+        have |= {p["Values"][0] for p in page["Partitions"]}
+    new = [d for d in days if d not in have]
+    for i in range(0, len(new), 100):  # the API takes at most 100 partitions per call
+        batch = [
+            {"Values": [d], "StorageDescriptor": {**storage, "Location": f"{location}ds={d}/"}}
+            for d in new[i : i + 100]
+        ]
+        errors = glue.batch_create_partition(DatabaseName=db, TableName=table, PartitionInputList=batch).get("Errors")
+        if errors:
+            _fail(f"Glue catalog: could not add partitions to {db}.{table}: {errors}")
+    log(f"collect_and_label: Glue catalog {db}.{table}: {len(new)} new partitions, {len(days)} in this window")
+    return {"database": db, "table": table, "added": new}
+
+
+# --- SageMaker: one training job per trial ---------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def training_job_name(problem: str, run_id: str, round_no: int, trial_id: str, attempt: int = 1) -> str:
+    """Deterministic, unique per (problem, run, round, trial), <= 63 characters, SageMaker's pattern.
+    ``attempt`` > 1 only after an earlier job of the same trial failed (names cannot be reused)."""
+    digest = hashlib.sha256(f"{problem}|{run_id}|{round_no}|{trial_id}".encode()).hexdigest()[:10]
+    tail = f"-r{round_no}-{digest}" + (f"-a{attempt}" if attempt > 1 else "")
+    head = f"{_slug(problem)[:24]}-{_slug(trial_id)}".strip("-")
+    return f"{head[: 63 - len(tail)].rstrip('-')}{tail}"
+
+
+def training_image(aws: AwsSpec) -> str:
+    if aws.training_image:
+        return aws.training_image
+    account = FRAMEWORK_REGISTRIES.get(aws.region)
+    if account is None:
+        _fail(f"no SageMaker framework image registry known for region {aws.region}: set aws.training_image")
+    return f"{account}.dkr.ecr.{aws.region}.amazonaws.com/sagemaker-scikit-learn:{aws.framework_version}-cpu-py3"
+
+
+def training_config(
+    spec: Spec,
+    problem: Store,
+    *,
+    name: str,
+    run_id: str,
+    round_dir: str,
+    hyperparameters: list[str],
+    code: dict[str, str],
+) -> dict[str, Any]:
+    aws = require_aws(spec)
+    hp = dict(zip([a[2:] for a in hyperparameters[::2]], hyperparameters[1::2], strict=True))
+    hp |= {
+        "sagemaker_program": "train.py",
+        "sagemaker_submit_directory": code["sourcedir.tar.gz"],
+        "sagemaker_region": aws.region,
+    }
+
+    def channel(split: str) -> dict[str, Any]:
+        uri = s3_uri(problem, f"{round_dir}/features/{split}") + "/"
+        return {
+            "ChannelName": split,
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+            },
+            "ContentType": "application/x-parquet",
+            "InputMode": "File",
+        }
+
+    output = {"S3OutputPath": s3_uri(problem, f"{round_dir}/sagemaker")}
+    resources: dict[str, Any] = {
+        "InstanceType": aws.training_instance_type,
+        "InstanceCount": aws.training_instance_count,
+        "VolumeSizeInGB": aws.training_volume_gb,
+    }
+    if aws.kms_key_id:
+        output["KmsKeyId"] = aws.kms_key_id
+        resources["VolumeKmsKeyId"] = aws.kms_key_id
+    return {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {"TrainingImage": training_image(aws), "TrainingInputMode": "File"},
+        "RoleArn": aws.role_arn,
+        "HyperParameters": hp,
+        "InputDataConfig": [channel("train"), channel("validation")],
+        "OutputDataConfig": output,
+        "ResourceConfig": resources,
+        "StoppingCondition": {"MaxRuntimeInSeconds": aws.training_max_runtime_seconds},
+        "Tags": [
+            {"Key": "ml-lifecycle:problem", "Value": spec.name},
+            {"Key": "ml-lifecycle:run-id", "Value": run_id[:256]},
+        ],
+    }
+
+
+def sagemaker_hook(aws: AwsSpec) -> Any:
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    return SageMakerHook(aws_conn_id=aws.conn_id, region_name=aws.region)
+
+
+def _training_status(hook: Any, name: str) -> str | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return hook.describe_training_job(name)["TrainingJobStatus"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ValidationException":
+            return None  # SageMaker's answer for "no such job"
+        raise
+
+
+def start_or_attach_training(hook: Any, config_for: Any, names: list[str], log: Any) -> str:
+    """Walk the trial's job names in attempt order: attach to one that runs or completed, skip failed
+    ones, create the first free name. Returns the job name to wait for."""
+    for name in names:
+        status = _training_status(hook, name)
+        if status is None:
+            hook.create_training_job(config_for(name), wait_for_completion=False, print_log=False)
+            log(f"started SageMaker training job {name}")
+            return name
+        if status in ATTACHABLE_TRAINING_STATES:
+            log(f"re-attaching to SageMaker training job {name} ({status})")
+            return name
+        log(f"SageMaker training job {name} ended {status}; the retry uses the next name")
+    _fail(f"every attempt of this trial failed: {names}")
+    return ""
+
+
+def _extract(tar_bytes: bytes) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:gz") as tf:
+        for m in tf.getmembers():
+            if m.isfile():
+                fh = tf.extractfile(m)
+                if fh is not None:
+                    out[posixpath.normpath(m.name).lstrip("./")] = fh.read()
+    return out
+
+
+def run_trial_aws(
+    rc: Any, round_no: int, trial: dict[str, Any], *, try_number: int, log: Any, on_start: Any = None
+) -> dict[str, Any]:
+    """One trial as a SageMaker training job; its model and metrics land where the local backend
+    puts them (``<round>/trials/<trial>/{model,output}``), so the next sections do not care."""
+    from ml_lifecycle.operators import hyperparameter_args
+
+    aws = require_aws(rc.spec)
+    rd = rc.round_dir(round_no)
+    plan = rc.problem.read_json(f"{rd}/plan.json")
+    code = stage_code(rc.problem)
+    hps = hyperparameter_args(rc, plan, trial)
+    hook = sagemaker_hook(aws)
+    names = [
+        training_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
+    ]
+
+    def config_for(name: str) -> dict[str, Any]:
+        return training_config(
+            rc.spec, rc.problem, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code
+        )
+
+    name = start_or_attach_training(hook, config_for, names, log)
+    if on_start:
+        on_start(name)
+    desc = hook.check_status(name, "TrainingJobStatus", hook.describe_training_job, aws.poll_seconds)
+    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    trial_rel = f"{rd}/trials/{trial['trial_id']}"
+    model = _extract(rc.problem.fs.cat_file(model_uri.removeprefix("s3://")))
+    output = _extract(
+        rc.problem.fs.cat_file(posixpath.join(posixpath.dirname(model_uri.removeprefix("s3://")), "output.tar.gz"))
+    )
+    if "metrics.json" not in output:
+        _fail(f"training job {name} wrote no metrics.json to SM_OUTPUT_DATA_DIR ({sorted(output)})")
+    for fname, data in model.items():
+        rc.problem.write_bytes(f"{trial_rel}/model/{fname}", data)
+    for fname, data in output.items():
+        rc.problem.write_bytes(f"{trial_rel}/output/{fname}", data)
+    result = json.loads(output["metrics.json"])
+    result |= {"model_rel": f"{trial_rel}/model", "round": round_no, "training_job_name": name, "model_uri": model_uri}
+    log(f"{trial['trial_id']}: SageMaker job {name}: validation {result['metric']}={result['validation_score']:.4f}")
+    return result
+
+
+# --- SageMaker: model registry and endpoint ------------------------------------------------------
+def _missing(exc: Exception) -> bool:
+    """SageMaker answers "no such thing" with a ValidationException."""
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") == "ValidationException"
+
+
+def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, log: Any) -> dict[str, Any]:
+    """Register registry version ``version`` as an approved model package (group ``<problem>``) and
+    point the endpoint at it: ``create_endpoint`` the first time, ``update_endpoint`` afterwards.
+    ``model.tar.gz`` is the registry version verbatim (checksums verified, with its manifest), as the
+    serving container loads it. Every step looks before it creates: a retried deploy creates nothing twice."""
+    from botocore.exceptions import ClientError
+
+    from include.lifecycle.registry import ModelRegistry
+
+    aws = require_aws(spec)
+    if not aws.serving_image:
+        _fail("deploying to a SageMaker endpoint needs aws.serving_image (an image serving the hosting contract)")
+    sm = sagemaker_hook(aws).get_conn()
+    rel = f"sagemaker/models/v{version}/model.tar.gz"
+    if not problem.exists(rel):
+        registry = ModelRegistry(problem.sub("registry"))
+        files = registry.load(version) | {
+            "manifest.json": problem.read_bytes(f"registry/versions/{version}/manifest.json")
+        }
+        problem.write_bytes(rel, _targz(files))
+    container = {"Image": aws.serving_image, "ModelDataUrl": s3_uri(problem, rel)}
+    group = _slug(spec.name)[:63]
+    try:
+        sm.describe_model_package_group(ModelPackageGroupName=group)
+    except ClientError as exc:
+        if not _missing(exc):
+            raise
+        sm.create_model_package_group(ModelPackageGroupName=group, ModelPackageGroupDescription=spec.title[:1024])
+    package_arn = None
+    for summary in sm.list_model_packages(ModelPackageGroupName=group).get("ModelPackageSummaryList", []):
+        desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        if (desc.get("CustomerMetadataProperties") or {}).get("ml_lifecycle_version") == str(version):
+            package_arn = summary["ModelPackageArn"]
+    if package_arn is None:
+        package_arn = sm.create_model_package(
+            ModelPackageGroupName=group,
+            ModelPackageDescription=f"{spec.name} registry version {version} (run {run_id})"[:1024],
+            InferenceSpecification={
+                "Containers": [container],
+                "SupportedContentTypes": ["text/csv", "application/json"],
+                "SupportedResponseMIMETypes": ["application/json", "text/csv"],
+            },
+            ModelApprovalStatus="Approved",
+            CustomerMetadataProperties={"ml_lifecycle_version": str(version), "ml_lifecycle_run_id": run_id[:256]},
+        )["ModelPackageArn"]
+    model = f"{group[:50]}-v{version}"
+    try:
+        sm.describe_model(ModelName=model)
+    except ClientError as exc:
+        if not _missing(exc):
+            raise
+        sm.create_model(ModelName=model, PrimaryContainer=container, ExecutionRoleArn=aws.role_arn)
+    try:
+        sm.describe_endpoint_config(EndpointConfigName=model)
+    except ClientError as exc:
+        if not _missing(exc):
+            raise
+        variant = {
+            "VariantName": "AllTraffic",
+            "ModelName": model,
+            "InstanceType": aws.serving_instance_type,
+            "InitialInstanceCount": aws.serving_instance_count,
+        }
+        extra = {"KmsKeyId": aws.kms_key_id} if aws.kms_key_id else {}
+        sm.create_endpoint_config(EndpointConfigName=model, ProductionVariants=[variant], **extra)
+    endpoint = _slug(spec.deploy.endpoint_name or spec.name)[:63]
+    try:
+        current = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    except ClientError as exc:
+        if not _missing(exc):
+            raise
+        current = None
+    if current is None:
+        sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=model)
+        action = "created"
+    elif current != model:
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=model)
+        action = "updated"
+    else:
+        action = "unchanged"
+    log(f"deploy_model: model package {package_arn}; endpoint {endpoint} {action} -> {model}")
+    return {"model_package_arn": package_arn, "model_name": model, "endpoint_name": endpoint, "endpoint": action}
+
+
+def stop_glue_run(spec: Spec, job_name: str, run_id: str) -> None:
+    aws = require_aws(spec)
+    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
+
+    GlueJobHook(aws_conn_id=aws.conn_id, region_name=aws.region).conn.batch_stop_job_run(
+        JobName=job_name, JobRunIds=[run_id]
+    )
+
+
+def stop_training(spec: Spec, name: str) -> None:
+    sagemaker_hook(require_aws(spec)).get_conn().stop_training_job(TrainingJobName=name)

@@ -1,0 +1,248 @@
+"""The AWS backend against moto (S3, KMS, Secrets Manager, Glue, SageMaker) on 127.0.0.1.
+
+moto accepts the Glue job run and the SageMaker training job and reports them finished at once,
+without running anything. The fixtures here *play* the remote side, in tests only: after the
+project starts a Glue job run, the job's script and ``--extra-py-files`` are fetched back from S3
+and run with the arguments the job run received (as Glue would); after it creates a training job,
+the ``sourcedir.tar.gz`` is fetched back and its ``train.py`` runs with the ``SM_*`` variables on
+the channels downloaded from S3, and ``model.tar.gz`` / ``output.tar.gz`` are put at
+``<S3OutputPath>/<job name>/output/`` with the job's KMS key (as SageMaker would).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.dagrun import ROOT
+
+REGION = "eu-west-1"
+BUCKET = "ml-lifecycle-test"
+CONN_ID = "ml_aws_test"
+# a made-up account in a test spec (moto does not check roles)
+ROLE_ARN = "arn:aws:iam::123456789012:role/ml-lifecycle-test"
+PII_SECRET = "ml-lifecycle/pii-hash-key"
+PROBLEM = "card_fraud_aws"
+END = dt.date(2026, 11, 1)
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def clients(moto_url):
+    import boto3
+
+    return {
+        name: boto3.client(name, endpoint_url=moto_url, **CREDS)
+        for name in ("s3", "kms", "secretsmanager", "glue", "sagemaker")
+    }
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_url, clients, session_tmp):
+    """Bucket, KMS key, PII secret, the Airflow connection (endpoint_url in its extra), the
+    landing data in S3 and a spec with backend aws in a problems folder of its own."""
+    from include.lifecycle import synth
+
+    mp = pytest.MonkeyPatch()
+    extra = {"endpoint_url": moto_url, "region_name": REGION}
+    mp.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}",
+        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
+    )
+    s3 = clients["s3"]
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    key_id = clients["kms"].create_key(Description="ml-lifecycle test")["KeyMetadata"]["KeyId"]
+    clients["secretsmanager"].create_secret(Name=PII_SECRET, SecretString=os.environ["AIRFLOW_VAR_ML_PII_HASH_KEY"])
+
+    landing = session_tmp / "aws-landing"
+    synth.generate(landing, end=END, days=24, tx_per_day=1500, seed=11, n_merchants=400)
+    for f in sorted(landing.rglob("*.parquet")):
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"landing/{f.relative_to(landing).as_posix()}",
+            Body=f.read_bytes(),
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=key_id,
+        )
+
+    spec = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    spec |= {"name": PROBLEM, "schedule": None, "backend": "aws", "max_rounds": 1}
+    spec["data"] |= {
+        "source": f"s3://{BUCKET}/landing/transactions",
+        "lookback_days": 18,
+        "max_lookback_days": 24,
+    }
+    spec["data"]["labels"] |= {"source": f"s3://{BUCKET}/landing/chargebacks", "maturity_days": 2}
+    spec["goal"] |= {"metric": "roc_auc", "target": 0.6, "max_alert_rate": 0.02}
+    spec["quality"] |= {"min_rows": 500, "min_positives": 5}
+    spec["training"] |= {"initial_candidates": ["logistic", "xgboost"], "trials_per_candidate": 1}
+    spec["training"]["split"] = {"validation_days": 3, "test_days": 3}
+    spec["training"]["candidates"][2]["params"] |= {"n_estimators": 40}
+    spec["diagnosis"] |= {"min_train_positives": 5}
+    spec["aws"] = {
+        "region": REGION,
+        "bucket": BUCKET,
+        "prefix": "ml",
+        "role_arn": ROLE_ARN,
+        "kms_key_id": key_id,
+        "conn_id": CONN_ID,
+        "pii_key_secret": PII_SECRET,
+        "poll_seconds": 1,
+        "serving_image": "registry.example/ml-lifecycle-serving:test",
+    }
+    spec["deploy"] = {"enabled": True, "endpoint_name": "card-fraud-aws-test"}
+    problems = session_tmp / "aws-problems"
+    problems.mkdir(exist_ok=True)
+    (problems / f"{PROBLEM}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    yield {"url": moto_url, "problems": problems, "kms_key_id": key_id, "spec": spec}
+    mp.undo()
+
+
+def _s3_get(s3: Any, uri: str) -> bytes:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _job_env(moto_url: str, **extra: str) -> dict[str, str]:
+    """A clean environment like a remote job's: no project on the path, AWS through the emulator."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        **extra,
+    }
+
+
+def _targz(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                tf.add(f, arcname=f.relative_to(folder).as_posix())
+    return buf.getvalue()
+
+
+def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dict, tmp_path: Path) -> dict:
+    """Make moto's Glue job runs and SageMaker training jobs do their work; records what was sent."""
+    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    from ml_lifecycle import aws as aws_backend
+
+    s3 = clients["s3"]
+    played: dict[str, list[dict[str, Any]]] = {"glue": [], "training": [], "update_endpoint": []}
+    sagemaker_hook = aws_backend.sagemaker_hook
+    start_job_run = GlueJobHook.initialize_job
+    create_training_job = SageMakerHook.create_training_job
+
+    def play_glue(self, script_arguments=None, run_kwargs=None):
+        response = start_job_run(self, script_arguments, run_kwargs)
+        job = clients["glue"].get_job(JobName=self.job_name)["Job"]
+        args = {**job.get("DefaultArguments", {}), **(script_arguments or {})}
+        work = tmp_path / f"glue-{response['JobRunId']}"
+        work.mkdir()
+        script = work / "script.py"
+        script.write_bytes(_s3_get(s3, job["Command"]["ScriptLocation"]))
+        libs = work / "include.zip"
+        libs.write_bytes(_s3_get(s3, args["--extra-py-files"]))
+        argv = ["--JOB_ID", "j_test", "--JOB_RUN_ID", response["JobRunId"], "--JOB_NAME", self.job_name]
+        for k, v in args.items():
+            if k.startswith("--"):
+                argv += [k, v]
+        proc = subprocess.run(
+            [sys.executable, str(script), *argv],
+            cwd=work,
+            env=_job_env(aws_env["url"], PYTHONPATH=str(libs)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, f"the Glue job failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        played["glue"].append({"job": job, "arguments": dict(script_arguments or {}), "run_id": response["JobRunId"]})
+        return response
+
+    def play_training(
+        self, config, wait_for_completion=True, print_log=True, check_interval=30, max_ingestion_time=None
+    ):
+        response = create_training_job(self, config, False, False, check_interval, max_ingestion_time)
+        name = config["TrainingJobName"]
+        work = tmp_path / f"sm-{name}"
+        code = work / "code"
+        code.mkdir(parents=True)
+        hp = config["HyperParameters"]
+        with tarfile.open(fileobj=io.BytesIO(_s3_get(s3, hp["sagemaker_submit_directory"])), mode="r:gz") as tf:
+            tf.extractall(code, filter="data")
+        env = {"SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DATA_DIR": str(work / "output")}
+        for ch in config["InputDataConfig"]:
+            folder = work / "input" / "data" / ch["ChannelName"]
+            folder.mkdir(parents=True)
+            bucket, _, prefix = ch["DataSource"]["S3DataSource"]["S3Uri"].removeprefix("s3://").partition("/")
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+                rel = obj["Key"][len(prefix) :].lstrip("/")
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder / rel).write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            env[f"SM_CHANNEL_{ch['ChannelName'].upper()}"] = str(folder)
+        argv = []
+        for k, v in hp.items():
+            if not k.startswith("sagemaker_"):  # the training toolkit keeps its own parameters
+                argv += [f"--{k}", v]
+        proc = subprocess.run(
+            [sys.executable, hp["sagemaker_program"], *argv],
+            cwd=code,
+            env=_job_env(aws_env["url"], **env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, f"the training container failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        out = config["OutputDataConfig"]
+        bucket, _, prefix = out["S3OutputPath"].removeprefix("s3://").partition("/")
+        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": out["KmsKeyId"]} if out.get("KmsKeyId") else {}
+        for fname, folder in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
+            body = _targz(work / folder)
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}/output/{fname}", Body=body, **sse)
+        played["training"].append({"config": config})
+        return response
+
+    def answer_update_endpoint(params, **_):  # moto does not implement UpdateEndpoint
+        played["update_endpoint"].append(json.loads(params["body"]))
+        return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:aws:sagemaker:played"}
+
+    def hook_answering_update_endpoint(aws):
+        hook = sagemaker_hook(aws)
+        hook.get_conn().meta.events.register("before-call.sagemaker.UpdateEndpoint", answer_update_endpoint)
+        return hook
+
+    monkeypatch.setattr(aws_backend, "sagemaker_hook", hook_answering_update_endpoint)
+    monkeypatch.setattr(GlueJobHook, "initialize_job", play_glue)
+    monkeypatch.setattr(SageMakerHook, "create_training_job", play_training)
+    return played

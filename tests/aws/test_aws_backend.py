@@ -1,0 +1,313 @@
+"""A whole lifecycle DAG with ``backend: aws`` against moto: artifacts in S3 (every object
+encrypted with the spec's KMS key), collect_and_label as a Glue job running the project's job
+file, the curated partitions in the Glue Data Catalog, one SageMaker script-mode training job
+per trial; a second run does not collide with the first and a retried trial does not start a
+second training job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from include.lifecycle.store import safe_run_id
+from tests.aws.conftest import BUCKET, PROBLEM, ROLE_ARN, install_players
+from tests.integration.dagrun import ROOT, run_dag
+
+pytestmark = [pytest.mark.aws, pytest.mark.integration]
+
+LOGICAL_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+
+def _objects(s3, prefix: str = "") -> list[str]:
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def _json(s3, key: str):
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+@pytest.fixture(scope="module")
+def first_run(airflow_db, aws_env, clients):
+    """The DAG run (module-scoped: the other tests read what it left in the emulator)."""
+    mp = pytest.MonkeyPatch()
+    played = _install_players(mp, aws_env, clients)
+    try:
+        state, run_id, _ = run_dag(PROBLEM, LOGICAL_DATE, problems_dir=aws_env["problems"])
+    finally:
+        mp.undo()
+    return {"state": state, "run_id": run_id, "played": played}
+
+
+def _install_players(mp, aws_env, clients):
+    return install_players(mp, aws_env, clients, Path(tempfile.mkdtemp(prefix="aws-play-")))
+
+
+def test_the_dag_runs_green_on_aws_and_writes_its_artifacts_to_s3(first_run, clients) -> None:
+    s3 = clients["s3"]
+    assert first_run["state"] == "success"
+    run = f"ml/{PROBLEM}/runs/{safe_run_id(first_run['run_id'])}"
+    summary = _json(s3, f"{run}/run_summary.json")
+    assert summary["decision"] == "deployed" and summary["model_version"] == 1
+    collect = _json(s3, f"{run}/collect_summary.json")
+    assert collect["rows_in"] == collect["rows_curated"] + collect["rows_quarantined"] > 10_000
+    assert collect["dataset_uri"].startswith(f"s3://{BUCKET}/ml/{PROBLEM}/runs/")
+    assert _json(s3, f"ml/{PROBLEM}/registry/champion.json")["version"] == 1
+    keys = _objects(s3, f"ml/{PROBLEM}/")
+    assert any(k.startswith(f"ml/{PROBLEM}/curated/ds=") for k in keys)
+    assert any(k.startswith(f"{run}/round_1/trials/") and k.endswith("/output/metrics.json") for k in keys)
+    assert f"{run}/report.html" in keys
+    # the champion is an approved model package version and the endpoint serves it
+    outcome = _json(s3, f"{run}/outcome.json")
+    sm = clients["sagemaker"]
+    package = sm.describe_model_package(ModelPackageName=outcome["sagemaker"]["model_package_arn"])
+    assert package["CustomerMetadataProperties"]["ml_lifecycle_version"] == "1"
+    endpoint = sm.describe_endpoint(EndpointName="card-fraud-aws-test")
+    assert endpoint["EndpointConfigName"] == outcome["sagemaker"]["model_name"] == "card-fraud-aws-v1"
+    model_url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    with tarfile.open(
+        fileobj=io.BytesIO(s3.get_object(Bucket=BUCKET, Key=model_url.split("/", 3)[3])["Body"].read())
+    ) as tf:
+        assert {"manifest.json", "threshold.json", "preprocessor.joblib"} <= set(tf.getnames())
+
+
+def test_every_object_in_the_bucket_is_encrypted_with_the_spec_key(first_run, clients, aws_env) -> None:
+    s3 = clients["s3"]
+    keys = _objects(s3)
+    assert len(keys) > 50
+    unencrypted = []
+    for key in keys:
+        head = s3.head_object(Bucket=BUCKET, Key=key)
+        if head.get("ServerSideEncryption") != "aws:kms" or aws_env["kms_key_id"] not in head.get("SSEKMSKeyId", ""):
+            unencrypted.append(key)
+    assert unencrypted == []
+
+
+def test_the_glue_job_runs_the_projects_job_file_with_the_runs_arguments(first_run, clients, aws_env) -> None:
+    (played,) = first_run["played"]["glue"]
+    job = played["job"]
+    s3 = clients["s3"]
+    loc = job["Command"]["ScriptLocation"]
+    script = s3.get_object(Bucket=BUCKET, Key=loc.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    assert script == (ROOT / "include" / "jobs" / "collect_and_label.py").read_bytes()
+    assert job["Role"] == ROLE_ARN
+    assert job["Command"]["Name"] == "glueetl" and job["GlueVersion"] == "5.0"
+    assert job["DefaultArguments"]["--extra-py-files"].endswith("/include.zip")
+    assert "pandas==" in job["DefaultArguments"]["--additional-python-modules"]
+    args = played["arguments"]
+    run_dir = f"runs/{safe_run_id(first_run['run_id'])}"
+    assert args["--run-dir"] == run_dir and args["--ml-run-key"] == f"{PROBLEM}/{run_dir}"
+    assert args["--artifact-root"] == f"s3://{BUCKET}/ml/{PROBLEM}"
+    assert args["--source"] == f"s3://{BUCKET}/landing/transactions"
+    assert args["--sse"] == "aws:kms" and args["--kms-key-id"] == aws_env["kms_key_id"]
+    assert args["--pii-key-secret"] == "ml-lifecycle/pii-hash-key"
+    assert json.loads(args["--spec"])["name"] == PROBLEM
+    assert not any("test-only-pii-key" in v for v in args.values())  # the key itself never travels
+
+
+def test_the_curated_partitions_are_in_the_glue_catalog(first_run, clients) -> None:
+    glue = clients["glue"]
+    table = glue.get_table(DatabaseName="ml_lifecycle", Name=f"{PROBLEM}_curated")["Table"]
+    assert [k["Name"] for k in table["PartitionKeys"]] == ["ds"]
+    cols = {c["Name"]: c["Type"] for c in table["StorageDescriptor"]["Columns"]}
+    assert cols["amount"] == "double" and cols["ts"] == "timestamp"
+    parts = glue.get_partitions(DatabaseName="ml_lifecycle", TableName=f"{PROBLEM}_curated")["Partitions"]
+    days = sorted(p["Values"][0] for p in parts)
+    assert len(days) == 18 and days[-1] == "2026-10-31"
+    s3_days = {k.split("ds=")[1].split("/")[0] for k in _objects(clients["s3"], f"ml/{PROBLEM}/curated/")}
+    assert set(days) <= s3_days
+    loc = next(p for p in parts if p["Values"] == [days[0]])["StorageDescriptor"]["Location"]
+    assert loc == f"s3://{BUCKET}/ml/{PROBLEM}/curated/ds={days[0]}/"
+
+
+def test_each_trial_is_a_script_mode_training_job(first_run, clients, aws_env) -> None:
+    s3 = clients["s3"]
+    configs = [p["config"] for p in first_run["played"]["training"]]
+    assert len(configs) == 2
+    names = [c["TrainingJobName"] for c in configs]
+    assert len(set(names)) == 2 and all(NAME_RE.match(n) and len(n) <= 63 for n in names)
+    run = f"ml/{PROBLEM}/runs/{safe_run_id(first_run['run_id'])}/round_1"
+    for c in configs:
+        hp = c["HyperParameters"]
+        assert hp["sagemaker_program"] == "train.py"
+        assert {"family", "trial_id", "metric", "seed", "class_weight"} <= set(hp)
+        assert hp["metric"] == "roc_auc" and hp["seed"] == "42"
+        assert all(isinstance(v, str) for v in hp.values())
+        ch = {x["ChannelName"]: x["DataSource"]["S3DataSource"]["S3Uri"] for x in c["InputDataConfig"]}
+        assert ch == {
+            "train": f"s3://{BUCKET}/{run}/features/train/",
+            "validation": f"s3://{BUCKET}/{run}/features/validation/",
+        }
+        assert c["OutputDataConfig"] == {
+            "S3OutputPath": f"s3://{BUCKET}/{run}/sagemaker",
+            "KmsKeyId": aws_env["kms_key_id"],
+        }
+        assert c["RoleArn"] == ROLE_ARN and c["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+        # the code the container runs is the project's train.py, byte for byte
+        src = s3.get_object(Bucket=BUCKET, Key=hp["sagemaker_submit_directory"].removeprefix(f"s3://{BUCKET}/"))
+        with tarfile.open(fileobj=io.BytesIO(src["Body"].read()), mode="r:gz") as tf:
+            assert tf.extractfile("train.py").read() == (ROOT / "include" / "jobs" / "train.py").read_bytes()
+        desc = clients["sagemaker"].describe_training_job(TrainingJobName=c["TrainingJobName"])
+        assert desc["TrainingJobStatus"] == "Completed"
+    by_family = {c["HyperParameters"]["family"]: c["HyperParameters"] for c in configs}
+    assert by_family["xgboost"]["n_estimators"] == "40"  # the spec's params, as strings
+    # the trial's result in the run is what the container wrote
+    ev = _json(s3, f"{run}/evaluation.json")
+    metrics = _json(s3, f"{run}/trials/{ev['trial_id']}/output/metrics.json")
+    assert metrics["trial_id"] == ev["trial_id"]
+
+
+def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
+    first_run, airflow_db, aws_env, clients
+) -> None:
+    from ml_lifecycle.aws import run_trial_aws
+    from ml_lifecycle.context import RunContext
+    from ml_lifecycle.operators import run_collect
+
+    sm = clients["sagemaker"]
+    mp = pytest.MonkeyPatch()
+    played = _install_players(mp, aws_env, clients)
+    try:
+        state, run_id, _ = run_dag(PROBLEM, LOGICAL_DATE, problems_dir=aws_env["problems"])
+        assert state == "success" and run_id != first_run["run_id"]
+        first = {p["config"]["TrainingJobName"] for p in first_run["played"]["training"]}
+        second = {p["config"]["TrainingJobName"] for p in played["training"]}
+        assert len(second) == 2 and not first & second
+        outcome = _json(clients["s3"], f"ml/{PROBLEM}/runs/{safe_run_id(run_id)}/outcome.json")
+        # same data, same seed: as good as the champion, so deployed; the endpoint is updated, not re-created
+        assert outcome["decision"] == "deployed" and outcome["version"] == 2
+        assert outcome["sagemaker"]["endpoint"] == "updated"
+        assert played["update_endpoint"] == [
+            {"EndpointName": "card-fraud-aws-test", "EndpointConfigName": "card-fraud-aws-v2"}
+        ]
+        assert (
+            played["glue"][0]["arguments"]["--ml-run-key"]
+            != first_run["played"]["glue"][0]["arguments"]["--ml-run-key"]
+        )
+        jobs_before = sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
+
+        # retry a trial of the second run: it re-attaches to the completed job
+        os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
+        try:
+            rc = RunContext.from_airflow(
+                PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {"backend": "aws"}}
+            )
+            rd = rc.round_dir(1)
+            trial_id = rc.problem.read_json(f"{rd}/evaluation.json")["trial_id"]
+            metrics = rc.problem.read_json(f"{rd}/trials/{trial_id}/output/metrics.json")
+            trial = {k: metrics[k] for k in ("trial_id", "family", "params")}
+            log: list[str] = []
+            again = run_trial_aws(rc, 1, trial, try_number=2, log=log.append)
+        finally:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        assert any(m.startswith("re-attaching") for m in log), log
+        assert len(played["training"]) == 2  # no new job was created
+        assert again["training_job_name"] in second
+        assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == len(jobs_before)
+
+        # retry collect_and_label of the second run: it re-attaches to its Glue job run
+        glue = clients["glue"]
+        job_name = played["glue"][0]["job"]["Name"]
+        runs_before = glue.get_job_runs(JobName=job_name)["JobRuns"]
+        os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
+        try:
+            log.clear()
+            summary = run_collect(rc, lookback_days=rc.lookback_days, run_dir=rc.run_dir, log=log.append)
+        finally:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        assert any("re-attaching to Glue job run" in m for m in log), log
+        assert len(played["glue"]) == 1
+        assert len(glue.get_job_runs(JobName=job_name)["JobRuns"]) == len(runs_before) == 2
+        assert summary["rows_in"] == rc.problem.read_json(f"{rc.run_dir}/collect_summary.json")["rows_in"]
+
+        # augment_data re-collects a wider window into the next round's folder: a new Glue job run
+        os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
+        try:
+            wider = run_collect(rc, lookback_days=24, run_dir=f"{rc.run_dir}/round_2", log=log.append)
+        finally:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        assert len(played["glue"]) == 2
+        assert played["glue"][1]["arguments"]["--run-dir"] == f"{rc.run_dir}/round_2"
+        assert played["glue"][1]["arguments"]["--lookback-days"] == "24"
+        assert wider["partitions"] == 24 and wider["rows_in"] > summary["rows_in"]
+    finally:
+        mp.undo()
+
+
+def test_job_names_are_deterministic_unique_and_short() -> None:
+    from ml_lifecycle.aws import training_job_name
+
+    long = "a_problem_name_that_is_long_enough_to_matter_" + "x" * 16
+    n1 = training_job_name(long, "manual__2026-11-01T00:00:00+00:00", 10, "r10-random_forest-11")
+    assert n1 == training_job_name(long, "manual__2026-11-01T00:00:00+00:00", 10, "r10-random_forest-11")
+    n2 = training_job_name(long, "manual__2026-11-01T00:00:01+00:00", 10, "r10-random_forest-11")
+    n3 = training_job_name(long, "manual__2026-11-01T00:00:00+00:00", 10, "r10-random_forest-11", attempt=3)
+    assert len({n1, n2, n3}) == 3
+    assert all(len(n) <= 63 and NAME_RE.match(n) for n in (n1, n2, n3))
+
+
+def test_publishing_a_champion_registers_a_model_package_and_creates_then_updates_the_endpoint(
+    aws_env, clients, monkeypatch
+) -> None:
+    """moto does not implement update_endpoint: the test answers that one call itself and records it."""
+    import types
+
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.spec import parse_spec
+    from ml_lifecycle import aws as aws_backend
+
+    data = json.loads(json.dumps(aws_env["spec"])) | {"name": "fraud_publish"}
+    data["aws"]["serving_image"] = "registry.example/ml-lifecycle-serving:test"
+    data["deploy"] = {"endpoint_name": "card-fraud-test"}
+    spec = parse_spec(data)
+    store = aws_backend.s3_problem_store(spec)
+    registry = ModelRegistry(store.sub("registry"))
+    assert [registry.register({"model.ubj": m}, {"run_id": "r"}) for m in (b"m1", b"m2")] == [1, 2]
+    updates: list[dict] = []
+
+    def answer_update(params, **_):
+        updates.append(json.loads(params["body"]))  # the serialised request moto would have received
+        return types.SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:test"}
+
+    real_hook = aws_backend.sagemaker_hook
+
+    def hook_with_update(aws):
+        hook = real_hook(aws)
+        hook.get_conn().meta.events.register("before-call.sagemaker.UpdateEndpoint", answer_update)
+        return hook
+
+    monkeypatch.setattr(aws_backend, "sagemaker_hook", hook_with_update)
+    sm = clients["sagemaker"]
+    log: list[str] = []
+    first = aws_backend.publish_champion(spec, store, 1, run_id="manual__a", log=log.append)
+    again = aws_backend.publish_champion(spec, store, 1, run_id="manual__a", log=log.append)
+    second = aws_backend.publish_champion(spec, store, 2, run_id="manual__b", log=log.append)
+    assert (first["endpoint"], again["endpoint"], second["endpoint"]) == ("created", "unchanged", "updated")
+    assert again["model_package_arn"] == first["model_package_arn"] != second["model_package_arn"]
+    packages = sm.list_model_packages(ModelPackageGroupName="fraud-publish")["ModelPackageSummaryList"]
+    assert len(packages) == 2  # the retried publish of version 1 registered nothing new
+    desc = sm.describe_model_package(ModelPackageName=second["model_package_arn"])
+    assert desc["ModelApprovalStatus"] == "Approved"
+    assert desc["CustomerMetadataProperties"]["ml_lifecycle_version"] == "2"
+    url = desc["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert url == f"s3://{BUCKET}/ml/fraud_publish/sagemaker/models/v2/model.tar.gz"
+    body = clients["s3"].get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))
+    with tarfile.open(fileobj=io.BytesIO(body["Body"].read()), mode="r:gz") as tf:
+        assert tf.extractfile("model.ubj").read() == b"m2"
+        assert json.loads(tf.extractfile("manifest.json").read())["version"] == 2
+    assert sm.describe_endpoint(EndpointName="card-fraud-test")["EndpointConfigName"] == first["model_name"]
+    assert updates == [{"EndpointName": "card-fraud-test", "EndpointConfigName": second["model_name"]}]
+    cfg = sm.describe_endpoint_config(EndpointConfigName=second["model_name"])
+    assert cfg["ProductionVariants"][0]["ModelName"] == second["model_name"]
+    assert cfg["KmsKeyId"] == aws_env["kms_key_id"]

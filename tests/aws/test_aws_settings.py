@@ -1,0 +1,218 @@
+"""The aws settings of a spec, the backend choice per run and the S3 store's encryption settings
+(no emulator needed: nothing here talks to AWS)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from include.lifecycle.spec import SpecError, parse_spec
+from tests.integration.dagrun import ROOT
+
+pytestmark = pytest.mark.aws
+
+ROLE = "arn:aws:iam::123456789012:role/ml-lifecycle"
+
+
+def _aws_spec(**aws) -> dict:
+    data = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    data["backend"] = "aws"
+    data["data"]["source"] = "s3://landing-bucket/transactions"
+    data["aws"] = {"bucket": "ml-artifacts", "role_arn": ROLE, **aws}
+    return data
+
+
+def test_aws_defaults() -> None:
+    aws = parse_spec(_aws_spec()).aws
+    assert (aws.region, aws.prefix, aws.conn_id, aws.kms_key_id) == ("eu-west-1", "ml-lifecycle", "aws_default", None)
+    assert (aws.training_instance_type, aws.training_instance_count) == ("ml.m5.xlarge", 1)
+    assert (aws.glue.job_type, aws.glue.glue_version, aws.glue.database) == ("glueetl", "5.0", "ml_lifecycle")
+
+
+@pytest.mark.parametrize(
+    ("aws", "field"),
+    [
+        ({"role_arn": "ml-role"}, "aws.role_arn"),
+        ({"bucket": "Bad_Bucket"}, "aws.bucket"),
+        ({"region": "europe"}, "aws.region"),
+        ({"prefix": "/leading/slash"}, "aws.prefix"),
+        ({"training_instance_type": "m5.large"}, "aws.training_instance_type"),
+        ({"training_instance_count": 4}, "aws.training_instance_count"),
+        ({"glue": {"max_capacity": 2}}, "aws.glue.max_capacity"),
+        ({"glue": {"job_type": "spark"}}, "aws.glue.job_type"),
+        ({"poll_seconds": 0}, "aws.poll_seconds"),
+        ({"unknown": 1}, "aws.unknown"),
+    ],
+)
+def test_bad_aws_settings_name_the_field(aws: dict, field: str) -> None:
+    with pytest.raises(SpecError, match=f"field '{field}'"):
+        parse_spec(_aws_spec(**aws))
+
+
+def test_backend_aws_needs_bucket_and_role() -> None:
+    data = _aws_spec()
+    del data["aws"]["role_arn"]
+    with pytest.raises(SpecError, match="backend aws needs aws.bucket and aws.role_arn"):
+        parse_spec(data)
+
+
+def test_sse_is_kms_with_a_key_and_s3_managed_without() -> None:
+    from ml_lifecycle.aws import sse_kwargs
+
+    assert sse_kwargs(parse_spec(_aws_spec()).aws) == {"ServerSideEncryption": "AES256"}
+    assert sse_kwargs(parse_spec(_aws_spec(kms_key_id="alias/ml")).aws) == {
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": "alias/ml",
+    }
+
+
+def test_the_run_param_chooses_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A spec with aws settings runs locally unless the spec or the run says aws, and the other
+    way round; the aws store is rooted at s3://<bucket>/<prefix>/<problem> and encrypts."""
+    from ml_lifecycle import context
+
+    data = _aws_spec(kms_key_id="alias/ml", conn_id="no_such_conn_for_this_test")
+    local = copy.deepcopy(data) | {"name": "fraud_local", "backend": "local"}
+    for d in (data | {"name": "fraud_aws"}, local):
+        (tmp_path / f"{d['name']}.yaml").write_text(yaml.safe_dump(d))
+    monkeypatch.setenv("ML_PROBLEMS_DIR", str(tmp_path))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-used")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-used")
+
+    def rc(problem: str, params: dict) -> context.RunContext:
+        return context.RunContext.from_airflow(
+            problem,
+            {
+                "run_id": "manual__x",
+                "logical_date": None,
+                "dag_run": type("R", (), {"run_after": None})(),
+                "params": params,
+            },
+        )
+
+    assert rc("fraud_local", {}).problem.is_local
+    assert rc("fraud_aws", {"backend": "local"}).problem.is_local
+    for store in (rc("fraud_aws", {}).problem, rc("fraud_local", {"backend": "aws"}).problem):
+        assert store.uri().startswith("s3://ml-artifacts/ml-lifecycle/fraud_")
+        assert store.fs.s3_additional_kwargs == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/ml"}
+
+
+def test_a_run_asking_for_aws_on_a_spec_without_aws_settings_fails_clearly(monkeypatch, tmp_path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ml_lifecycle import context
+
+    data = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    (tmp_path / "card_fraud.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("ML_PROBLEMS_DIR", str(tmp_path))
+    with pytest.raises(AirflowFailException, match="backend aws needs aws.bucket and aws.role_arn"):
+        context.problem_store("card_fraud", "aws")
+
+
+def test_the_iam_policies_grant_what_the_backend_calls_and_no_wildcard_actions() -> None:
+    import json
+    import re
+
+    policy = json.loads((ROOT / "aws" / "iam-policy.json").read_text())
+    role = json.loads((ROOT / "aws" / "execution-role-policy.json").read_text())
+    json.loads((ROOT / "aws" / "execution-role-trust.json").read_text())
+
+    def actions(p: dict) -> set[str]:
+        out: set[str] = set()
+        for st in p["Statement"]:
+            if st["Effect"] == "Allow":
+                out |= {st["Action"]} if isinstance(st["Action"], str) else set(st["Action"])
+        return out
+
+    # what plugins/ml_lifecycle/aws.py and the Airflow hooks it uses call, from the Airflow worker
+    called = {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject",
+        "glue:GetJob", "glue:CreateJob", "glue:StartJobRun", "glue:GetJobRun", "glue:GetJobRuns",
+        "glue:BatchStopJobRun", "glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable", "glue:CreateTable",
+        "glue:UpdateTable", "glue:GetPartitions", "glue:BatchCreatePartition",
+        "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+        "sagemaker:DescribeModelPackageGroup", "sagemaker:CreateModelPackageGroup", "sagemaker:ListModelPackages",
+        "sagemaker:DescribeModelPackage", "sagemaker:CreateModelPackage", "sagemaker:DescribeModel",
+        "sagemaker:CreateModel", "sagemaker:DescribeEndpointConfig", "sagemaker:CreateEndpointConfig",
+        "sagemaker:DescribeEndpoint", "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint",
+        "iam:PassRole", "kms:GenerateDataKey", "kms:Decrypt",
+    }  # fmt: skip
+    assert called <= actions(policy)
+    # what the Glue job and the training container call with the execution role
+    assert {"s3:GetObject", "s3:PutObject", "secretsmanager:GetSecretValue", "kms:GenerateDataKey"} <= actions(role)
+    for p in (policy, role):
+        assert not any(a == "*" or a.endswith(":*") for a in actions(p))
+        text = json.dumps(p)
+        assert not re.search(r"\b\d{12}\b", text)  # no account id: placeholders only
+        assert set(re.findall(r"\$\{(\w+)\}", text)) <= {
+            "BUCKET", "PREFIX", "LANDING_PREFIX", "REGION", "ACCOUNT_ID", "KMS_KEY_ARN",
+            "GLUE_DATABASE", "EXECUTION_ROLE_NAME", "PII_SECRET_NAME",
+        }  # fmt: skip
+
+
+class _FakeSageMaker:
+    """Answers describe_training_job from a dict of name -> status; records creations."""
+
+    def __init__(self, statuses: dict[str, str]) -> None:
+        self.statuses = statuses
+        self.created: list[str] = []
+
+    def describe_training_job(self, name: str) -> dict:
+        from botocore.exceptions import ClientError
+
+        if name not in self.statuses:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": "not found"}}, "DescribeTrainingJob")
+        return {"TrainingJobStatus": self.statuses[name]}
+
+    def create_training_job(self, config: dict, wait_for_completion: bool, print_log: bool) -> None:
+        self.created.append(config["TrainingJobName"])
+        self.statuses[config["TrainingJobName"]] = "InProgress"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected", "created"),
+    [
+        ({}, "job", ["job"]),  # first attempt: create
+        ({"job": "InProgress"}, "job", []),  # retry while it runs: attach
+        ({"job": "Completed"}, "job", []),  # retry after it completed: take its result
+        ({"job": "Failed"}, "job-a2", ["job-a2"]),  # names cannot be reused: the next attempt's name
+        ({"job": "Failed", "job-a2": "Completed"}, "job-a2", []),
+    ],
+)
+def test_a_retried_trial_attaches_to_its_job_or_starts_the_next_attempt(statuses, expected, created) -> None:
+    from ml_lifecycle.aws import start_or_attach_training
+
+    hook = _FakeSageMaker(dict(statuses))
+    name = start_or_attach_training(hook, lambda n: {"TrainingJobName": n}, ["job", "job-a2", "job-a3"], log=print)
+    assert name == expected and hook.created == created
+
+
+def test_every_attempt_failed_fails_the_task() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ml_lifecycle.aws import start_or_attach_training
+
+    hook = _FakeSageMaker({"job": "Failed", "job-a2": "Stopped"})
+    with pytest.raises(AirflowFailException, match="every attempt of this trial failed"):
+        start_or_attach_training(hook, lambda n: {"TrainingJobName": n}, ["job", "job-a2"], log=print)
+    assert hook.created == []
+
+
+def test_arrow_types_map_to_hive_types_for_the_catalog() -> None:
+    import pyarrow as pa
+
+    from ml_lifecycle.aws import hive_type
+
+    cases = {
+        pa.int32(): "int",
+        pa.int64(): "bigint",
+        pa.float64(): "double",
+        pa.bool_(): "boolean",
+        pa.date32(): "date",
+        pa.timestamp("us", tz="UTC"): "timestamp",
+        pa.string(): "string",
+        pa.dictionary(pa.int32(), pa.string()): "string",
+    }
+    assert {str(t): hive_type(t) for t in cases} == {str(t): h for t, h in cases.items()}

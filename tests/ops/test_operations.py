@@ -1,0 +1,326 @@
+"""Operations features of the lifecycle DAGs, in-process: the run form (Param validation), the
+optional human approval, alerts through the notifier and the Assets other DAGs schedule on.
+Whole runs use ``dag.test()`` on a small partitioned problem; a person's answer to the approval
+is exercised against a real Airflow in test_real_airflow.py (dag.test() would wait for it)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from include.lifecycle.spec import load_spec
+from tests.integration.dagrun import ROOT, artifacts, read_json, run_dag
+from tests.ops.opsspec import make_data, ops_spec, write_spec
+
+END = dt.date(2026, 10, 1)
+LOGICAL_DATE = dt.datetime(2026, 9, 30, tzinfo=dt.UTC)  # data interval ends at END
+
+
+def _bag(problems: Path | None = None):
+    import os
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    old = os.environ.get("ML_PROBLEMS_DIR")
+    if problems is not None:
+        os.environ["ML_PROBLEMS_DIR"] = str(problems)
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+    finally:
+        if old is None:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        else:
+            os.environ["ML_PROBLEMS_DIR"] = old
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture(scope="module")
+def ops_env(session_tmp):
+    problems = session_tmp / "ops-problems"
+    make_data(session_tmp / "data", END)
+    write_spec(problems, ops_spec("ops_auto"))
+    write_spec(problems, ops_spec("ops_approval", deploy={"require_approval": True, "approval_timeout_hours": 12}))
+    write_spec(problems, ops_spec("ops_impossible", goal={"target": 0.9999}))
+    write_spec(problems, ops_spec("ops_missing", data={"source": "ops_fraud/landing/nothing_here"}))
+    return problems
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return _bag()
+
+
+# --- the run form --------------------------------------------------------------------------
+def _validate(dag, conf: dict) -> dict:
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_form_fields_have_titles_descriptions_and_bounds(shipped):
+    dag = shipped.dags["card_fraud"]
+    spec = load_spec(ROOT / "include" / "problems" / "card_fraud.yaml")
+    schema = {k: dag.params.get_param(k).schema for k in dag.params}
+    described = {k: dag.params.get_param(k).description for k in dag.params}
+    assert set(schema) == {"max_rounds", "lookback_days", "force_deploy", "skip_approval", "backend"}
+    for name, s in schema.items():
+        assert s.get("title") and described[name], name
+    assert (schema["max_rounds"]["minimum"], schema["max_rounds"]["maximum"]) == (1, spec.max_rounds)
+    assert (schema["lookback_days"]["minimum"], schema["lookback_days"]["maximum"]) == (
+        1,
+        spec.data.max_lookback_days,
+    )
+    assert schema["backend"]["enum"] == ["local", "aws"]
+    assert "WARNING" in described["force_deploy"]
+    assert schema["skip_approval"]["type"] == "boolean"
+    assert "deploys automatically" in described["skip_approval"]
+    assert _validate(dag, {}) == {
+        "max_rounds": spec.max_rounds,
+        "lookback_days": spec.data.lookback_days,
+        "force_deploy": False,
+        "skip_approval": False,
+        "backend": spec.backend,
+    }
+    assert _validate(dag, {"max_rounds": 1, "lookback_days": 7, "backend": "aws"})["lookback_days"] == 7
+
+
+@pytest.mark.parametrize(
+    "conf, field",
+    [
+        ({"max_rounds": 0}, "max_rounds"),
+        ({"max_rounds": 99}, "max_rounds"),
+        ({"max_rounds": "two"}, "max_rounds"),
+        ({"lookback_days": 0}, "lookback_days"),
+        ({"lookback_days": 10_000}, "lookback_days"),
+        ({"backend": "gcp"}, "backend"),
+        ({"force_deploy": "yes"}, "force_deploy"),
+        ({"skip_approval": 1}, "skip_approval"),
+    ],
+)
+def test_form_refuses_bad_values_naming_the_field(shipped, conf, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=field):
+        _validate(shipped.dags["card_fraud"], conf)
+
+
+# --- wiring: approval, assets, callbacks ---------------------------------------------------
+def test_shipped_specs_deploy_automatically_and_publish_assets(shipped):
+    from ml_lifecycle.notify import LifecycleNotifier
+
+    for dag_id in ("card_fraud", "breast_cancer", "diabetes"):
+        dag = shipped.dags[dag_id]
+        assert "approve_deployment" not in dag.task_ids
+        assert {o.name for o in dag.get_task("collect_and_label").outlets} == {f"{dag_id}.curated_data"}
+        assert {o.uri for o in dag.get_task("deploy_model").outlets} == {f"ml-lifecycle://{dag_id}/champion_model"}
+        for task in dag.tasks:
+            cbs = task.on_failure_callback
+            assert [(type(c), c.event) for c in cbs] == [(LifecycleNotifier, "failure")], task.task_id
+        assert [c.event for c in dag.get_task("goal_not_met").on_success_callback] == ["goal_not_met"]
+        for k in range(1, load_spec(ROOT / "include" / "problems" / f"{dag_id}.yaml").max_rounds + 1):
+            assert "deploy_model" in dag.get_task(f"round_{k}.meets_business_goal").downstream_task_ids
+
+
+def test_approval_sits_between_every_round_and_deploy_model(ops_env):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = _bag(ops_env).dags["ops_approval"]
+    approve = dag.get_task("approve_deployment")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.defaults == ["Reject"]  # no answer in time deploys nothing
+    assert approve.response_timeout == dt.timedelta(hours=12)
+    assert approve.downstream_task_ids == {"deploy_model", "publish_report"}
+    assert dag.get_task("deploy_model").upstream_task_ids == {"approve_deployment"}
+    assert approve.upstream_task_ids == {"round_1.meets_business_goal"}
+    assert [n.event for n in approve.notifiers] == ["approval_requested"]
+
+
+def test_serialized_dag_keeps_assets_and_approval(ops_env):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = _bag(ops_env).dags["ops_approval"]
+    back = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert {o.uri for o in back.get_task("deploy_model").outlets} == {"ml-lifecycle://ops_approval/champion_model"}
+    assert {o.uri for o in back.get_task("collect_and_label").outlets} == {"ml-lifecycle://ops_approval/curated_data"}
+    assert back.get_task("approve_deployment").downstream_task_ids == {"deploy_model", "publish_report"}
+
+
+# --- whole runs ------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_automatic_deploy_emits_asset_events(airflow_db, ops_env):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    state, run_id, run_dir = run_dag("ops_auto", LOGICAL_DATE, problems_dir=ops_env)
+    assert state == "success"
+    summary = read_json(run_dir / "run_summary.json")
+    assert summary["decision"] == "deployed", summary["reason"]
+    with create_session() as session:
+        events = session.execute(
+            select(AssetModel.name, AssetEvent.source_run_id, AssetEvent.source_task_id).join(
+                AssetModel, AssetEvent.asset_id == AssetModel.id
+            )
+        ).all()
+    mine = {(name, task) for name, rid, task in events if rid == run_id}
+    assert mine == {("ops_auto.curated_data", "collect_and_label"), ("ops_auto.champion_model", "deploy_model")}
+
+
+@pytest.mark.integration
+def test_skip_approval_param_deploys_without_asking(airflow_db, ops_env):
+    state, _, run_dir = run_dag("ops_approval", LOGICAL_DATE, problems_dir=ops_env, conf={"skip_approval": True})
+    assert state == "success"
+    approval = read_json(run_dir / "approval.json")
+    assert approval["approved"] is True and approval["by"] == "skip_approval param"
+    assert approval["meets_goal"] is True and approval["round"] == 1
+    summary = read_json(run_dir / "run_summary.json")
+    assert summary["decision"] == "deployed"
+    assert summary["model_version"] == read_json(artifacts("ops_approval") / "registry" / "champion.json")["version"]
+
+
+@pytest.mark.integration
+def test_goal_not_met_sends_an_alert(airflow_db, ops_env):
+    state, run_id, run_dir = run_dag("ops_impossible", LOGICAL_DATE, problems_dir=ops_env)
+    assert state == "success"
+    assert read_json(run_dir / "run_summary.json")["decision"] == "goal_not_met"
+    alert = read_json(artifacts("ops_impossible") / "alerts" / run_dir.name / "goal_not_met-goal_not_met.json")
+    assert alert["event"] == "goal_not_met" and alert["channel"] == "log" and alert["run_id"] == run_id
+    assert "goal" in alert["subject"] and "0.9999" in alert["body"]
+    assert "report.html" in alert["body"]
+
+
+@pytest.mark.integration
+def test_a_failed_task_sends_an_alert(airflow_db, ops_env):
+    state, run_id, run_dir = run_dag("ops_missing", LOGICAL_DATE, problems_dir=ops_env)
+    assert state == "failed"
+    alerts = sorted((artifacts("ops_missing") / "alerts" / run_dir.name).glob("*.json"))
+    assert [a.name for a in alerts] == ["failure-formulate_problem.json"]
+    alert = json.loads(alerts[0].read_text())
+    assert alert["event"] == "failure" and "task formulate_problem failed" in alert["subject"]
+    assert "AirflowFailException" in alert["body"] and "data in window" in alert["body"]
+
+
+@pytest.mark.integration
+def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
+    """Two runs at once (a backfill): the one that promotes second compared against a champion
+    that is gone. It compares again with the new champion on its own test rows and promotes only
+    if it still passes; it never fails on the race and never skips the gate."""
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+    from ml_lifecycle.context import RunContext
+    from ml_lifecycle.sections import _promote_or_recheck
+
+    state, run_id, run_dir = run_dag("ops_auto", LOGICAL_DATE, problems_dir=ops_env)
+    assert state == "success"
+    assert read_json(run_dir / "run_summary.json")["decision"] == "deployed"
+    store = Store.from_uri(str(artifacts("ops_auto")))
+    rc = RunContext(
+        spec=load_spec(ops_env / "ops_auto.yaml"),
+        problem=store,
+        run_id=run_id,
+        as_of=LOGICAL_DATE,
+        params={},
+    )
+    reg = ModelRegistry(store.sub("registry"))
+    champion = reg.champion()["version"]
+
+    def copy_of(version: int) -> dict[str, bytes]:
+        return {n: b for n, b in reg.load(version).items() if n not in ("manifest.json", "metadata.json")}
+
+    plan = read_json(run_dir / "round_1" / "plan.json")
+    ev = read_json(run_dir / "round_1" / "evaluation.json")
+    stale = {**ev, "champion_version": champion - 1 if champion > 1 else None}
+    # another run promotes a copy of the champion after this one compared
+    meanwhile = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": "other-run"})
+    reg.promote(meanwhile, run_id="other-run", expected_champion=champion)
+
+    candidate = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
+    record = _promote_or_recheck(rc, reg, candidate, plan, stale)
+    assert record is not None and record["version"] == candidate and record["previous"] == meanwhile
+    recheck = read_json(run_dir / "recheck.json")
+    assert recheck["champion_version"] == meanwhile and recheck["deploy"] is True
+    assert "the champion changed during this run" in recheck["reason"]
+
+    # a candidate that no longer passes against the new champion is registered, not promoted
+    worse = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
+    failing = {**stale, "test_score": 0.5, "decision": {**ev["decision"], "forced": False}}
+    assert _promote_or_recheck(rc, reg, worse, plan, failing) is None
+    assert reg.champion()["version"] == candidate
+    assert read_json(run_dir / "recheck.json")["deploy"] is False
+
+
+@pytest.fixture
+def smtp_sink(monkeypatch):
+    from tests.ops.smtpsink import SmtpSink
+
+    with SmtpSink() as sink:
+        conn = {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": sink.port,
+            "extra": {
+                "disable_ssl": True,
+                "disable_tls": True,
+                "from_email": "ml-lifecycle@example.com",
+                "retry_limit": 0,
+                "timeout": 10,
+            },
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_OPS", json.dumps(conn))
+        yield sink
+
+
+@pytest.mark.integration
+def test_goal_not_met_alert_is_mailed_over_smtp(airflow_db, ops_env, smtp_sink):
+    write_spec(
+        ops_env,
+        ops_spec(
+            "ops_mailed",
+            goal={"target": 0.9999},
+            alerts={"channel": "smtp", "to": ["ml-oncall@example.com"], "conn_id": "smtp_ops"},
+        ),
+    )
+    try:
+        state, run_id, run_dir = run_dag("ops_mailed", LOGICAL_DATE, problems_dir=ops_env)
+    finally:
+        (ops_env / "ops_mailed.yaml").unlink()
+    assert state == "success"
+    assert read_json(run_dir / "run_summary.json")["decision"] == "goal_not_met"
+    assert len(smtp_sink.messages) == 1
+    rcpt, msg = smtp_sink.messages[0]
+    assert rcpt == ["ml-oncall@example.com"]
+    assert msg["Subject"] == "[ml-lifecycle] ops_mailed: the business goal was not met; nothing was deployed"
+    body = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    assert run_id in body and "misses the goal" in body
+    record = read_json(artifacts("ops_mailed") / "alerts" / run_dir.name / "goal_not_met-goal_not_met.json")
+    assert record["channel"] == "smtp"
+
+
+@pytest.mark.parametrize(
+    "alerts, message",
+    [
+        ({"channel": "smtp"}, "alerts.to"),
+        ({"channel": "sns"}, "alerts.target"),
+        ({"channel": "pager"}, "alerts.channel"),
+        ({"chanel": "log"}, "alerts.chanel"),
+    ],
+)
+def test_alerts_section_errors_name_the_field(tmp_path, alerts, message):
+    from include.lifecycle.spec import SpecError
+
+    path = write_spec(tmp_path, ops_spec("ops_alerts", alerts=alerts))
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        load_spec(path)
+
+
+def test_approval_timeout_must_be_positive(tmp_path):
+    from include.lifecycle.spec import SpecError
+
+    path = write_spec(tmp_path, ops_spec("ops_timeout", deploy={"require_approval": True, "approval_timeout_hours": 0}))
+    with pytest.raises(SpecError, match=r"deploy\.approval_timeout_hours"):
+        load_spec(path)

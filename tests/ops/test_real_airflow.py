@@ -1,0 +1,432 @@
+"""A real Airflow on a real metadata database, driven only through the REST API.
+
+PostgreSQL 15 (a throwaway cluster on 127.0.0.1 in a temp folder, run as an unprivileged user
+when the tests run as root), ``airflow db migrate``, then the scheduler (LocalExecutor),
+dag-processor and api-server as separate processes, all on loopback and free ports. With a
+small partitioned problem that requires approval, the test checks:
+
+- the nightly schedule creates a run by itself; a person approves it over the HITL endpoint
+  and the model is deployed;
+- a manual run with a bad param is refused (400); a manual run with params is rejected by a
+  person: nothing is deployed and the report says so;
+- a backfill of 5 dates with max_active_runs=2 (POST /api/v2/backfills, skip_approval in the
+  runs' conf): every run succeeds, with its own artifacts and its own data window, and the
+  registry stays consistent (one champion, an unbroken chain of promotions, checksums valid).
+
+Every process is stopped by the fixtures, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.dagrun import read_json
+from tests.ops.opsspec import make_data, ops_spec, write_spec
+
+pytestmark = pytest.mark.integration
+
+DAG_ID = "ops_live"
+PG_BIN = Path(shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl").parent
+VENV_BIN = Path(sys.executable).parent
+WAIT = 420  # seconds: a safety bound for each wait, not an assertion about speed
+# Optional: ML_SCREENSHOTS_DIR=docs/screenshots also saves PNGs of the UI on the way (needs the
+# playwright package and a system chromium; neither is in requirements.txt).
+SCREENSHOTS = os.environ.get("ML_SCREENSHOTS_DIR")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run the server as the unprivileged 'nobody' then."""
+    return ["runuser", "-u", "nobody", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    base = Path(tempfile.mkdtemp(prefix="ml-ops-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "nobody", "nogroup")
+    data, port = base / "data", _free_port()
+    subprocess.run(
+        _as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "airflow", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        _as_postgres_user([*ctl, "-o", f"-k {base} -h 127.0.0.1 -p {port}", "-l", str(base / "pg.log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE airflow")
+        conn.close()
+        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
+    finally:
+        subprocess.run(_as_postgres_user([*ctl, "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Api:
+    """The public REST API with a token from the simple auth manager."""
+
+    def __init__(self, base: str, password: str) -> None:
+        self.base = base
+        self.password = password
+        self.token: str | None = None
+
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
+        req = urllib.request.Request(self.base + path, method=method)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.login()}")
+        try:
+            with urllib.request.urlopen(req, data=data, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
+
+    def login(self) -> str:
+        if self.token is None:
+            status, body = self._request(
+                "POST", "/auth/token", {"username": "admin", "password": self.password}, auth=False
+            )
+            assert status in (200, 201), (status, body)
+            self.token = body["access_token"]
+        return self.token
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self._request("GET", path)
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        return self._request("POST", path, body)
+
+    def patch(self, path: str, body: Any) -> tuple[int, Any]:
+        return self._request("PATCH", path, body)
+
+
+def _wait(what: str, probe, procs: dict[str, subprocess.Popen] | None = None, every: float = 2.0) -> Any:
+    deadline = time.monotonic() + WAIT
+    while True:
+        result = probe()
+        if result:
+            return result
+        for name, proc in (procs or {}).items():
+            assert proc.poll() is None, f"airflow {name} exited with {proc.returncode} while waiting for {what}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def airflow(postgres) -> Iterator[dict[str, Any]]:
+    base = Path(tempfile.mkdtemp(prefix="ml-ops-airflow-"))
+    home, problems, data, artifacts = base / "home", base / "problems", base / "data", base / "artifacts"
+    home.mkdir()
+    today = dt.datetime.now(dt.UTC).date()
+    make_data(data, end=today, days=40, per_day=800)
+    write_spec(problems, ops_spec(DAG_ID, deploy={"require_approval": True}))
+    port, password = _free_port(), secrets.token_urlsafe(12)
+    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "ML_PROBLEMS_DIR": str(problems),
+        "ML_DATA_ROOT": str(data),
+        "ML_ARTIFACT_ROOT": str(artifacts),
+        "ML_CODE_VERSION": "ops-test",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    airflow_bin = str(VENV_BIN / "airflow")
+    migrate = subprocess.run(
+        [airflow_bin, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {}
+    try:
+        for name, args in {
+            # --skip-serve-logs: no log server on all interfaces; the api-server reads the local files
+            "scheduler": ["scheduler", "--skip-serve-logs"],
+            "dag-processor": ["dag-processor"],
+            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        }.items():
+            logs[name] = open(home / f"{name}.log", "w")  # noqa: SIM115 - closed in the finally below
+            procs[name] = subprocess.Popen(
+                [airflow_bin, *args], env=env, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True
+            )
+        api = Api(f"http://127.0.0.1:{port}", password)
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{api.base}/api/v2/monitor/health", timeout=5) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        _wait("the api-server", up, procs)
+        yield {"api": api, "procs": procs, "today": today, "artifacts": artifacts / DAG_ID, "home": home}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        for f in logs.values():
+            f.close()
+        if os.environ.get("ML_KEEP_TEST_TMP"):
+            print(f"kept the real-Airflow folder {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _iso(day: dt.date) -> str:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).isoformat()
+
+
+def _run_path(run_id: str) -> str:
+    return f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}"
+
+
+def _wait_run(af: dict[str, Any], run_id: str) -> dict[str, Any]:
+    def done():
+        status, run = af["api"].get(_run_path(run_id))
+        assert status == 200, run
+        return run if run["state"] in ("success", "failed") else None
+
+    return _wait(f"run {run_id}", done, af["procs"])
+
+
+def _answer(af: dict[str, Any], run_id: str, option: str) -> dict[str, Any]:
+    """Wait for approve_deployment to ask, check what it shows, answer over the HITL endpoint."""
+    path = _run_path(run_id) + "/taskInstances/approve_deployment/-1/hitlDetails"
+
+    def asked():
+        status, detail = af["api"].get(path)
+        return detail if status == 200 and detail.get("body") else None
+
+    detail = _wait(f"the approval question of {run_id}", asked, af["procs"])
+    ui_run = f"/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}"
+    _screenshot(af, f"approval-{option.lower()}", f"{ui_run}/tasks/approve_deployment/required_actions")
+    _screenshot(af, f"run-waiting-for-approval-{option.lower()}", ui_run)
+    assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
+    assert detail["response_received"] is False
+    assert detail["subject"].startswith(f"Deploy {DAG_ID} round 1? roc_auc ")
+    assert "| round | remedy |" in detail["body"] and "**Candidate.**" in detail["body"]
+    assert "meets the goal" in detail["body"]
+    status, answer = af["api"].patch(path, {"chosen_options": [option], "params_input": {}})
+    assert status == 200, answer
+    assert answer["chosen_options"] == [option] and answer["responded_by"]["name"] == "admin"
+    return detail
+
+
+def _screenshot(af: dict[str, Any], name: str, path: str, click: str | None = None) -> None:
+    """Save the UI page ``path`` as ``<ML_SCREENSHOTS_DIR>/<name>.png``, logged in with the test's token."""
+    if not SCREENSHOTS:
+        return
+    from playwright.sync_api import sync_playwright
+
+    out = Path(SCREENSHOTS)
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+            ctx.add_cookies([{"name": "_token", "value": af["api"].login(), "url": af["api"].base}])
+            page = ctx.new_page()
+            page.goto(af["api"].base + path, wait_until="networkidle", timeout=60_000)
+            page.wait_for_timeout(3000)  # the React UI renders after its API calls return
+            if click:  # e.g. the Trigger button, whose form is a dialog without a URL of its own
+                page.get_by_role("button", name=click).first.click()
+                page.wait_for_timeout(3000)
+            page.screenshot(path=str(out / f"{name}.png"))
+        finally:
+            browser.close()
+
+
+def _task_state(af: dict[str, Any], run_id: str, task_id: str) -> str:
+    status, ti = af["api"].get(_run_path(run_id) + f"/taskInstances/{task_id}")
+    assert status == 200, ti
+    return ti["state"]
+
+
+def test_real_airflow_schedule_approval_params_and_backfill(airflow):
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store, safe_run_id
+
+    af, api, today = airflow, airflow["api"], airflow["today"]
+    runs_dir = af["artifacts"] / "runs"
+
+    def dag_ready():
+        status, dag = api.get(f"/api/v2/dags/{DAG_ID}")
+        return dag if status == 200 else None
+
+    dag = _wait(f"the dag-processor to parse {DAG_ID}", dag_ready, af["procs"])
+    assert dag["is_paused"] is False and "ml-lifecycle" in {t["name"] for t in dag["tags"]}
+    status, errors = api.get("/api/v2/importErrors")
+    assert status == 200 and errors["total_entries"] == 0, errors
+
+    # 1. a bad param is refused before a run exists
+    status, body = api.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        {"logical_date": _iso(today - dt.timedelta(days=2)), "conf": {"max_rounds": 5}},
+    )
+    assert status == 400 and "max_rounds" in json.dumps(body), (status, body)
+
+    # 2. the nightly schedule creates the latest run by itself; a person approves it
+    def scheduled():
+        status, runs = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=scheduled")
+        assert status == 200, runs
+        return runs["dag_runs"][0] if runs["total_entries"] else None
+
+    nightly = _wait("the scheduled run", scheduled, af["procs"])
+    assert nightly["data_interval_end"].startswith(today.isoformat())
+    _answer(af, nightly["dag_run_id"], "Approve")
+    assert _wait_run(af, nightly["dag_run_id"])["state"] == "success"
+    nightly_dir = runs_dir / safe_run_id(nightly["dag_run_id"])
+    s0 = read_json(nightly_dir / "run_summary.json")
+    assert s0["decision"] == "deployed" and s0["model_version"] == 1, s0["reason"]
+    approval = read_json(nightly_dir / "approval.json")
+    assert approval["approved"] is True and approval["by"] == "admin"
+
+    # 3. a manual run with params: the person rejects; nothing is deployed, the report says why
+    status, manual = api.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        {"logical_date": _iso(today - dt.timedelta(days=2)), "conf": {"lookback_days": 14}},
+    )
+    assert status == 200, manual
+    assert manual["conf"]["lookback_days"] == 14
+    _answer(af, manual["dag_run_id"], "Reject")
+    assert _wait_run(af, manual["dag_run_id"])["state"] == "success"
+    assert _task_state(af, manual["dag_run_id"], "deploy_model") == "skipped"
+    assert _task_state(af, manual["dag_run_id"], "publish_report") == "success"
+    manual_dir = runs_dir / safe_run_id(manual["dag_run_id"])
+    s1 = read_json(manual_dir / "run_summary.json")
+    assert s1["decision"] == "rejected" and s1["model_version"] is None
+    assert "rejected by admin" in s1["reason"]
+    # @daily is a cron trigger in Airflow 3: a run's data interval ends at its logical date
+    assert read_json(manual_dir / "problem_card.json")["data"]["window"] == [
+        (today - dt.timedelta(days=2 + 14)).isoformat(),
+        (today - dt.timedelta(days=2)).isoformat(),
+    ]
+    assert read_json(af["artifacts"] / "registry" / "champion.json")["version"] == 1
+
+    # 4. a backfill of 5 dates, two runs at a time, approval skipped by the runs' conf
+    first, last = today - dt.timedelta(days=8), today - dt.timedelta(days=4)
+    status, backfill = api.post(
+        "/api/v2/backfills",
+        {
+            "dag_id": DAG_ID,
+            "from_date": _iso(first),
+            "to_date": _iso(last),
+            "max_active_runs": 2,
+            "dag_run_conf": {"skip_approval": True},
+        },
+    )
+    assert status == 200, backfill
+    assert backfill["max_active_runs"] == 2
+
+    def backfill_done():
+        status, runs = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")
+        assert status == 200, runs
+        found = runs["dag_runs"]
+        return found if len(found) == 5 and all(r["state"] in ("success", "failed") for r in found) else None
+
+    runs = _wait("the backfill's 5 runs", backfill_done, af["procs"])
+    _screenshot(af, "dag-grid-after-backfill", f"/dags/{DAG_ID}")
+    _screenshot(af, "backfills", f"/dags/{DAG_ID}/backfills")
+    _screenshot(af, "trigger-form", f"/dags/{DAG_ID}", click="Trigger")
+    assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
+    ends = sorted(r["data_interval_end"][:10] for r in runs)
+    assert ends == [(first + dt.timedelta(days=i)).isoformat() for i in range(5)]
+    summaries = {}
+    for r in runs:
+        run_dir = runs_dir / safe_run_id(r["dag_run_id"])
+        s = read_json(run_dir / "run_summary.json")
+        assert s["run_id"] == r["dag_run_id"]
+        end = dt.date.fromisoformat(r["data_interval_end"][:10])
+        # its own window: the lookback ending at its own data interval end
+        assert read_json(run_dir / "problem_card.json")["data"]["window"] == [
+            (end - dt.timedelta(days=21)).isoformat(),
+            end.isoformat(),
+        ]
+        assert (run_dir / "report.html").stat().st_size > 10_000
+        assert read_json(run_dir / "approval.json")["by"] == "skip_approval param"
+        assert s["decision"] in ("deployed", "not_promoted"), s["reason"]
+        summaries[r["dag_run_id"]] = s
+    assert len({read_json(runs_dir / safe_run_id(r) / "collect_summary.json")["dataset_rel"] for r in summaries}) == 5
+
+    # 5. the registry: one champion, an unbroken chain of promotions, every version intact
+    reg = ModelRegistry(Store.from_uri(str(af["artifacts"] / "registry")))
+    deployments = sorted(reg.deployments(), key=lambda d: d["deployed_at"])
+    deployed = {s["model_version"]: rid for rid, s in summaries.items() if s["decision"] == "deployed"}
+    assert [d["version"] for d in deployments] == sorted([1, *deployed])
+    previous = None
+    for d in deployments:
+        assert d["previous"] == previous
+        previous = d["version"]
+    assert reg.champion()["version"] == previous
+    all_runs = {nightly["dag_run_id"], manual["dag_run_id"], *summaries}
+    with tempfile.TemporaryDirectory() as tmp:
+        for version in reg.versions():
+            reg.materialise(version, Path(tmp) / str(version))  # verifies every file's sha256
+            lineage = json.loads((Path(tmp) / str(version) / "lineage.json").read_text())
+            assert lineage["run_id"] in all_runs
+    for version, rid in deployed.items():
+        assert reg.metadata(version)["run_id"] == rid
