@@ -479,8 +479,7 @@ def evaluate_model(problem: str, round_no: int, **context: Any) -> dict[str, Any
         "train_score": best["train_score"],
         "validation_score": best["validation_score"],
         # how much better the model does on rows it was fit on: the overfitting evidence of the diagnosis
-        "train_validation_gap": (best["train_score"] - best["validation_score"])
-        * (1 if goal.higher_is_better else -1),
+        "train_validation_gap": (best["train_score"] - best["validation_score"]) * (1 if goal.higher_is_better else -1),
         "importance": importance,
     }
     if binary:
@@ -723,17 +722,29 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     }
     files["lineage.json"] = json.dumps(lineage, indent=2, sort_keys=True).encode()
     reg = ModelRegistry(rc.problem.sub("registry"))
-    version = reg.register(
-        files,
-        {
-            "problem": rc.spec.name,
-            "metric": ev["metric"],
-            "test_score": ev["test_score"],
-            "run_id": rc.run_id,
-            "round": k,
-        },
+    # idempotent on retry: a version this run and round already registered is re-used, not duplicated
+    version = next(
+        (v for v in reg.versions() if (reg.metadata(v).get("run_id"), reg.metadata(v).get("round")) == (rc.run_id, k)),
+        None,
     )
-    record = _promote_or_recheck(rc, reg, version, win["plan"], ev)
+    if version is None:
+        version = reg.register(
+            files,
+            {
+                "problem": rc.spec.name,
+                "metric": ev["metric"],
+                "test_score": ev["test_score"],
+                "run_id": rc.run_id,
+                "round": k,
+            },
+        )
+    else:
+        _log(f"deploy_model: re-using version {version}, registered by an earlier try of this run")
+    current = reg.champion()
+    if current and current["version"] == version:  # an earlier try already promoted it
+        record = current
+    else:
+        record = _promote_or_recheck(rc, reg, version, win["plan"], ev)
     if record is None:
         out = {
             "decision": "not_promoted",

@@ -6,6 +6,7 @@ candidate that meets the goal but is worse than the champion."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def churn_env(session_tmp):
 def test_messy_csv_runs_with_yaml_only_and_becomes_champion(airflow_db, churn_env):
     before = churn_env["csv"].read_bytes()
     _write_spec(churn_env["problems"], CHURN_SPEC)
-    state, _, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"])
+    state, run_id, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "success"
     assert churn_env["csv"].read_bytes() == before  # input never modified
 
@@ -183,6 +184,21 @@ def test_messy_csv_runs_with_yaml_only_and_becomes_champion(airflow_db, churn_en
     ev = read_json(run_dir / "round_1" / "evaluation.json")
     assert ev["test_score"] >= CHURN_SPEC["goal"]["target"]
     assert 0 < ev["test_metrics"]["precision"] <= 1
+
+    # a retried deploy_model (same run) re-uses its version: no duplicate, champion unchanged
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+    from ml_lifecycle import sections
+
+    os.environ["ML_PROBLEMS_DIR"] = str(churn_env["problems"])
+    try:
+        again = sections.deploy_model("churn", run_id=run_id, data_interval_end=LOGICAL_DATE, params={})
+    finally:
+        os.environ.pop("ML_PROBLEMS_DIR", None)
+    assert again["decision"] == "deployed" and again["version"] == 1
+    reg = ModelRegistry(Store.from_uri((artifacts("churn") / "registry").as_uri()))
+    assert reg.versions() == [1]
+    assert reg.champion()["version"] == 1 and reg.champion()["previous"] is None
 
 
 def test_candidate_worse_than_champion_is_not_deployed(airflow_db, churn_env):
