@@ -109,6 +109,18 @@ class DeploymentApprovalOperator(ApprovalOperator):
 
         rc = RunContext.from_airflow(self.problem, context)
         subject, body, facts = approval_summary(rc.spec, _rounds(rc))
+        earlier = rc.problem.read_json_or(f"{rc.run_dir}/approval.json")
+        if earlier is not None:
+            # a retry of this task (e.g. its state update failed after the answer was recorded) must
+            # not ask the person again: the recorded answer of this run stands
+            self.log.info("approve_deployment: re-using the answer recorded by an earlier try: %s", earlier)
+            if earlier.get("approved"):
+                return {"chosen_options": [self.APPROVE], "reused_answer": True}
+            deploy = [
+                t for t in context["task"].get_direct_relatives(upstream=False) if t.task_id == self.deploy_task_id
+            ]
+            self.skip(ti=context["ti"], tasks=deploy)
+            return {"chosen_options": [self.REJECT], "reused_answer": True}
         if rc.params.get("skip_approval"):
             self._record(rc, approved=True, by="skip_approval param", facts=facts)
             self.log.info("approve_deployment: skipped by the run's skip_approval param; deploying")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,9 @@ def test_automatic_deploy_emits_asset_events(airflow_db, ops_env):
 
 @pytest.mark.integration
 def test_skip_approval_param_deploys_without_asking(airflow_db, ops_env):
-    state, _, run_dir = run_dag("ops_approval", LOGICAL_DATE, problems_dir=ops_env, conf={"skip_approval": True})
+    state, run_id, run_dir = run_dag(
+        "ops_approval", LOGICAL_DATE, problems_dir=ops_env, conf={"skip_approval": True}
+    )
     assert state == "success"
     approval = read_json(run_dir / "approval.json")
     assert approval["approved"] is True and approval["by"] == "skip_approval param"
@@ -181,6 +184,18 @@ def test_skip_approval_param_deploys_without_asking(airflow_db, ops_env):
     summary = read_json(run_dir / "run_summary.json")
     assert summary["decision"] == "deployed"
     assert summary["model_version"] == read_json(artifacts("ops_approval") / "registry" / "champion.json")["version"]
+
+    # a retry of approve_deployment in the same run re-uses the recorded answer: nobody is asked
+    # twice (asking would need the HITL API, which does not exist outside a task runner)
+    from ml_lifecycle.approval import DeploymentApprovalOperator
+
+    os.environ["ML_PROBLEMS_DIR"] = str(ops_env)
+    try:
+        op = DeploymentApprovalOperator(task_id="approve_deployment_retry", problem="ops_approval")
+        again = op.execute({"run_id": run_id, "data_interval_end": LOGICAL_DATE, "params": {}})
+    finally:
+        os.environ.pop("ML_PROBLEMS_DIR", None)
+    assert again == {"chosen_options": ["Approve"], "reused_answer": True}
 
 
 @pytest.mark.integration
