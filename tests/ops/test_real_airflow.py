@@ -416,7 +416,9 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     reg = ModelRegistry(Store.from_uri(str(af["artifacts"] / "registry")))
     deployments = sorted(reg.deployments(), key=lambda d: d["deployed_at"])
     deployed = {s["model_version"]: rid for rid, s in summaries.items() if s["decision"] == "deployed"}
-    assert [d["version"] for d in deployments] == sorted([1, *deployed])
+    # overlapping runs may promote in another order than they registered (v5 before v4): every
+    # deployed version is promoted exactly once, and the chain below has no gap
+    assert sorted(d["version"] for d in deployments) == sorted([1, *deployed])
     previous = None
     for d in deployments:
         assert d["previous"] == previous
