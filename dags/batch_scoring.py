@@ -23,6 +23,7 @@ from airflow.sdk import DAG, Param
 
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import scoring
+from ml_lifecycle.context import task_defaults
 
 SCHEDULE = "@daily"
 
@@ -52,13 +53,7 @@ def build_dag(spec: Spec) -> DAG:
             ),
             "backend": Param(spec.backend, type="string", enum=["local", "aws"], title="Backend"),
         },
-        default_args={
-            "owner": spec.owner,
-            "retries": 2,
-            "retry_delay": dt.timedelta(seconds=20),
-            "retry_exponential_backoff": True,
-            "max_retry_delay": dt.timedelta(minutes=10),
-        },
+        default_args=task_defaults(spec.owner),
     ) as dag:
         PythonOperator(
             task_id="score_new_data", python_callable=scoring.score_new_data, op_kwargs={"problem": spec.name}

@@ -28,6 +28,7 @@ from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import sections
 from ml_lifecycle.approval import APPROVAL_TASK_ID, DeploymentApprovalOperator
 from ml_lifecycle.assets import champion_model_asset, curated_data_asset
+from ml_lifecycle.context import task_defaults
 from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
 
@@ -121,14 +122,9 @@ def build_dag(path: Path) -> DAG:
         max_active_runs=spec.max_active_runs,
         tags={"ml-lifecycle", f"backend:{spec.backend}", *spec.tags},
         params=_params(spec),
-        default_args={
-            "owner": spec.owner,
-            "retries": 2,
-            "retry_delay": dt.timedelta(seconds=20),
-            "retry_exponential_backoff": True,
-            "max_retry_delay": dt.timedelta(minutes=10),
-            "on_failure_callback": lifecycle_notifiers(name, "failure", spec.alerts.on_failure),
-        },
+        default_args=task_defaults(
+            spec.owner, on_failure_callback=lifecycle_notifiers(name, "failure", spec.alerts.on_failure)
+        ),
     ) as dag:
         formulate_problem = py("formulate_problem", sections.formulate_problem)
         collect_and_label = GlueEtlOperator(

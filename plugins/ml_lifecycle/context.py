@@ -18,6 +18,18 @@ ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"
 PII_KEY_VARIABLE = "ml_pii_hash_key"
 
 
+def task_defaults(owner: str, **extra: Any) -> dict[str, Any]:
+    """default_args of every lifecycle DAG: the spec's owner, retries with exponential back-off."""
+    return {
+        "owner": owner,
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=10),
+        **extra,
+    }
+
+
 def default_artifact_root() -> str:
     return os.environ.get("ML_ARTIFACT_ROOT") or (PROJECT_ROOT / "artifacts").as_uri()
 
