@@ -340,7 +340,8 @@ class GlueSpec(_Strict):
 
 
 class AwsSpec(_Strict):
-    """Where and how the aws backend runs: S3 artifacts (encrypted), Glue ETL, SageMaker training."""
+    """Where and how the aws backend runs: S3 artifacts (encrypted), Glue ETL, SageMaker training,
+    tuning, endpoints and batch transform."""
 
     region: str = Field("eu-west-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -373,6 +374,20 @@ class AwsSpec(_Strict):
     poll_seconds: int = Field(
         30, ge=1, le=600, description="how often a waiting task asks Glue/SageMaker for the state"
     )
+    deferrable: bool = Field(
+        True,
+        description="wait for Glue and SageMaker jobs in the triggerer (no worker slot held); needs a running "
+        "triggerer (make up and docker-compose start one); false: the task polls in its worker",
+    )
+    hyperparameter_tuning: bool = Field(
+        True,
+        description="a family with more than one trial in a round runs as one SageMaker hyperparameter tuning "
+        "job over its search grid; false: one training job per trial",
+    )
+    tuning_strategy: Literal["Bayesian", "Random"] = "Bayesian"
+    tuning_max_parallel_jobs: int = Field(2, ge=1, le=100, description="training jobs a tuning job runs at once")
+    transform_instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    transform_instance_count: int = Field(1, ge=1, le=100, description="instances of a batch transform job")
     glue: GlueSpec = GlueSpec()
 
 

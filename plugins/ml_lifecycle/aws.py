@@ -31,7 +31,7 @@ from include.lifecycle.spec import PROJECT_ROOT, AwsSpec, Spec
 from include.lifecycle.store import Store
 
 ACTIVE_GLUE_STATES = {"STARTING", "RUNNING", "STOPPING", "WAITING", "SUCCEEDED"}
-ATTACHABLE_TRAINING_STATES = {"InProgress", "Stopping", "Completed"}
+ATTACHABLE_JOB_STATES = {"InProgress", "Stopping", "Completed"}
 # Python packages the Glue job installs (--additional-python-modules), pinned to the versions
 # this project runs with, so the job computes exactly what the local backend computes.
 GLUE_MODULES = ("pandas", "numpy", "pyarrow", "pydantic", "pyyaml", "s3fs", "fsspec")
@@ -236,8 +236,9 @@ def find_glue_run(hook: Any, job_name: str, run_key: str) -> dict[str, Any] | No
     return max(mine, key=lambda r: r.get("StartedOn") or 0, default=None)
 
 
-def run_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:
-    """Run (or re-attach to) the Glue job for this run folder, wait, register the curated partitions."""
+def start_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any) -> tuple[str, str]:
+    """Start the Glue job run for this run folder, or re-attach to the one an earlier try started.
+    Returns ``(job name, job run id)``."""
     from include.lifecycle.spec import resolve_source
 
     spec = rc.spec
@@ -255,28 +256,85 @@ def run_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any, on_
     hook.get_or_create_glue_job()
     earlier = find_glue_run(hook, job_name, run_key)
     if earlier:
-        run_id = earlier["Id"]
-        log(f"collect_and_label: re-attaching to Glue job run {job_name}/{run_id} ({earlier['JobRunState']})")
-    else:
-        args = glue_arguments(
-            spec,
-            rc.problem,
-            run_dir=run_dir,
-            as_of=rc.as_of.isoformat(),
-            lookback_days=lookback_days,
-            source=source,
-            labels=labels,
-        )
-        run_id = hook.initialize_job(script_arguments=args)["JobRunId"]
-        log(f"collect_and_label: started Glue job run {job_name}/{run_id} for {run_key}")
-    if on_start:
-        on_start(job_name, run_id)
-    state = hook.job_completion(job_name, run_id)["JobRunState"]
+        log(f"collect_and_label: re-attaching to Glue job run {job_name}/{earlier['Id']} ({earlier['JobRunState']})")
+        return job_name, earlier["Id"]
+    args = glue_arguments(
+        spec,
+        rc.problem,
+        run_dir=run_dir,
+        as_of=rc.as_of.isoformat(),
+        lookback_days=lookback_days,
+        source=source,
+        labels=labels,
+    )
+    run_id = hook.initialize_job(script_arguments=args)["JobRunId"]
+    log(f"collect_and_label: started Glue job run {job_name}/{run_id} for {run_key}")
+    return job_name, run_id
+
+
+def _glue_client_hook(spec: Spec) -> Any:
+    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
+
+    aws = require_aws(spec)
+    return GlueJobHook(aws_conn_id=aws.conn_id, region_name=aws.region, job_poll_interval=aws.poll_seconds)
+
+
+def finish_glue_collect(rc: Any, *, run_dir: str, job_name: str, run_id: str, log: Any) -> dict[str, Any]:
+    """After the job run ended: check it succeeded, read its summary, register the curated partitions."""
+    state = _glue_client_hook(rc.spec).get_job_state(job_name, run_id)
     if state != "SUCCEEDED":
         _fail(f"Glue job run {job_name}/{run_id} ended {state}")
     summary = rc.problem.read_json(f"{run_dir}/collect_summary.json")
-    register_curated_partitions(rc.problem, spec, [p["ds"] for p in summary["partitions"]], log=log)
+    register_curated_partitions(rc.problem, rc.spec, [p["ds"] for p in summary["partitions"]], log=log)
     return summary
+
+
+def run_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:
+    """Run (or re-attach to) the Glue job for this run folder, wait in this process, register the partitions."""
+    job_name, run_id = start_glue_collect(rc, lookback_days=lookback_days, run_dir=run_dir, log=log)
+    if on_start:
+        on_start(job_name, run_id)
+    _glue_client_hook(rc.spec).job_completion(job_name, run_id)
+    return finish_glue_collect(rc, run_dir=run_dir, job_name=job_name, run_id=run_id, log=log)
+
+
+def _attempts(max_seconds: int, poll_seconds: int) -> int:
+    return max(1, -(-max_seconds // poll_seconds))
+
+
+def glue_trigger(spec: Spec, job_name: str, run_id: str) -> Any:
+    """The provider's trigger that waits for the job run in the triggerer (deferrable wait)."""
+    from airflow.providers.amazon.aws.triggers.glue import GlueJobCompleteTrigger
+
+    aws = require_aws(spec)
+    return GlueJobCompleteTrigger(
+        job_name=job_name,
+        run_id=run_id,
+        waiter_delay=aws.poll_seconds,
+        waiter_max_attempts=_attempts(aws.glue.timeout_minutes * 60 + 600, aws.poll_seconds),
+        aws_conn_id=aws.conn_id,
+        region_name=aws.region,
+    )
+
+
+def sagemaker_trigger(aws: AwsSpec, name: str, job_type: str, max_seconds: int) -> Any:
+    """The provider's trigger that waits for a training, tuning or transform job in the triggerer."""
+    from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+
+    return SageMakerTrigger(
+        job_name=name,
+        job_type=job_type,
+        waiter_delay=aws.poll_seconds,
+        waiter_max_attempts=_attempts(max_seconds + 600, aws.poll_seconds),
+        aws_conn_id=aws.conn_id,
+        region_name=aws.region,
+    )
+
+
+def check_trigger_event(event: dict[str, Any] | None, what: str) -> None:
+    """A trigger's event must say success; anything else fails the task with the trigger's message."""
+    if not event or event.get("status") != "success":
+        _fail(f"{what}: waiting in the triggerer ended with {event!r}")
 
 
 # --- Glue Data Catalog ----------------------------------------------------------------------------
@@ -445,31 +503,45 @@ def sagemaker_hook(aws: AwsSpec) -> Any:
     return SageMakerHook(aws_conn_id=aws.conn_id, region_name=aws.region)
 
 
-def _training_status(hook: Any, name: str) -> str | None:
+def _job_status(describe: Any, name: str, key: str) -> str | None:
     from botocore.exceptions import ClientError
 
     try:
-        return hook.describe_training_job(name)["TrainingJobStatus"]
+        return describe(name)[key]
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ValidationException":
-            return None  # SageMaker's answer for "no such job"
+        if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+            return None  # SageMaker's answers for "no such job"
         raise
 
 
-def start_or_attach_training(hook: Any, config_for: Any, names: list[str], log: Any) -> str:
-    """Walk the trial's job names in attempt order: attach to one that runs or completed, skip failed
-    ones, create the first free name. Returns the job name to wait for."""
+_STATUS_KEYS = {
+    "training": "TrainingJobStatus",
+    "tuning": "HyperParameterTuningJobStatus",
+    "transform": "TransformJobStatus",
+}
+
+
+def _describe(hook: Any, kind: str) -> tuple[Any, str]:
+    """The hook's describe method of a SageMaker job kind and the status key of its answer."""
+    return getattr(hook, f"describe_{kind}_job"), _STATUS_KEYS[kind]
+
+
+def start_or_attach(hook: Any, kind: str, config_for: Any, names: list[str], log: Any) -> str:
+    """Walk a job's names in attempt order: attach to one that runs or completed, skip failed ones,
+    create the first free name. ``kind`` is ``training``, ``tuning`` or ``transform``. Returns the
+    job name to wait for."""
+    describe, key = _describe(hook, kind)
     for name in names:
-        status = _training_status(hook, name)
+        status = _job_status(describe, name, key)
         if status is None:
-            hook.create_training_job(config_for(name), wait_for_completion=False, print_log=False)
-            log(f"started SageMaker training job {name}")
+            getattr(hook, f"create_{kind}_job")(config_for(name), wait_for_completion=False)
+            log(f"started SageMaker {kind} job {name}")
             return name
-        if status in ATTACHABLE_TRAINING_STATES:
-            log(f"re-attaching to SageMaker training job {name} ({status})")
+        if status in ATTACHABLE_JOB_STATES:
+            log(f"re-attaching to SageMaker {kind} job {name} ({status})")
             return name
-        log(f"SageMaker training job {name} ended {status}; the retry uses the next name")
-    _fail(f"every attempt of this trial failed: {names}")
+        log(f"SageMaker {kind} job {name} ended {status}; the retry uses the next name")
+    _fail(f"every attempt of this {kind} job failed: {names}")
     return ""
 
 
@@ -484,11 +556,20 @@ def _extract(tar_bytes: bytes) -> dict[str, bytes]:
     return out
 
 
-def run_trial_aws(
-    rc: Any, round_no: int, trial: dict[str, Any], *, try_number: int, log: Any, on_start: Any = None
-) -> dict[str, Any]:
-    """One trial as a SageMaker training job; its model and metrics land where the local backend
-    puts them (``<round>/trials/<trial>/{model,output}``), so the next sections do not care."""
+def _trial_job_names(rc: Any, round_no: int, trial: dict[str, Any], try_number: int) -> list[str]:
+    if trial.get("tuning"):
+        return [
+            tuning_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
+        ]
+    return [
+        training_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
+    ]
+
+
+def start_trial_aws(rc: Any, round_no: int, trial: dict[str, Any], *, try_number: int, log: Any) -> tuple[str, str]:
+    """Start the trial's SageMaker job (a training job, or a hyperparameter tuning job when the trial
+    carries ``tuning`` ranges), or re-attach to the one an earlier try started.
+    Returns ``(kind, job name)`` with kind ``training`` or ``tuning``."""
     from ml_lifecycle.operators import hyperparameter_args
 
     aws = require_aws(rc.spec)
@@ -496,36 +577,209 @@ def run_trial_aws(
     plan = rc.problem.read_json(f"{rd}/plan.json")
     code = stage_code(rc.problem)
     hps = hyperparameter_args(rc, plan, trial)
-    hook = sagemaker_hook(aws)
-    names = [
-        training_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
-    ]
+    kind = "tuning" if trial.get("tuning") else "training"
 
     def config_for(name: str) -> dict[str, Any]:
+        if kind == "tuning":
+            return tuning_config(
+                rc.spec, rc.problem, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code,
+                tuning=trial["tuning"],
+            )  # fmt: skip
         return training_config(
             rc.spec, rc.problem, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code
         )
 
-    name = start_or_attach_training(hook, config_for, names, log)
-    if on_start:
-        on_start(name)
-    desc = hook.check_status(name, "TrainingJobStatus", hook.describe_training_job, aws.poll_seconds)
-    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
-    trial_rel = f"{rd}/trials/{trial['trial_id']}"
-    model = _extract(rc.problem.fs.cat_file(model_uri.removeprefix("s3://")))
-    output = _extract(
-        rc.problem.fs.cat_file(posixpath.join(posixpath.dirname(model_uri.removeprefix("s3://")), "output.tar.gz"))
-    )
-    if "metrics.json" not in output:
-        _fail(f"training job {name} wrote no metrics.json to SM_OUTPUT_DATA_DIR ({sorted(output)})")
+    names = _trial_job_names(rc, round_no, trial, try_number)
+    return kind, start_or_attach(sagemaker_hook(aws), kind, config_for, names, log)
+
+
+def wait_job(aws: AwsSpec, kind: str, name: str) -> None:
+    """Wait for a SageMaker job in this process (``aws.deferrable: false``); fails unless it completed."""
+    hook = sagemaker_hook(aws)
+    describe, key = _describe(hook, kind)
+    hook.check_status(name, key, describe, aws.poll_seconds)
+
+
+def _job_outputs(problem: Store, model_uri: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """``model.tar.gz`` and the ``output.tar.gz`` beside it (SM_MODEL_DIR, SM_OUTPUT_DATA_DIR)."""
+    key = model_uri.removeprefix("s3://")
+    output = _extract(problem.fs.cat_file(posixpath.join(posixpath.dirname(key), "output.tar.gz")))
+    return _extract(problem.fs.cat_file(key)), output
+
+
+def _completed_training(hook: Any, name: str) -> dict[str, Any]:
+    desc = hook.describe_training_job(name)
+    if desc["TrainingJobStatus"] != "Completed":
+        _fail(f"SageMaker training job {name} ended {desc['TrainingJobStatus']}: {desc.get('FailureReason', '')}")
+    return desc
+
+
+def _keep_trial(rc: Any, trial_rel: str, model: dict[str, bytes], output: dict[str, bytes]) -> None:
     for fname, data in model.items():
         rc.problem.write_bytes(f"{trial_rel}/model/{fname}", data)
     for fname, data in output.items():
         rc.problem.write_bytes(f"{trial_rel}/output/{fname}", data)
+
+
+def finish_trial_aws(
+    rc: Any, round_no: int, trial: dict[str, Any], kind: str, name: str, *, log: Any
+) -> dict[str, Any]:
+    """After the job ended: its model and metrics land where the local backend puts them
+    (``<round>/trials/<trial>/{model,output}``), so the next sections do not care where it ran."""
+    if kind == "tuning":
+        return finish_tuning_aws(rc, round_no, trial, name, log=log)
+    hook = sagemaker_hook(require_aws(rc.spec))
+    model_uri = _completed_training(hook, name)["ModelArtifacts"]["S3ModelArtifacts"]
+    trial_rel = f"{rc.round_dir(round_no)}/trials/{trial['trial_id']}"
+    model, output = _job_outputs(rc.problem, model_uri)
+    if "metrics.json" not in output:
+        _fail(f"training job {name} wrote no metrics.json to SM_OUTPUT_DATA_DIR ({sorted(output)})")
+    _keep_trial(rc, trial_rel, model, output)
     result = json.loads(output["metrics.json"])
     result |= {"model_rel": f"{trial_rel}/model", "round": round_no, "training_job_name": name, "model_uri": model_uri}
     log(f"{trial['trial_id']}: SageMaker job {name}: validation {result['metric']}={result['validation_score']:.4f}")
     return result
+
+
+def run_trial_aws(
+    rc: Any, round_no: int, trial: dict[str, Any], *, try_number: int, log: Any, on_start: Any = None
+) -> dict[str, Any]:
+    """One trial as a SageMaker job, waited for in this process (``aws.deferrable: false``)."""
+    kind, name = start_trial_aws(rc, round_no, trial, try_number=try_number, log=log)
+    if on_start:
+        on_start(kind, name)
+    wait_job(require_aws(rc.spec), kind, name)
+    return finish_trial_aws(rc, round_no, trial, kind, name, log=log)
+
+
+# --- SageMaker: hyperparameter tuning jobs ----------------------------------------------------------
+# train.py logs "validation <metric>=<score>"; SageMaker reads the objective from the job's log.
+OBJECTIVE_METRIC = "validation:score"
+OBJECTIVE_REGEX = r"validation [a-z0-9_]+=([-+0-9.eE]+)"
+
+
+def tuning_job_name(problem: str, run_id: str, round_no: int, trial_id: str, attempt: int = 1) -> str:
+    """Deterministic, unique per (problem, run, round, trial): SageMaker allows 32 characters here
+    (the training jobs it starts append ``-NNN-xxxxxxxx``)."""
+    digest = hashlib.sha256(f"{problem}|{run_id}|{round_no}|{trial_id}".encode()).hexdigest()[:8]
+    tail = f"-r{round_no}-{digest}" + (f"a{attempt}" if attempt > 1 else "")
+    return f"{_slug(problem)[: 32 - len(tail)].rstrip('-')}{tail}"
+
+
+def tuning_config(
+    spec: Spec,
+    problem: Store,
+    *,
+    name: str,
+    run_id: str,
+    round_dir: str,
+    hyperparameters: list[str],
+    code: dict[str, str],
+    tuning: dict[str, Any],
+) -> dict[str, Any]:
+    """A hyperparameter tuning job over the trial's categorical ranges; the static hyperparameters
+    and the channels are those of a single training job of the family."""
+    aws = require_aws(spec)
+    job = training_config(
+        spec, problem, name=name, run_id=run_id, round_dir=round_dir, hyperparameters=hyperparameters, code=code
+    )
+    ranges = {k: [json.dumps(v) for v in values] for k, values in tuning["ranges"].items()}
+    static = {k: v for k, v in job["HyperParameters"].items() if k not in ranges}
+    algorithm = job["AlgorithmSpecification"] | {
+        "MetricDefinitions": [{"Name": OBJECTIVE_METRIC, "Regex": OBJECTIVE_REGEX}]
+    }
+    definition = {
+        "StaticHyperParameters": static,
+        "AlgorithmSpecification": algorithm,
+        "RoleArn": job["RoleArn"],
+        "InputDataConfig": job["InputDataConfig"],
+        "OutputDataConfig": job["OutputDataConfig"],
+        "ResourceConfig": job["ResourceConfig"],
+        "StoppingCondition": job["StoppingCondition"],
+    }
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": {
+            "Strategy": aws.tuning_strategy,
+            "HyperParameterTuningJobObjective": {
+                "Type": "Maximize" if spec.goal.higher_is_better else "Minimize",
+                "MetricName": OBJECTIVE_METRIC,
+            },
+            "ResourceLimits": {
+                "MaxNumberOfTrainingJobs": int(tuning["max_jobs"]),
+                "MaxParallelTrainingJobs": min(aws.tuning_max_parallel_jobs, int(tuning["max_jobs"])),
+            },
+            "ParameterRanges": {
+                "CategoricalParameterRanges": [{"Name": k, "Values": v} for k, v in sorted(ranges.items())],
+                "IntegerParameterRanges": [],
+                "ContinuousParameterRanges": [],
+            },
+            "TrainingJobEarlyStoppingType": "Off",
+        },
+        "TrainingJobDefinition": definition,
+        "Tags": job["Tags"],
+    }
+
+
+def tuning_training_jobs(hook: Any, name: str) -> list[dict[str, Any]]:
+    """Summaries of the training jobs the tuning job ran."""
+    conn = hook.get_conn()
+    jobs: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"HyperParameterTuningJobName": name, "MaxResults": 100}
+    while True:
+        page = conn.list_training_jobs_for_hyper_parameter_tuning_job(**kwargs)
+        jobs += page.get("TrainingJobSummaries", [])
+        if not page.get("NextToken"):
+            return jobs
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, *, log: Any) -> dict[str, Any]:
+    """After the tuning job ended: read every completed training job's metrics, keep the best on
+    validation (the project's own score, not the log-scraped objective) as the trial's model."""
+    from include.lifecycle.train import best_trial
+
+    aws = require_aws(rc.spec)
+    hook = sagemaker_hook(aws)
+    desc = hook.describe_tuning_job(name)
+    if desc["HyperParameterTuningJobStatus"] != "Completed":
+        _fail(f"SageMaker tuning job {name} ended {desc['HyperParameterTuningJobStatus']}: {desc.get('FailureReason')}")
+    results, models = [], {}
+    summaries = tuning_training_jobs(hook, name)
+    for i, summary in enumerate(sorted(summaries, key=lambda s: s["TrainingJobName"]), start=1):
+        job = summary["TrainingJobName"]
+        if summary.get("TrainingJobStatus") != "Completed":
+            log(f"{trial['trial_id']}: tuning job {name}: training job {job} ended {summary.get('TrainingJobStatus')}")
+            continue
+        model_uri = _completed_training(hook, job)["ModelArtifacts"]["S3ModelArtifacts"]
+        model, output = _job_outputs(rc.problem, model_uri)
+        if "metrics.json" not in output:
+            _fail(f"training job {job} of tuning job {name} wrote no metrics.json ({sorted(output)})")
+        result = json.loads(output["metrics.json"]) | {"training_job_name": job, "model_uri": model_uri}
+        results.append(result)
+        models[job] = (model, output)
+        log(
+            f"{trial['trial_id']}: tuning job {name}: training job {i} of {len(summaries)} {job} "
+            f"{summary.get('TunedHyperParameters')}: validation {result['metric']}={result['validation_score']:.4f}"
+        )
+    if not results:
+        _fail(f"SageMaker tuning job {name} completed no training job")
+    best = best_trial(results, higher_is_better=rc.spec.goal.higher_is_better)
+    trial_rel = f"{rc.round_dir(round_no)}/trials/{trial['trial_id']}"
+    _keep_trial(rc, trial_rel, *models[best["training_job_name"]])
+    rc.problem.write_json(f"{trial_rel}/tuning.json", {"tuning_job_name": name, "training_jobs": results})
+    best = dict(best) | {
+        "trial_id": trial["trial_id"],
+        "model_rel": f"{trial_rel}/model",
+        "round": round_no,
+        "tuning_job_name": name,
+        "tuning_training_jobs": len(results),
+    }
+    log(
+        f"{trial['trial_id']}: tuning job {name}: best of {len(results)} training jobs is "
+        f"{best['training_job_name']} (validation {best['metric']}={best['validation_score']:.4f})"
+    )
+    return best
 
 
 # --- SageMaker: model registry and endpoint ------------------------------------------------------
@@ -627,5 +881,12 @@ def stop_glue_run(spec: Spec, job_name: str, run_id: str) -> None:
     )
 
 
-def stop_training(spec: Spec, name: str) -> None:
-    sagemaker_hook(require_aws(spec)).get_conn().stop_training_job(TrainingJobName=name)
+def stop_job(spec: Spec, kind: str, name: str) -> None:
+    """Stop a SageMaker training, tuning or transform job (``on_kill``)."""
+    conn = sagemaker_hook(require_aws(spec)).get_conn()
+    if kind == "tuning":
+        conn.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    elif kind == "transform":
+        conn.stop_transform_job(TransformJobName=name)
+    else:
+        conn.stop_training_job(TrainingJobName=name)

@@ -55,21 +55,40 @@ class GlueEtlOperator(BaseOperator):
         self.lookback_days = lookback_days
         self.output_subdir = output_subdir
 
+    def _run_dir(self, rc: RunContext) -> str:
+        return f"{rc.run_dir}/{self.output_subdir}".rstrip("/")
+
     def execute(self, context: Context) -> dict[str, Any]:
         rc = RunContext.from_airflow(self.problem, context)
-        _backend(rc)
+        lookback_days = int(self.lookback_days or rc.lookback_days)
+        if _backend(rc) == "aws" and rc.spec.aws.deferrable:
+            from ml_lifecycle.aws import glue_trigger, start_glue_collect
+
+            job_name, run_id = start_glue_collect(
+                rc, lookback_days=lookback_days, run_dir=self._run_dir(rc), log=self.log.info
+            )
+            self.log.info("collect_and_label: waiting for Glue job run %s/%s in the triggerer", job_name, run_id)
+            self.defer(trigger=glue_trigger(rc.spec, job_name, run_id), method_name="execute_complete")
         self._remote: tuple[Any, str, str] | None = None
 
         def started(job_name: str, run_id: str) -> None:
             self._remote = (rc.spec, job_name, run_id)
 
         return run_collect(
-            rc,
-            lookback_days=int(self.lookback_days or rc.lookback_days),
-            run_dir=f"{rc.run_dir}/{self.output_subdir}".rstrip("/"),
-            log=self.log.info,
-            on_start=started,
+            rc, lookback_days=lookback_days, run_dir=self._run_dir(rc), log=self.log.info, on_start=started
         )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Back from the triggerer: the Glue job run ended; check it and register its partitions."""
+        from ml_lifecycle.aws import check_trigger_event, finish_glue_collect, glue_job_name
+
+        rc = RunContext.from_airflow(self.problem, context)
+        check_trigger_event(event, "collect_and_label (Glue job run)")
+        assert event is not None
+        summary = finish_glue_collect(
+            rc, run_dir=self._run_dir(rc), job_name=glue_job_name(rc.spec), run_id=event["run_id"], log=self.log.info
+        )
+        return _small(summary)
 
     def on_kill(self) -> None:
         remote = getattr(self, "_remote", None)
@@ -79,14 +98,18 @@ class GlueEtlOperator(BaseOperator):
             stop_glue_run(*remote)
 
 
+def _small(summary: dict[str, Any]) -> dict[str, Any]:
+    """The collect summary for XCom: the partitions counted, not listed."""
+    return {k: v for k, v in summary.items() if k != "partitions"} | {"partitions": len(summary["partitions"])}
+
+
 def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:
     """The collect-and-label job for ``run_dir``: an AWS Glue job run (backend aws), or the very same
     job file in-process (local). Returns the summary with the partitions counted, not listed."""
     if _backend(rc) == "aws":
         from ml_lifecycle.aws import run_glue_collect
 
-        summary = run_glue_collect(rc, lookback_days=lookback_days, run_dir=run_dir, log=log, on_start=on_start)
-        return {k: v for k, v in summary.items() if k != "partitions"} | {"partitions": len(summary["partitions"])}
+        return _small(run_glue_collect(rc, lookback_days=lookback_days, run_dir=run_dir, log=log, on_start=on_start))
     from include.jobs import collect_and_label
     from include.lifecycle.spec import spec_path
 
@@ -97,8 +120,7 @@ def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any, o
         "--as-of", rc.as_of.isoformat(),
         "--lookback-days", str(lookback_days),
     ]  # fmt: skip
-    summary = collect_and_label.main(argv, pii_key=pii_key(), log=log)
-    return {k: v for k, v in summary.items() if k != "partitions"} | {"partitions": len(summary["partitions"])}
+    return _small(collect_and_label.main(argv, pii_key=pii_key(), log=log))
 
 
 class ScriptModeTrainingOperator(BaseOperator):
@@ -129,25 +151,41 @@ class ScriptModeTrainingOperator(BaseOperator):
                 self.trial["trial_id"],
             )
         if _backend(rc) == "aws":
-            from ml_lifecycle.aws import run_trial_aws
+            from ml_lifecycle.aws import run_trial_aws, sagemaker_trigger, start_trial_aws
 
-            self._remote: tuple[Any, str] | None = None
-
-            def started(name: str) -> None:
-                self._remote = (rc.spec, name)
-
+            aws = rc.spec.aws
             try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+            if aws.deferrable:
+                kind, name = start_trial_aws(rc, self.round_no, self.trial, try_number=try_number, log=self.log.info)
+                self.log.info("waiting for SageMaker %s job %s in the triggerer", kind, name)
+                max_seconds = aws.training_max_runtime_seconds * (self.trial.get("tuning") or {}).get("max_jobs", 1)
+                self.defer(trigger=sagemaker_trigger(aws, name, kind, max_seconds), method_name="execute_complete")
+            self._remote: tuple[Any, str, str] | None = None
+
+            def started(kind: str, name: str) -> None:
+                self._remote = (rc.spec, kind, name)
+
             return run_trial_aws(
                 rc, self.round_no, self.trial, try_number=try_number, log=self.log.info, on_start=started
             )
         return run_trial_local(rc, self.round_no, self.trial, log=self.log.info)
 
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Back from the triggerer: the SageMaker job ended; take its model and metrics."""
+        from ml_lifecycle.aws import check_trigger_event, finish_trial_aws
+
+        rc = RunContext.from_airflow(self.problem, context)
+        check_trigger_event(event, f"trial {self.trial['trial_id']} (SageMaker job)")
+        assert event is not None
+        kind = "tuning" if self.trial.get("tuning") else "training"
+        return finish_trial_aws(rc, self.round_no, self.trial, kind, event["job_name"], log=self.log.info)
+
     def on_kill(self) -> None:
         remote = getattr(self, "_remote", None)
-        if remote:  # the training job must not outlive the task
-            from ml_lifecycle.aws import stop_training
+        if remote:  # the SageMaker job must not outlive the task
+            from ml_lifecycle.aws import stop_job
 
-            stop_training(*remote)
+            stop_job(*remote)
 
 
 def hyperparameter_args(rc: RunContext, plan: dict[str, Any], trial: dict[str, Any]) -> list[str]:

@@ -372,6 +372,14 @@ def plan_trials(problem: str, round_no: int, **context: Any) -> list[dict[str, A
         wide=p["wide_search"],
         round_no=round_no,
     )
+    if rc.backend == "aws" and rc.spec.aws.hyperparameter_tuning:
+        from include.lifecycle.tuning import as_tuning_jobs
+
+        trials = as_tuning_jobs(rc.spec, trials, wide=p["wide_search"], round_no=round_no)
+        for t in trials:
+            if t.get("tuning"):
+                _log(f"round {round_no}: {t['trial_id']}: one SageMaker tuning job of {t['tuning']['max_jobs']} "
+                     f"training jobs over {t['tuning']['ranges']}")  # fmt: skip
     _log(f"round {round_no}: {len(trials)} trials: {[t['trial_id'] for t in trials]}")
     return [{**t, "k": i, "of": len(trials)} for i, t in enumerate(trials, start=1)]
 

@@ -12,10 +12,14 @@ the channels downloaded from S3, and ``model.tar.gz`` / ``output.tar.gz`` are pu
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import itertools
 import json
 import logging
 import os
+import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -35,6 +39,7 @@ CONN_ID = "ml_aws_test"
 ROLE_ARN = "arn:aws:iam::123456789012:role/ml-lifecycle-test"
 PII_SECRET = "ml-lifecycle/pii-hash-key"
 PROBLEM = "card_fraud_aws"
+PROBLEM_TUNING = "card_fraud_aws_tuning"
 END = dt.date(2026, 11, 1)
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
 
@@ -118,6 +123,11 @@ def aws_env(moto_url, clients, session_tmp):
     problems = session_tmp / "aws-problems"
     problems.mkdir(exist_ok=True)
     (problems / f"{PROBLEM}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # the same problem tuned by SageMaker: three xgboost trials -> one hyperparameter tuning job
+    tuned = json.loads(json.dumps(spec)) | {"name": PROBLEM_TUNING}
+    tuned["training"] |= {"initial_candidates": ["xgboost"], "trials_per_candidate": 3}
+    tuned["deploy"] = {"enabled": True, "endpoint_name": "card-fraud-aws-tuning-test"}
+    (problems / f"{PROBLEM_TUNING}.yaml").write_text(yaml.safe_dump(tuned, sort_keys=False))
     yield {"url": moto_url, "problems": problems, "kms_key_id": key_id, "spec": spec}
     mp.undo()
 
@@ -155,12 +165,15 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
     from ml_lifecycle import aws as aws_backend
+    from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
 
     s3 = clients["s3"]
-    played: dict[str, list[dict[str, Any]]] = {"glue": [], "training": [], "update_endpoint": []}
+    played: dict[str, list[dict[str, Any]]] = {"glue": [], "training": [], "update_endpoint": [], "tuning": []}
+    tuning_jobs: dict[str, list[dict[str, Any]]] = {}
     sagemaker_hook = aws_backend.sagemaker_hook
     start_job_run = GlueJobHook.initialize_job
     create_training_job = SageMakerHook.create_training_job
+    create_tuning_job = SageMakerHook.create_tuning_job
 
     def play_glue(self, script_arguments=None, run_kwargs=None):
         response = start_job_run(self, script_arguments, run_kwargs)
@@ -230,19 +243,80 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         for fname, folder in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
             body = _targz(work / folder)
             s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}/output/{fname}", Body=body, **sse)
-        played["training"].append({"config": config})
+        played["training"].append(
+            {"config": config, "stdout": proc.stdout, "metrics": work / "output" / "metrics.json"}
+        )
+        return response
+
+    def play_tuning(self, config, wait_for_completion=True, check_interval=30, max_ingestion_time=None):
+        """SageMaker's side of a tuning job: sample MaxNumberOfTrainingJobs points of the categorical
+        ranges, run a training job for each (named ``<tuning job>-NNN-xxxxxxxx``) and scrape the
+        objective from its log with the job's own metric regex."""
+        response = create_tuning_job(self, config, False, check_interval, max_ingestion_time)
+        name = config["HyperParameterTuningJobName"]
+        tuning = config["HyperParameterTuningJobConfig"]
+        ranges = tuning["ParameterRanges"]["CategoricalParameterRanges"]
+        grid = list(itertools.product(*(r["Values"] for r in ranges)))
+        random.Random(name).shuffle(grid)
+        definition = config["TrainingJobDefinition"]
+        (metric,) = definition["AlgorithmSpecification"]["MetricDefinitions"]
+        jobs = []
+        for i, point in enumerate(grid[: tuning["ResourceLimits"]["MaxNumberOfTrainingJobs"]], start=1):
+            tuned = {r["Name"]: v for r, v in zip(ranges, point, strict=True)}
+            job = f"{name}-{i:03d}-{hashlib.sha256(f'{name}{i}'.encode()).hexdigest()[:8]}"
+            keys = ("AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig")
+            job_config = {k: definition[k] for k in keys} | {
+                "TrainingJobName": job,
+                "HyperParameters": definition["StaticHyperParameters"] | tuned,
+                "StoppingCondition": definition["StoppingCondition"],
+            }
+            play_training(self, job_config, False, False)
+            found = re.findall(metric["Regex"], played["training"][-1]["stdout"])
+            assert found, f"the objective regex {metric['Regex']!r} matches nothing in the job's log"
+            jobs.append(
+                {
+                    "TrainingJobName": job,
+                    "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{job}",
+                    "TuningJobName": name,
+                    "CreationTime": dt.datetime.now(dt.UTC),
+                    "TrainingJobStatus": "Completed",
+                    "TunedHyperParameters": tuned,
+                    "FinalHyperParameterTuningJobObjectiveMetric": {
+                        "MetricName": metric["Name"],
+                        "Value": float(found[-1]),
+                    },
+                    "ObjectiveStatus": "Succeeded",
+                }
+            )
+        tuning_jobs[name] = jobs
+        played["tuning"].append({"config": config, "jobs": jobs})
         return response
 
     def answer_update_endpoint(params, **_):  # moto does not implement UpdateEndpoint
         played["update_endpoint"].append(json.loads(params["body"]))
         return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:aws:sagemaker:played"}
 
+    def answer_tuning_jobs(params, **_):  # moto does not implement ListTrainingJobsForHyperParameterTuningJob
+        jobs = tuning_jobs[json.loads(params["body"])["HyperParameterTuningJobName"]]
+        return SimpleNamespace(status_code=200, headers={}), {"TrainingJobSummaries": jobs}
+
     def hook_answering_update_endpoint(aws):
         hook = sagemaker_hook(aws)
-        hook.get_conn().meta.events.register("before-call.sagemaker.UpdateEndpoint", answer_update_endpoint)
+        events = hook.get_conn().meta.events
+        events.register("before-call.sagemaker.UpdateEndpoint", answer_update_endpoint)
+        events.register("before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob", answer_tuning_jobs)
         return hook
 
+    played["resumed"] = []
+    for op in (GlueEtlOperator, ScriptModeTrainingOperator):
+
+        def resumed(self, context, event=None, _complete=op.execute_complete):
+            played["resumed"].append({"task": self.task_id.split(".")[-1], "event": event})
+            return _complete(self, context, event)
+
+        monkeypatch.setattr(op, "execute_complete", resumed)
     monkeypatch.setattr(aws_backend, "sagemaker_hook", hook_answering_update_endpoint)
     monkeypatch.setattr(GlueJobHook, "initialize_job", play_glue)
     monkeypatch.setattr(SageMakerHook, "create_training_job", play_training)
+    monkeypatch.setattr(SageMakerHook, "create_tuning_job", play_tuning)
     return played

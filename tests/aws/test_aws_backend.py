@@ -54,6 +54,17 @@ def _install_players(mp, aws_env, clients):
     return install_players(mp, aws_env, clients, Path(tempfile.mkdtemp(prefix="aws-play-")))
 
 
+def test_glue_and_sagemaker_waits_are_deferred_to_the_triggerer(first_run) -> None:
+    """aws.deferrable (the default): the tasks hand the wait to the provider's triggers and resume
+    in execute_complete with the trigger's event (dag.test runs the triggers in line)."""
+    resumed = first_run["played"]["resumed"]
+    assert [r["task"] for r in resumed].count("collect_and_label") == 1
+    assert [r["task"] for r in resumed].count("tuning_trials") == 2
+    assert all(r["event"]["status"] == "success" for r in resumed)
+    trained = {p["config"]["TrainingJobName"] for p in first_run["played"]["training"]}
+    assert {r["event"]["job_name"] for r in resumed if r["task"] == "tuning_trials"} == trained
+
+
 def test_the_dag_runs_green_on_aws_and_writes_its_artifacts_to_s3(first_run, clients) -> None:
     s3 = clients["s3"]
     assert first_run["state"] == "success"

@@ -166,7 +166,7 @@ class _FakeSageMaker:
             raise ClientError({"Error": {"Code": "ValidationException", "Message": "not found"}}, "DescribeTrainingJob")
         return {"TrainingJobStatus": self.statuses[name]}
 
-    def create_training_job(self, config: dict, wait_for_completion: bool, print_log: bool) -> None:
+    def create_training_job(self, config: dict, wait_for_completion: bool = True) -> None:
         self.created.append(config["TrainingJobName"])
         self.statuses[config["TrainingJobName"]] = "InProgress"
 
@@ -182,21 +182,21 @@ class _FakeSageMaker:
     ],
 )
 def test_a_retried_trial_attaches_to_its_job_or_starts_the_next_attempt(statuses, expected, created) -> None:
-    from ml_lifecycle.aws import start_or_attach_training
+    from ml_lifecycle.aws import start_or_attach
 
     hook = _FakeSageMaker(dict(statuses))
-    name = start_or_attach_training(hook, lambda n: {"TrainingJobName": n}, ["job", "job-a2", "job-a3"], log=print)
+    name = start_or_attach(hook, "training", lambda n: {"TrainingJobName": n}, ["job", "job-a2", "job-a3"], log=print)
     assert name == expected and hook.created == created
 
 
 def test_every_attempt_failed_fails_the_task() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ml_lifecycle.aws import start_or_attach_training
+    from ml_lifecycle.aws import start_or_attach
 
     hook = _FakeSageMaker({"job": "Failed", "job-a2": "Stopped"})
-    with pytest.raises(AirflowFailException, match="every attempt of this trial failed"):
-        start_or_attach_training(hook, lambda n: {"TrainingJobName": n}, ["job", "job-a2"], log=print)
+    with pytest.raises(AirflowFailException, match="every attempt of this training job failed"):
+        start_or_attach(hook, "training", lambda n: {"TrainingJobName": n}, ["job", "job-a2"], log=print)
     assert hook.created == []
 
 
