@@ -11,19 +11,21 @@ problem's champion from the model registry (checksums verified), and writes
 atomically; a re-run for the same day replaces them (idempotent). PII columns are tokenised
 for the per-card features and never written. The days before `ds` (the spec's lookback) are
 read as history so that per-card features see the same past as in training.
-The `aws` backend (SageMaker batch transform) is not available yet: the task fails and says so.
+With the `aws` backend the model runs in a SageMaker batch transform job on the champion's
+SageMaker model (created by deploy_model on aws): the task curates the day and its history,
+writes them as CSV input files, waits for the job in the triggerer and writes the same scores
+and manifest from the job's output.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param
 
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
-from ml_lifecycle import scoring
 from ml_lifecycle.context import task_defaults
+from ml_lifecycle.scoring import BatchScoringOperator
 
 SCHEDULE = "@daily"
 
@@ -55,9 +57,7 @@ def build_dag(spec: Spec) -> DAG:
         },
         default_args=task_defaults(spec.owner),
     ) as dag:
-        PythonOperator(
-            task_id="score_new_data", python_callable=scoring.score_new_data, op_kwargs={"problem": spec.name}
-        )
+        BatchScoringOperator(task_id="score_new_data", problem=spec.name)
     return dag
 
 

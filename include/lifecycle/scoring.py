@@ -221,24 +221,13 @@ def tokenise_pii(rows: pd.DataFrame, spec: Spec, pii_key: bytes) -> pd.DataFrame
     return out
 
 
-def score_partition(
-    spec: Spec,
-    champion: Champion,
-    *,
-    source: Store,
-    ds: str,
-    pii_key: bytes,
-    history_days: int | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Score the rows of landing partition ``ds`` (raw, unlabelled) with the champion.
-
-    The ``history_days`` partitions before ``ds`` (default: the spec's lookback, the window the
-    model trained on) are curated as context for the per-entity features and then dropped. The
-    partition's rows that break the schema are not scored; they are counted (``rows_quarantined``
-    by rule), so ``rows_in = rows_scored + rows_quarantined``. The PII columns are tokenised by
-    the curation and are not part of the output: it has the row key, the time column, the score,
-    the decision and the model version.
-    """
+def curate_for_scoring(
+    spec: Spec, *, source: Store, ds: str, pii_key: bytes, history_days: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any], list[str]]:
+    """Landing partition ``ds`` curated for scoring (rows that break the schema quarantined and
+    counted, PII tokenised) and the curated ``history_days`` partitions before it (default: the
+    spec's lookback, the window the model trained on) as the per-entity context:
+    ``(rows, context or None, counts, history days)``."""
     if spec.data.layout != "partitioned":
         raise ValueError(f"{spec.name}: batch scoring needs a partitioned source (data.layout), not {spec.data.layout}")
     day = dt.date.fromisoformat(ds)
@@ -257,9 +246,15 @@ def score_partition(
 
     context = [curate(p)[0] for p in history]
     rows, counts = curate(ds)
-    out = score_with_context(
-        champion, rows, pd.concat(context, ignore_index=True) if context else None, key=spec.data.key
-    )
+    return rows, (pd.concat(context, ignore_index=True) if context else None), counts, history
+
+
+def finish_scores(
+    spec: Spec, rows: pd.DataFrame, scored: pd.DataFrame, counts: dict[str, Any], *, ds: str, version: int,
+    threshold: float | None, history: list[str], history_rows: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:  # fmt: skip
+    """The scores of ``rows`` in time order with the time column, and the run's accounting."""
+    out = scored
     if spec.data.time_column:
         out.insert(1 if spec.data.key else 0, spec.data.time_column, rows[spec.data.time_column].to_numpy())
     out = out.sort_values([c for c in (spec.data.time_column, spec.data.key) if c], kind="stable")
@@ -271,11 +266,39 @@ def score_partition(
         "rows_quarantined": counts["rows_quarantined"],
         "by_rule": counts["by_rule"],
         "history_partitions": len(history),
-        "history_rows": sum(len(c) for c in context),
-        "model_version": champion.version,
-        "threshold": champion.threshold,
+        "history_rows": history_rows,
+        "model_version": version,
+        "threshold": threshold,
         "flagged": int(out["decision"].fillna(0).sum()),
     }
     if summary["rows_in"] != summary["rows_scored"] + summary["rows_quarantined"]:
         raise AssertionError(f"row accounting broken: {summary}")
     return out, summary
+
+
+def score_partition(
+    spec: Spec,
+    champion: Champion,
+    *,
+    source: Store,
+    ds: str,
+    pii_key: bytes,
+    history_days: int | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score the rows of landing partition ``ds`` (raw, unlabelled) with the champion.
+
+    The ``history_days`` partitions before ``ds`` (default: the spec's lookback, the window the
+    model trained on) are curated as context for the per-entity features and then dropped. The
+    partition's rows that break the schema are not scored; they are counted (``rows_quarantined``
+    by rule), so ``rows_in = rows_scored + rows_quarantined``. The PII columns are tokenised by
+    the curation and are not part of the output: it has the row key, the time column, the score,
+    the decision and the model version.
+    """
+    rows, context, counts, history = curate_for_scoring(
+        spec, source=source, ds=ds, pii_key=pii_key, history_days=history_days
+    )
+    scored = score_with_context(champion, rows, context, key=spec.data.key)
+    return finish_scores(
+        spec, rows, scored, counts, ds=ds, version=champion.version, threshold=champion.threshold,
+        history=history, history_rows=0 if context is None else len(context),
+    )  # fmt: skip

@@ -833,7 +833,7 @@ def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, l
             ModelApprovalStatus="Approved",
             CustomerMetadataProperties={"ml_lifecycle_version": str(version), "ml_lifecycle_run_id": run_id[:256]},
         )["ModelPackageArn"]
-    model = f"{group[:50]}-v{version}"
+    model = champion_model_name(spec, version)
     try:
         sm.describe_model(ModelName=model)
     except ClientError as exc:
@@ -870,6 +870,200 @@ def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, l
         action = "unchanged"
     log(f"deploy_model: model package {package_arn}; endpoint {endpoint} {action} -> {model}")
     return {"model_package_arn": package_arn, "model_name": model, "endpoint_name": endpoint, "endpoint": action}
+
+
+def champion_model_name(spec: Spec, version: int) -> str:
+    """The SageMaker model (and endpoint config) of registry version ``version``."""
+    return f"{_slug(spec.name)[:50]}-v{version}"
+
+
+# --- SageMaker: batch transform (the batch-scoring DAG) ---------------------------------------------
+TRANSFORM_SHARD_ROWS = 20_000  # rows of one input file = one /invocations request (MaxPayloadInMB 6)
+
+
+def transform_job_name(problem: str, run_id: str, ds: str, attempt: int = 1) -> str:
+    """Deterministic, unique per (problem, run, day), <= 63 characters."""
+    digest = hashlib.sha256(f"{problem}|{run_id}|{ds}".encode()).hexdigest()[:10]
+    tail = f"-score-{ds.replace('-', '')}-{digest}" + (f"-a{attempt}" if attempt > 1 else "")
+    return f"{_slug(problem)[: 63 - len(tail)].rstrip('-')}{tail}"
+
+
+def transform_folder(run_id: str, ds: str) -> str:
+    from include.lifecycle.store import safe_run_id
+
+    return f"scores/_transform/ds={ds}/{safe_run_id(run_id)}"
+
+
+def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str, Any]:
+    """Curate day ``ds`` and its history (rejected rows counted, PII tokenised) and write the
+    transform input: CSV files of at most ~TRANSFORM_SHARD_ROWS day rows, each with the history
+    rows of its entities before them, so the endpoint's per-entity features see the same past
+    as in training (all rows of an entity land in the same file: one request). Idempotent: a
+    retry finds ``prepare.json`` and re-uses the files."""
+    import numpy as np
+    import pandas as pd
+
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.scoring import NoChampion, curate_for_scoring, input_schema, load_champion
+    from include.lifecycle.spec import resolve_source
+
+    spec = rc.spec
+    folder = transform_folder(rc.run_id, ds)
+    if rc.problem.exists(f"{folder}/prepare.json"):
+        log(f"score_new_data: re-using the transform input of this run ({rc.problem.uri(folder)})")
+        return rc.problem.read_json(f"{folder}/prepare.json")
+    try:
+        champion = load_champion(ModelRegistry(rc.problem.sub("registry")), spec.name)
+    except NoChampion as exc:
+        _fail(f"cannot score ds={ds}: {exc}")
+    model = champion_model_name(spec, champion.version)
+    if not _model_exists(sagemaker_hook(require_aws(spec)), model):
+        _fail(
+            f"champion v{champion.version} has no SageMaker model {model!r}: deploy it with backend aws "
+            "(deploy_model creates the model, the endpoint config and the endpoint)"
+        )
+    source = rc.input_store(resolve_source(spec.data.source))
+    try:
+        rows, context, counts, history = curate_for_scoring(spec, source=source, ds=ds, pii_key=pii_key)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    key, entity, time_col = spec.data.key, spec.data.entity_column, spec.data.time_column
+    if not key:
+        _fail(f"{spec.name}: batch transform needs data.key to match predictions to rows")
+    columns = [c.name for c in input_schema(spec, champion.bundle)]
+    columns += [key] if key not in columns else []
+    shards = max(1, -(-len(rows) // TRANSFORM_SHARD_ROWS))
+
+    def shard_of(frame: pd.DataFrame) -> np.ndarray:
+        if entity:
+            return pd.util.hash_array(frame[entity].astype(str).to_numpy()) % shards
+        return np.arange(len(frame)) % shards
+
+    day_shard = shard_of(rows)
+    ctx_shard = shard_of(context) if context is not None and entity else None
+    for i in range(shards):
+        part = rows.loc[day_shard == i, columns]
+        if ctx_shard is not None and context is not None:
+            ctx = context.loc[ctx_shard == i]
+            part = pd.concat([ctx.loc[ctx[entity].isin(part[entity]), columns], part], ignore_index=True)
+        rc.problem.write_bytes(f"{folder}/input/part-{i:04d}.csv", part.to_csv(index=False).encode())
+    rc.problem.write_parquet(f"{folder}/rows.parquet", rows[[c for c in (key, time_col) if c]])
+    prepared = {
+        "ds": ds,
+        "model_name": model,
+        "version": champion.version,
+        "threshold": champion.threshold,
+        "shards": shards,
+        "counts": counts,
+        "history": history,
+        "history_rows": 0 if context is None else len(context),
+        "champion_deployed_at": champion.record.get("deployed_at"),
+        "source_uri": source.uri(f"ds={ds}"),
+    }
+    rc.problem.write_json(f"{folder}/prepare.json", prepared)
+    log(
+        f"score_new_data: ds={ds}: {len(rows)} rows (+ {prepared['history_rows']} history rows as context) in "
+        f"{shards} transform input files for model {model}"
+    )
+    return prepared
+
+
+def _model_exists(hook: Any, model: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        hook.get_conn().describe_model(ModelName=model)
+    except ClientError as exc:
+        if _missing(exc):
+            return False
+        raise
+    return True
+
+
+def transform_config(spec: Spec, problem: Store, *, name: str, model: str, folder: str, run_id: str) -> dict[str, Any]:
+    aws = require_aws(spec)
+    output: dict[str, Any] = {
+        "S3OutputPath": s3_uri(problem, f"{folder}/output"),
+        "Accept": "text/csv",
+        "AssembleWith": "None",
+    }
+    resources: dict[str, Any] = {
+        "InstanceType": aws.transform_instance_type,
+        "InstanceCount": aws.transform_instance_count,
+    }
+    if aws.kms_key_id:
+        output["KmsKeyId"] = aws.kms_key_id
+        resources["VolumeKmsKeyId"] = aws.kms_key_id
+    return {
+        "TransformJobName": name,
+        "ModelName": model,
+        "MaxConcurrentTransforms": 1,  # the serving container scores one request at a time
+        "MaxPayloadInMB": 6,
+        "BatchStrategy": "SingleRecord",  # SplitType None: one file is one request
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": s3_uri(problem, f"{folder}/input/")}},
+            "ContentType": "text/csv",
+            "CompressionType": "None",
+            "SplitType": "None",
+        },
+        "TransformOutput": output,
+        "TransformResources": resources,
+        "Tags": [
+            {"Key": "ml-lifecycle:problem", "Value": spec.name},
+            {"Key": "ml-lifecycle:run-id", "Value": run_id[:256]},
+        ],
+    }
+
+
+def start_transform(rc: Any, ds: str, *, try_number: int, pii_key: bytes, log: Any) -> str:
+    """Prepare the input (once per run) and start the transform job, or re-attach to the one an
+    earlier try started. Returns the job name."""
+    prepared = prepare_transform(rc, ds, pii_key=pii_key, log=log)
+    folder = transform_folder(rc.run_id, ds)
+    names = [transform_job_name(rc.spec.name, rc.run_id, ds, a) for a in range(1, try_number + 1)]
+
+    def config_for(name: str) -> dict[str, Any]:
+        return transform_config(
+            rc.spec, rc.problem, name=name, model=prepared["model_name"], folder=folder, run_id=rc.run_id
+        )
+
+    return start_or_attach(sagemaker_hook(require_aws(rc.spec)), "transform", config_for, names, log)
+
+
+def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dict[str, Any]]:
+    """After the job ended: the predictions of the day's rows (the context rows' are dropped) in the
+    local backend's shape, and the accounting ``rows_in = rows_scored + rows_quarantined``."""
+    import pandas as pd
+
+    from include.lifecycle.scoring import finish_scores
+
+    desc = sagemaker_hook(require_aws(rc.spec)).describe_transform_job(name)
+    if desc["TransformJobStatus"] != "Completed":
+        _fail(f"SageMaker transform job {name} ended {desc['TransformJobStatus']}: {desc.get('FailureReason', '')}")
+    folder = transform_folder(rc.run_id, ds)
+    prepared = rc.problem.read_json(f"{folder}/prepare.json")
+    key = rc.spec.data.key
+    rows = rc.problem.read_parquet(f"{folder}/rows.parquet")
+    preds = []
+    for i in range(prepared["shards"]):
+        out = f"{folder}/output/part-{i:04d}.csv.out"
+        if not rc.problem.exists(out):
+            _fail(f"transform job {name} wrote no {rc.problem.uri(out)}")
+        preds.append(pd.read_csv(io.BytesIO(rc.problem.read_bytes(out)), dtype={"id": str}))
+    pred = pd.concat(preds, ignore_index=True).drop_duplicates("id", keep="last").set_index("id")
+    ids = rows[key].astype(str)
+    missing = int((~ids.isin(pred.index)).sum())
+    if missing:
+        _fail(f"transform job {name}: {missing} of {len(rows)} rows of ds={ds} have no prediction")
+    got = pred.loc[ids.to_numpy()]
+    scored = pd.DataFrame({key: rows[key].to_numpy(), "score": got["score"].to_numpy(dtype="float64")})
+    scored["decision"] = pd.array(got["decision"].to_numpy(), dtype="Int8")
+    scored["model_version"] = got["model_version"].to_numpy(dtype="int64")
+    log(f"score_new_data: transform job {name}: {len(scored)} predictions for ds={ds}")
+    return finish_scores(
+        rc.spec, rows, scored, prepared["counts"], ds=ds, version=prepared["version"],
+        threshold=prepared["threshold"], history=prepared["history"], history_rows=prepared["history_rows"],
+    )  # fmt: skip
 
 
 def stop_glue_run(spec: Spec, job_name: str, run_id: str) -> None:

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from airflow.sdk import BaseOperator, Context
+
 from ml_lifecycle.context import RunContext, pii_key
 
 SERVING_URL_VARIABLE = "ml_serving_url"
@@ -67,40 +69,40 @@ def scoring_date(rc: RunContext) -> str:
 
 
 def score_new_data(problem: str, **context: Any) -> dict[str, Any]:
-    """Score one ``ds=YYYY-MM-DD`` landing partition with the champion and write
+    """Score one ``ds=YYYY-MM-DD`` landing partition with the champion in this process and write
     ``<root>/<problem>/scores/ds=YYYY-MM-DD/part-0.parquet`` (row key, time, score, decision,
     model version; no PII) and its ``_manifest.json``. Re-running replaces both atomically."""
     from include.lifecycle.registry import ChecksumError, ModelRegistry
     from include.lifecycle.scoring import NoChampion, load_champion, score_partition
     from include.lifecycle.spec import resolve_source
-    from include.lifecycle.store import Store
 
     rc = RunContext.from_airflow(problem, context)
-    backend = rc.params.get("backend") or rc.spec.backend
-    if backend != "local":
-        _fail(
-            f"batch scoring on backend {backend!r} (a SageMaker batch transform job) is not available yet; "
-            f"run it with backend=local"
-        )
     ds = scoring_date(rc)
     try:
         champion = load_champion(ModelRegistry(rc.problem.sub("registry")), problem)
     except (NoChampion, ChecksumError) as exc:
         _fail(f"cannot score ds={ds}: {exc}")
-    source = Store.from_uri(resolve_source(rc.spec.data.source))
+    source = rc.input_store(resolve_source(rc.spec.data.source))
     try:
         scores, summary = score_partition(rc.spec, champion, source=source, ds=ds, pii_key=pii_key())
     except FileNotFoundError as exc:
         _fail(str(exc))
+    extra = {"source_uri": source.uri(f"ds={ds}"), "champion_deployed_at": champion.record.get("deployed_at")}
+    return write_scores(rc, ds, scores, summary, extra)
+
+
+def write_scores(
+    rc: RunContext, ds: str, scores: Any, summary: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """``scores/ds=<ds>/part-0.parquet`` and ``_manifest.json`` (atomic writes); the small XCom."""
     rel = f"scores/ds={ds}"
     rc.problem.write_parquet(f"{rel}/part-0.parquet", scores)
     manifest = {
         **summary,
         "scores_uri": rc.problem.uri(f"{rel}/part-0.parquet"),
-        "source_uri": source.uri(f"ds={ds}"),
         "columns": list(scores.columns),
         "run_id": rc.run_id,
-        "champion_deployed_at": champion.record.get("deployed_at"),
+        **extra,
     }
     rc.problem.write_json(f"{rel}/_manifest.json", manifest)
     log.info(
@@ -110,9 +112,70 @@ def score_new_data(problem: str, **context: Any) -> dict[str, Any]:
         summary["rows_scored"],
         summary["rows_quarantined"],
         summary["flagged"],
-        champion.version,
+        summary["model_version"],
         manifest["scores_uri"],
     )
     return {
         k: manifest[k] for k in ("ds", "rows_in", "rows_scored", "rows_quarantined", "flagged", "model_version")
     } | {"scores_uri": manifest["scores_uri"]}
+
+
+class BatchScoringOperator(BaseOperator):
+    """Score a day of new data with the champion: in this process (``local``), or as a SageMaker
+    batch transform job on the champion's SageMaker model (``aws``; the wait is deferred to the
+    triggerer with ``aws.deferrable``). Both write the same scores and manifest.
+
+    :param problem: name of the problem spec (``include/problems/<problem>.yaml``)
+    """
+
+    ui_color = "#d9f4c6"
+
+    def __init__(self, *, problem: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.problem = problem
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        rc = RunContext.from_airflow(self.problem, context)
+        if rc.backend == "local":
+            return score_new_data(self.problem, **context)
+        if rc.backend != "aws":
+            _fail(f"unknown backend {rc.backend!r}: use local or aws")
+        from ml_lifecycle.aws import require_aws, sagemaker_trigger, start_transform, wait_job
+
+        aws = require_aws(rc.spec)
+        ds = scoring_date(rc)
+        try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+        name = start_transform(rc, ds, try_number=try_number, pii_key=pii_key(), log=self.log.info)
+        if aws.deferrable:
+            self.log.info("score_new_data: waiting for SageMaker transform job %s in the triggerer", name)
+            self.defer(
+                trigger=sagemaker_trigger(aws, name, "transform", aws.training_max_runtime_seconds),
+                method_name="execute_complete",
+            )
+        self._remote = (rc.spec, "transform", name)
+        wait_job(aws, "transform", name)
+        return self._finish(rc, ds, name)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Back from the triggerer: the transform job ended; keep the day's predictions."""
+        from ml_lifecycle.aws import check_trigger_event
+
+        rc = RunContext.from_airflow(self.problem, context)
+        check_trigger_event(event, "score_new_data (SageMaker transform job)")
+        assert event is not None
+        return self._finish(rc, scoring_date(rc), event["job_name"])
+
+    def _finish(self, rc: RunContext, ds: str, name: str) -> dict[str, Any]:
+        from ml_lifecycle.aws import finish_transform, transform_folder
+
+        scores, summary = finish_transform(rc, ds, name, log=self.log.info)
+        prepared = rc.problem.read_json(f"{transform_folder(rc.run_id, ds)}/prepare.json")
+        extra = {k: prepared[k] for k in ("source_uri", "champion_deployed_at", "model_name")}
+        return write_scores(rc, ds, scores, summary, extra | {"transform_job_name": name})
+
+    def on_kill(self) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote:  # the transform job must not outlive the task
+            from ml_lifecycle.aws import stop_job
+
+            stop_job(*remote)

@@ -166,14 +166,22 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
 
     from ml_lifecycle import aws as aws_backend
     from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
+    from ml_lifecycle.scoring import BatchScoringOperator
 
     s3 = clients["s3"]
-    played: dict[str, list[dict[str, Any]]] = {"glue": [], "training": [], "update_endpoint": [], "tuning": []}
+    played: dict[str, list[dict[str, Any]]] = {
+        "glue": [],
+        "training": [],
+        "update_endpoint": [],
+        "tuning": [],
+        "transform": [],
+    }
     tuning_jobs: dict[str, list[dict[str, Any]]] = {}
     sagemaker_hook = aws_backend.sagemaker_hook
     start_job_run = GlueJobHook.initialize_job
     create_training_job = SageMakerHook.create_training_job
     create_tuning_job = SageMakerHook.create_tuning_job
+    create_transform_job = SageMakerHook.create_transform_job
 
     def play_glue(self, script_arguments=None, run_kwargs=None):
         response = start_job_run(self, script_arguments, run_kwargs)
@@ -296,6 +304,41 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         played["update_endpoint"].append(json.loads(params["body"]))
         return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:aws:sagemaker:played"}
 
+    def play_transform(self, config, wait_for_completion=True, check_interval=30, max_ingestion_time=None):
+        """The serving container's side of a batch transform (SplitType None: one input file is one
+        request): /invocations' own steps - parse the CSV, check the rows with the spec's rules,
+        score with the model of ModelDataUrl - and ``<file>.out`` written where SageMaker puts it."""
+        from include.lifecycle.bundle import ModelBundle
+        from include.lifecycle.scoring import Champion, score_frame, validate_rows
+        from include.lifecycle.serving import parse_payload, predictions_csv
+        from include.lifecycle.spec import load_spec
+
+        response = create_transform_job(self, config, False, check_interval, max_ingestion_time)
+        name = config["TransformJobName"]
+        model = clients["sagemaker"].describe_model(ModelName=config["ModelName"])
+        work = tmp_path / f"transform-{name}"
+        with tarfile.open(fileobj=io.BytesIO(_s3_get(s3, model["PrimaryContainer"]["ModelDataUrl"]))) as tf:
+            tf.extractall(work / "model", filter="data")
+        version = json.loads((work / "model" / "manifest.json").read_text())["version"]
+        problem = next(t["Value"] for t in config["Tags"] if t["Key"] == "ml-lifecycle:problem")
+        spec = load_spec(aws_env["problems"] / f"{problem}.yaml")
+        champion = Champion(problem=problem, version=version, bundle=ModelBundle.load(work / "model"), record={})
+        source = config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        bucket, _, prefix = source.removeprefix("s3://").partition("/")
+        out = config["TransformOutput"]
+        out_bucket, _, out_prefix = out["S3OutputPath"].removeprefix("s3://").partition("/")
+        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": out["KmsKeyId"]} if out.get("KmsKeyId") else {}
+        files = []
+        for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+            raw = parse_payload(_s3_get(s3, f"s3://{bucket}/{obj['Key']}"), config["TransformInput"]["ContentType"])
+            rows, _ = validate_rows(raw, spec, champion.bundle)
+            body = predictions_csv(score_frame(champion, rows, key=spec.data.key), spec.data.key)
+            rel = obj["Key"][len(prefix) :].lstrip("/")
+            s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}/{rel}.out", Body=body, **sse)
+            files.append(rel)
+        played["transform"].append({"config": config, "files": files})
+        return response
+
     def answer_tuning_jobs(params, **_):  # moto does not implement ListTrainingJobsForHyperParameterTuningJob
         jobs = tuning_jobs[json.loads(params["body"])["HyperParameterTuningJobName"]]
         return SimpleNamespace(status_code=200, headers={}), {"TrainingJobSummaries": jobs}
@@ -308,7 +351,7 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         return hook
 
     played["resumed"] = []
-    for op in (GlueEtlOperator, ScriptModeTrainingOperator):
+    for op in (GlueEtlOperator, ScriptModeTrainingOperator, BatchScoringOperator):
 
         def resumed(self, context, event=None, _complete=op.execute_complete):
             played["resumed"].append({"task": self.task_id.split(".")[-1], "event": event})
@@ -319,4 +362,5 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
     monkeypatch.setattr(GlueJobHook, "initialize_job", play_glue)
     monkeypatch.setattr(SageMakerHook, "create_training_job", play_training)
     monkeypatch.setattr(SageMakerHook, "create_tuning_job", play_tuning)
+    monkeypatch.setattr(SageMakerHook, "create_transform_job", play_transform)
     return played

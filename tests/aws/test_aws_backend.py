@@ -322,3 +322,83 @@ def test_publishing_a_champion_registers_a_model_package_and_creates_then_update
     cfg = sm.describe_endpoint_config(EndpointConfigName=second["model_name"])
     assert cfg["ProductionVariants"][0]["ModelName"] == second["model_name"]
     assert cfg["KmsKeyId"] == aws_env["kms_key_id"]
+
+
+def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
+    first_run, airflow_db, aws_env, clients
+) -> None:
+    """The batch DAG with backend aws: a SageMaker batch transform on the champion's SageMaker model
+    (the emulator plays the serving container); its scores equal the local scoring of the same day."""
+    import numpy as np
+    import pandas as pd
+
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.scoring import load_champion, score_partition
+    from include.lifecycle.spec import load_spec
+    from ml_lifecycle import aws as aws_backend
+    from ml_lifecycle.context import RunContext, pii_key
+
+    s3 = clients["s3"]
+    ds = "2026-10-31"
+    mp = pytest.MonkeyPatch()
+    played = _install_players(mp, aws_env, clients)
+    try:
+        state, run_id, _ = run_dag(f"{PROBLEM}_batch_scoring", LOGICAL_DATE, problems_dir=aws_env["problems"])
+    finally:
+        mp.undo()
+    assert state == "success"
+    manifest = _json(s3, f"ml/{PROBLEM}/scores/ds={ds}/_manifest.json")
+    assert manifest["rows_in"] == manifest["rows_scored"] + manifest["rows_quarantined"] > 1000
+    assert manifest["history_partitions"] == 18 and manifest["history_rows"] > 10_000
+    (job,) = played["transform"]
+    config = job["config"]
+    assert manifest["transform_job_name"] == config["TransformJobName"] and NAME_RE.match(config["TransformJobName"])
+    assert [r["task"] for r in played["resumed"]] == ["score_new_data"]  # the wait was deferred
+    version = manifest["model_version"]
+    assert config["ModelName"] == manifest["model_name"] == f"card-fraud-aws-v{version}"
+    assert config["TransformInput"]["SplitType"] == "None" and config["TransformInput"]["ContentType"] == "text/csv"
+    assert config["TransformOutput"]["KmsKeyId"] == aws_env["kms_key_id"]
+    assert config["TransformResources"] == {
+        "InstanceType": "ml.m5.large",
+        "InstanceCount": 1,
+        "VolumeKmsKeyId": aws_env["kms_key_id"],
+    }
+    folder = f"ml/{PROBLEM}/{aws_backend.transform_folder(run_id, ds)}"
+    keys = _objects(s3, folder) + _objects(s3, f"ml/{PROBLEM}/scores/ds={ds}")
+    assert all(s3.head_object(Bucket=BUCKET, Key=k).get("ServerSideEncryption") == "aws:kms" for k in keys)
+    # no raw card number leaves for the transform: its input has the curated tokens
+    landing = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=next(
+        k for k in _objects(s3, f"landing/transactions/ds={ds}/") if k.endswith(".parquet")
+    ))["Body"].read()))  # fmt: skip
+    body = s3.get_object(Bucket=BUCKET, Key=f"{folder}/input/{job['files'][0]}")["Body"].read().decode()
+    assert not any(card in body for card in landing["card_number"].astype(str).head(50))
+
+    # the same day scored by the local backend's code, with the same champion and key
+    os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
+    try:
+        rc = RunContext.from_airflow(PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {}})
+        spec = load_spec(aws_env["problems"] / f"{PROBLEM}.yaml")
+        champion = load_champion(ModelRegistry(rc.problem.sub("registry")), PROBLEM)
+        local, summary = score_partition(
+            spec, champion, source=rc.input_store(spec.data.source), ds=ds, pii_key=pii_key()
+        )
+        # a retried task re-attaches to its transform job and re-uses the prepared input
+        log: list[str] = []
+        mp = pytest.MonkeyPatch()
+        again = _install_players(mp, aws_env, clients)
+        try:
+            name = aws_backend.start_transform(rc, ds, try_number=2, pii_key=pii_key(), log=log.append)
+        finally:
+            mp.undo()
+    finally:
+        os.environ.pop("ML_PROBLEMS_DIR", None)
+    assert name == config["TransformJobName"] and again["transform"] == []
+    assert any("re-using the transform input" in m for m in log) and any("re-attaching" in m for m in log)
+    scores = pd.read_parquet(
+        io.BytesIO(s3.get_object(Bucket=BUCKET, Key=f"ml/{PROBLEM}/scores/ds={ds}/part-0.parquet")["Body"].read())
+    )
+    assert list(scores.columns) == list(local.columns)
+    assert scores["transaction_id"].tolist() == local["transaction_id"].tolist()
+    np.testing.assert_allclose(scores["score"].to_numpy(), local["score"].to_numpy(), rtol=1e-6, atol=1e-9)
+    assert scores["decision"].tolist() == local["decision"].tolist()
+    assert {k: manifest[k] for k in summary} == json.loads(json.dumps(summary))

@@ -1,6 +1,6 @@
 """Serving the champion from Airflow: the batch-scoring DAG (dags/batch_scoring.py) scores one
 landing partition of new, unlabelled transactions with the champion in ``dag.test()``, one score
-per valid input row, no PII, idempotent per partition; the aws backend says it is not available;
+per valid input row, no PII, idempotent per partition; the aws backend without aws settings fails clearly;
 and deploy_model's notification makes a running endpoint load the new champion.
 
 The test has its own artifact root (variable ml_artifact_root) and data root, so its champion
@@ -112,9 +112,13 @@ def test_batch_dag_scores_the_day_given_as_param(airflow_db, env) -> None:
     assert manifest["history_partitions"] == 5  # the generated data starts on 2026-10-23
 
 
-def test_batch_scoring_on_aws_is_not_available_and_writes_nothing(airflow_db, env) -> None:
+def test_batch_scoring_on_aws_without_aws_settings_fails_and_writes_nothing(airflow_db, env, capfd) -> None:
+    """The shipped card_fraud spec has no aws section: asking for aws fails clearly (the transform
+    job itself is tested against the emulator in tests/aws)."""
     state, _, _ = run_dag(DAG_ID, LOGICAL_DATE, conf={"ds": "2026-10-27", "backend": "aws"})
     assert state == "failed"
+    out, err = capfd.readouterr()
+    assert "backend aws needs aws.bucket and aws.role_arn" in out + err
     assert not (env["artifacts"] / "scores" / "ds=2026-10-27").exists()
 
 
