@@ -1,6 +1,12 @@
 """A local inference endpoint that speaks the SageMaker hosting contract, serving the champion.
 
     python -m include.lifecycle.serving --problem card_fraud [--port 8081] [--artifact-root URI]
+    python -m include.lifecycle.serving --model-dir /opt/ml/model --host 0.0.0.0 --port 8080
+
+The second form is the SageMaker serving container's entry point (endpoints and batch
+transform): it serves the one model unpacked from ``model.tar.gz`` (deploy_model on aws packs
+the registry version with its ``manifest.json`` and the problem's ``spec.json``), checks every
+file against the manifest's sha256 first, and never reloads.
 
     GET  /ping          200 {"status": "ok", "model_version": n} with a champion loaded, else 503
     POST /invocations   text/csv (header row) or application/json (an object, a list of
@@ -168,7 +174,7 @@ class ChampionHolder:
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: ModelRegistry | None,
         spec: Spec,
         *,
         problem: Store | None = None,
@@ -214,6 +220,8 @@ class ChampionHolder:
         """Load the registry's champion if it is not the one loaded. Never raises."""
         with self._reload_lock:
             before = self.current.version if self.current else None
+            if self.registry is None:  # a fixed model (--model-dir): nothing to reload
+                return {"previous": before, "model_version": before, "changed": False, "error": self.last_error}
             try:
                 wanted = champion_version(self.registry)
                 if wanted is None:
@@ -414,6 +422,8 @@ class ServingServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def _poll(self) -> None:
+        if self.holder.registry is None:
+            return
         while not self._stop.wait(self.poll_seconds):
             c = self.holder.current
             try:
@@ -471,9 +481,42 @@ def make_server(
     return ServingServer((host, port), holder, **options)
 
 
+def load_model_dir(model_dir: str | Path) -> tuple[Spec, Champion]:
+    """The spec and the model of an unpacked ``model.tar.gz``, every file checked against the
+    manifest's sha256 (a mismatch raises :class:`~include.lifecycle.registry.ChecksumError`)."""
+    import hashlib
+
+    from include.lifecycle.bundle import ModelBundle
+    from include.lifecycle.registry import ChecksumError
+    from include.lifecycle.spec import parse_spec
+
+    folder = Path(model_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        if digest != entry["sha256"]:
+            raise ChecksumError(f"{folder / name}: sha256 {digest[:12]}... does not match the manifest")
+    spec = parse_spec(json.loads((folder / "spec.json").read_text()))
+    bundle = ModelBundle.load(folder)
+    record = {"version": manifest["version"], "source": str(folder)}
+    return spec, Champion(problem=spec.name, version=int(manifest["version"]), bundle=bundle, record=record)
+
+
+def make_model_dir_server(
+    model_dir: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, **options: Any
+) -> ServingServer:
+    """A server for one fixed model (the SageMaker container): no registry, no reload, no history
+    context (a request's rows are their own context: batch transform sends an entity's past first)."""
+    spec, champion = load_model_dir(model_dir)
+    holder = ChampionHolder(None, spec)
+    holder.current = champion
+    return ServingServer((host, port), holder, **(options | {"poll_seconds": None}))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problem", default="card_fraud")
+    p.add_argument("--model-dir", default=None, help="serve this unpacked model.tar.gz (the SageMaker container)")
     p.add_argument("--artifact-root", default=None, help="default: $ML_ARTIFACT_ROOT, else <project>/artifacts")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=int(os.environ.get("ML_SERVING_PORT", DEFAULT_PORT)))
@@ -490,14 +533,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    limits = {"max_body_bytes": args.max_body_bytes, "max_rows": args.max_rows, "timeout_seconds": args.timeout}
+    if args.model_dir:
+        server = make_model_dir_server(args.model_dir, host=args.host, port=args.port, **limits)
+        log.info("serving %s version %s from %s on %s", server.holder.spec.name, server.holder.current.version,
+                 args.model_dir, server.url)  # fmt: skip
+        return _serve(server)
     server = make_server(
         args.problem,
         artifact_root=args.artifact_root,
         host=args.host,
         port=args.port,
-        max_body_bytes=args.max_body_bytes,
-        max_rows=args.max_rows,
-        timeout_seconds=args.timeout,
+        **limits,
         poll_seconds=args.poll_seconds or None,
         scoring_threads=args.scoring_threads,
         history_days=args.history_days,
@@ -512,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         st["model_version"],
         f", {st['last_error']}" if st["last_error"] else "",
     )
+    return _serve(server)
+
+
+def _serve(server: ServingServer) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:

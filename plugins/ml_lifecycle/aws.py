@@ -805,7 +805,9 @@ def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, l
     if not problem.exists(rel):
         registry = ModelRegistry(problem.sub("registry"))
         files = registry.load(version) | {
-            "manifest.json": problem.read_bytes(f"registry/versions/{version}/manifest.json")
+            "manifest.json": problem.read_bytes(f"registry/versions/{version}/manifest.json"),
+            # the serving container checks rows with the spec's schema rules (serving.py --model-dir)
+            "spec.json": json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode(),
         }
         problem.write_bytes(rel, _targz(files))
     container = {"Image": aws.serving_image, "ModelDataUrl": s3_uri(problem, rel)}
@@ -896,8 +898,8 @@ def transform_folder(run_id: str, ds: str) -> str:
 
 def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str, Any]:
     """Curate day ``ds`` and its history (rejected rows counted, PII tokenised) and write the
-    transform input: CSV files of at most ~TRANSFORM_SHARD_ROWS day rows, each with the history
-    rows of its entities before them, so the endpoint's per-entity features see the same past
+    transform input: CSV files of about TRANSFORM_SHARD_ROWS rows, the day's rows of some entities
+    after the history rows of the same entities, so the endpoint's per-entity features see the same past
     as in training (all rows of an entity land in the same file: one request). Idempotent: a
     retry finds ``prepare.json`` and re-uses the files."""
     import numpy as np
@@ -932,7 +934,10 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         _fail(f"{spec.name}: batch transform needs data.key to match predictions to rows")
     columns = [c.name for c in input_schema(spec, champion.bundle)]
     columns += [key] if key not in columns else []
-    shards = max(1, -(-len(rows) // TRANSFORM_SHARD_ROWS))
+    history_rows = 0 if context is None else len(context)
+    if context is not None and entity:  # only the past of the day's entities is needed
+        context = context.loc[context[entity].isin(rows[entity]), columns]
+    shards = max(1, -(-(len(rows) + (0 if context is None else len(context))) // TRANSFORM_SHARD_ROWS))
 
     def shard_of(frame: pd.DataFrame) -> np.ndarray:
         if entity:
@@ -944,8 +949,7 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
     for i in range(shards):
         part = rows.loc[day_shard == i, columns]
         if ctx_shard is not None and context is not None:
-            ctx = context.loc[ctx_shard == i]
-            part = pd.concat([ctx.loc[ctx[entity].isin(part[entity]), columns], part], ignore_index=True)
+            part = pd.concat([context.loc[ctx_shard == i], part], ignore_index=True)
         rc.problem.write_bytes(f"{folder}/input/part-{i:04d}.csv", part.to_csv(index=False).encode())
     rc.problem.write_parquet(f"{folder}/rows.parquet", rows[[c for c in (key, time_col) if c]])
     prepared = {
@@ -956,13 +960,14 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         "shards": shards,
         "counts": counts,
         "history": history,
-        "history_rows": 0 if context is None else len(context),
+        "history_rows": history_rows,
+        "context_rows": 0 if context is None else len(context),
         "champion_deployed_at": champion.record.get("deployed_at"),
         "source_uri": source.uri(f"ds={ds}"),
     }
     rc.problem.write_json(f"{folder}/prepare.json", prepared)
     log(
-        f"score_new_data: ds={ds}: {len(rows)} rows (+ {prepared['history_rows']} history rows as context) in "
+        f"score_new_data: ds={ds}: {len(rows)} rows (+ {prepared['context_rows']} earlier rows of their entities) in "
         f"{shards} transform input files for model {model}"
     )
     return prepared

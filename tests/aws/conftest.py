@@ -305,13 +305,13 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:aws:sagemaker:played"}
 
     def play_transform(self, config, wait_for_completion=True, check_interval=30, max_ingestion_time=None):
-        """The serving container's side of a batch transform (SplitType None: one input file is one
-        request): /invocations' own steps - parse the CSV, check the rows with the spec's rules,
-        score with the model of ModelDataUrl - and ``<file>.out`` written where SageMaker puts it."""
-        from include.lifecycle.bundle import ModelBundle
-        from include.lifecycle.scoring import Champion, score_frame, validate_rows
-        from include.lifecycle.serving import parse_payload, predictions_csv
-        from include.lifecycle.spec import load_spec
+        """The serving container's side of a batch transform: the model of ``ModelDataUrl`` unpacked
+        and served by the container's entry point (``serving.py --model-dir``) on 127.0.0.1; every
+        input file POSTed to /invocations as one request (SplitType None), the answer written to
+        ``<S3OutputPath>/<file>.out``, as SageMaker does."""
+        import urllib.request
+
+        from include.lifecycle.serving import make_model_dir_server
 
         response = create_transform_job(self, config, False, check_interval, max_ingestion_time)
         name = config["TransformJobName"]
@@ -319,23 +319,27 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         work = tmp_path / f"transform-{name}"
         with tarfile.open(fileobj=io.BytesIO(_s3_get(s3, model["PrimaryContainer"]["ModelDataUrl"]))) as tf:
             tf.extractall(work / "model", filter="data")
-        version = json.loads((work / "model" / "manifest.json").read_text())["version"]
-        problem = next(t["Value"] for t in config["Tags"] if t["Key"] == "ml-lifecycle:problem")
-        spec = load_spec(aws_env["problems"] / f"{problem}.yaml")
-        champion = Champion(problem=problem, version=version, bundle=ModelBundle.load(work / "model"), record={})
         source = config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
         bucket, _, prefix = source.removeprefix("s3://").partition("/")
         out = config["TransformOutput"]
         out_bucket, _, out_prefix = out["S3OutputPath"].removeprefix("s3://").partition("/")
         sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": out["KmsKeyId"]} if out.get("KmsKeyId") else {}
+        server = make_model_dir_server(work / "model", port=0, max_body_bytes=config["MaxPayloadInMB"] * 2**20)
+        server.start()
         files = []
-        for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
-            raw = parse_payload(_s3_get(s3, f"s3://{bucket}/{obj['Key']}"), config["TransformInput"]["ContentType"])
-            rows, _ = validate_rows(raw, spec, champion.bundle)
-            body = predictions_csv(score_frame(champion, rows, key=spec.data.key), spec.data.key)
-            rel = obj["Key"][len(prefix) :].lstrip("/")
-            s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}/{rel}.out", Body=body, **sse)
-            files.append(rel)
+        try:
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+                headers = {"Content-Type": config["TransformInput"]["ContentType"], "Accept": out["Accept"]}
+                req = urllib.request.Request(
+                    f"{server.url}/invocations", data=_s3_get(s3, f"s3://{bucket}/{obj['Key']}"), headers=headers
+                )
+                with urllib.request.urlopen(req, timeout=60) as answer:
+                    body = answer.read()
+                rel = obj["Key"][len(prefix) :].lstrip("/")
+                s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}/{rel}.out", Body=body, **sse)
+                files.append(rel)
+        finally:
+            server.stop()
         played["transform"].append({"config": config, "files": files})
         return response
 

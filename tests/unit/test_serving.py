@@ -426,3 +426,47 @@ def test_history_context_gives_single_rows_their_cards_past(tmp_path: Path, root
         assert json.loads(request(server, "GET", "/status")[2])["history"]["rows"] == len(past) + 5
     finally:
         server.stop()
+
+
+# --- the SageMaker container: one fixed model from an unpacked model.tar.gz ----------------------
+def _model_dir(root: Path, spec: Spec, version: int, folder: Path) -> Path:
+    """What deploy_model on aws packs into model.tar.gz: the version's files, manifest and spec."""
+    registry = _registry(root)
+    folder.mkdir(parents=True)
+    for name, data in registry.load(version).items():
+        (folder / name).write_bytes(data)
+    (folder / "manifest.json").write_text(json.dumps(registry.manifest(version)))
+    (folder / "spec.json").write_text(json.dumps(spec.model_dump(mode="json", by_alias=True)))
+    return folder
+
+
+def test_model_dir_server_serves_the_unpacked_model_and_never_reloads(
+    root: Path, spec: Spec, tmp_path: Path, requests_frame: pd.DataFrame
+) -> None:
+    from include.lifecycle.serving import make_model_dir_server
+
+    server = make_model_dir_server(_model_dir(root, spec, 2, tmp_path / "model"), port=0)
+    server.start()
+    try:
+        status, _, body = request(server, "GET", "/ping")
+        assert status == 200 and json.loads(body)["model_version"] == 2
+        status, answer = invoke(server, csv_body(requests_frame), "text/csv", Accept="text/csv")
+        assert status == 200
+        got = pd.read_csv(io.StringIO(answer))
+        assert got["id"].tolist() == requests_frame["transaction_id"].tolist()
+        expected = _bundle(root, 2, tmp_path).score(requests_frame)
+        np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=1e-6, atol=1e-9)
+        assert set(got["model_version"]) == {2}
+        assert server.holder.reload()["changed"] is False and server.holder.current.version == 2
+    finally:
+        server.stop()
+
+
+def test_model_dir_with_a_tampered_file_is_refused(root: Path, spec: Spec, tmp_path: Path) -> None:
+    from include.lifecycle.registry import ChecksumError
+    from include.lifecycle.serving import load_model_dir
+
+    folder = _model_dir(root, spec, 1, tmp_path / "model")
+    (folder / "threshold.json").write_text('{"threshold": 0.0}')
+    with pytest.raises(ChecksumError, match="threshold.json"):
+        load_model_dir(folder)
