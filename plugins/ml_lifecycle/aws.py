@@ -46,6 +46,17 @@ FRAMEWORK_REGISTRIES = {
 }
 
 
+# Throttling and transient errors: botocore retries every AWS call with adaptive back-off (client-side
+# rate limiting plus exponential back-off with jitter), in the workers and in the triggers alike.
+BOTOCORE_RETRIES = {"mode": "adaptive", "max_attempts": 10}
+
+
+def botocore_config() -> Any:
+    from botocore.config import Config
+
+    return Config(retries=dict(BOTOCORE_RETRIES))
+
+
 def _fail(msg: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -75,7 +86,12 @@ def s3_problem_store(spec: Spec) -> Store:
     aws = require_aws(spec)
     root = ObjectStoragePath(f"s3://{aws.conn_id}@{aws.bucket}/{aws.prefix}") / spec.name
     shared = root.fs  # cached per connection: never mutate it, derive an encrypting instance
-    options = {**shared.storage_options, "s3_additional_kwargs": sse_kwargs(aws), "skip_instance_cache": True}
+    options = {
+        **shared.storage_options,
+        "s3_additional_kwargs": sse_kwargs(aws),
+        "config_kwargs": {**shared.storage_options.get("config_kwargs", {}), "retries": dict(BOTOCORE_RETRIES)},
+        "skip_instance_cache": True,
+    }
     return Store(type(shared)(**options), root.path)
 
 
@@ -200,6 +216,7 @@ def glue_hook(spec: Spec, code: dict[str, str]) -> Any:
         job_poll_interval=aws.poll_seconds,
         aws_conn_id=aws.conn_id,
         region_name=aws.region,
+        config=botocore_config(),
     )
 
 
@@ -276,7 +293,9 @@ def _glue_client_hook(spec: Spec) -> Any:
     from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
 
     aws = require_aws(spec)
-    return GlueJobHook(aws_conn_id=aws.conn_id, region_name=aws.region, job_poll_interval=aws.poll_seconds)
+    return GlueJobHook(
+        aws_conn_id=aws.conn_id, region_name=aws.region, job_poll_interval=aws.poll_seconds, config=botocore_config()
+    )
 
 
 def finish_glue_collect(rc: Any, *, run_dir: str, job_name: str, run_id: str, log: Any) -> dict[str, Any]:
@@ -314,6 +333,7 @@ def glue_trigger(spec: Spec, job_name: str, run_id: str) -> Any:
         waiter_max_attempts=_attempts(aws.glue.timeout_minutes * 60 + 600, aws.poll_seconds),
         aws_conn_id=aws.conn_id,
         region_name=aws.region,
+        botocore_config={"retries": dict(BOTOCORE_RETRIES)},
     )
 
 
@@ -328,6 +348,7 @@ def sagemaker_trigger(aws: AwsSpec, name: str, job_type: str, max_seconds: int) 
         waiter_max_attempts=_attempts(max_seconds + 600, aws.poll_seconds),
         aws_conn_id=aws.conn_id,
         region_name=aws.region,
+        botocore_config={"retries": dict(BOTOCORE_RETRIES)},
     )
 
 
@@ -372,7 +393,7 @@ def register_curated_partitions(problem: Store, spec: Spec, days: list[str], *, 
     from airflow.providers.amazon.aws.hooks.glue_catalog import GlueCatalogHook
 
     aws = require_aws(spec)
-    glue = GlueCatalogHook(aws_conn_id=aws.conn_id, region_name=aws.region).conn
+    glue = GlueCatalogHook(aws_conn_id=aws.conn_id, region_name=aws.region, config=botocore_config()).conn
     db, table = aws.glue.database, curated_table_name(spec)
     days = sorted(set(days))
     if not days:
@@ -500,7 +521,7 @@ def training_config(
 def sagemaker_hook(aws: AwsSpec) -> Any:
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-    return SageMakerHook(aws_conn_id=aws.conn_id, region_name=aws.region)
+    return SageMakerHook(aws_conn_id=aws.conn_id, region_name=aws.region, config=botocore_config())
 
 
 def _job_status(describe: Any, name: str, key: str) -> str | None:
@@ -866,12 +887,22 @@ def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, l
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=model)
         action = "created"
     elif current != model:
-        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=model)
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=model, DeploymentConfig=BLUE_GREEN_UPDATE)
         action = "updated"
     else:
         action = "unchanged"
     log(f"deploy_model: model package {package_arn}; endpoint {endpoint} {action} -> {model}")
     return {"model_package_arn": package_arn, "model_name": model, "endpoint_name": endpoint, "endpoint": action}
+
+
+# An endpoint update is blue/green: SageMaker brings up the new fleet, shifts all traffic at once
+# when it is healthy, and keeps the old fleet 10 minutes before terminating it (a quick way back).
+BLUE_GREEN_UPDATE = {
+    "BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+        "TerminationWaitInSeconds": 600,
+    }
+}
 
 
 def champion_model_name(spec: Spec, version: int) -> str:
@@ -1072,12 +1103,7 @@ def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dic
 
 
 def stop_glue_run(spec: Spec, job_name: str, run_id: str) -> None:
-    aws = require_aws(spec)
-    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
-
-    GlueJobHook(aws_conn_id=aws.conn_id, region_name=aws.region).conn.batch_stop_job_run(
-        JobName=job_name, JobRunIds=[run_id]
-    )
+    _glue_client_hook(spec).conn.batch_stop_job_run(JobName=job_name, JobRunIds=[run_id])
 
 
 def stop_job(spec: Spec, kind: str, name: str) -> None:

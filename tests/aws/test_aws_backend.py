@@ -182,6 +182,7 @@ def test_each_trial_is_a_script_mode_training_job(first_run, clients, aws_env) -
 def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
     first_run, airflow_db, aws_env, clients
 ) -> None:
+    from ml_lifecycle import aws as aws_backend
     from ml_lifecycle.aws import run_trial_aws
     from ml_lifecycle.context import RunContext
     from ml_lifecycle.operators import run_collect
@@ -200,7 +201,11 @@ def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
         assert outcome["decision"] == "deployed" and outcome["version"] == 2
         assert outcome["sagemaker"]["endpoint"] == "updated"
         assert played["update_endpoint"] == [
-            {"EndpointName": "card-fraud-aws-test", "EndpointConfigName": "card-fraud-aws-v2"}
+            {
+                "EndpointName": "card-fraud-aws-test",
+                "EndpointConfigName": "card-fraud-aws-v2",
+                "DeploymentConfig": aws_backend.BLUE_GREEN_UPDATE,
+            }
         ]
         assert (
             played["glue"][0]["arguments"]["--ml-run-key"]
@@ -318,7 +323,13 @@ def test_publishing_a_champion_registers_a_model_package_and_creates_then_update
         assert tf.extractfile("model.ubj").read() == b"m2"
         assert json.loads(tf.extractfile("manifest.json").read())["version"] == 2
     assert sm.describe_endpoint(EndpointName="card-fraud-test")["EndpointConfigName"] == first["model_name"]
-    assert updates == [{"EndpointName": "card-fraud-test", "EndpointConfigName": second["model_name"]}]
+    assert updates == [
+        {
+            "EndpointName": "card-fraud-test",
+            "EndpointConfigName": second["model_name"],
+            "DeploymentConfig": aws_backend.BLUE_GREEN_UPDATE,
+        }
+    ]
     cfg = sm.describe_endpoint_config(EndpointConfigName=second["model_name"])
     assert cfg["ProductionVariants"][0]["ModelName"] == second["model_name"]
     assert cfg["KmsKeyId"] == aws_env["kms_key_id"]

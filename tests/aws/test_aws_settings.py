@@ -219,3 +219,18 @@ def test_arrow_types_map_to_hive_types_for_the_catalog() -> None:
         pa.dictionary(pa.int32(), pa.string()): "string",
     }
     assert {str(t): hive_type(t) for t in cases} == {str(t): h for t, h in cases.items()}
+
+
+def test_every_aws_client_retries_throttling_with_adaptive_back_off() -> None:
+    """Hooks in the worker, the triggers and the S3 store all carry the same retry policy."""
+    from ml_lifecycle import aws
+
+    spec = parse_spec(_aws_spec())
+    assert (
+        aws.sagemaker_hook(spec.aws).config.retries == aws.BOTOCORE_RETRIES == {"mode": "adaptive", "max_attempts": 10}
+    )
+    assert aws._glue_client_hook(spec).config.retries == aws.BOTOCORE_RETRIES
+    assert aws.glue_trigger(spec, "job", "jr_1").botocore_config == {"retries": aws.BOTOCORE_RETRIES}
+    trigger = aws.sagemaker_trigger(spec.aws, "job", "training", 3600)
+    assert trigger.botocore_config == {"retries": aws.BOTOCORE_RETRIES}
+    assert trigger.waiter_delay == spec.aws.poll_seconds and trigger.attempts * trigger.waiter_delay >= 3600
