@@ -13,14 +13,17 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from include.lifecycle.spec import ColumnSpec, SchemaSpec, Spec
-from include.lifecycle.store import Store
+from include.lifecycle.store import Store, tables_to_pandas
 
 Log = Callable[[str], None]
 _DS = re.compile(r"^ds=(\d{4}-\d{2}-\d{2})$")
@@ -54,14 +57,22 @@ def window_dates(as_of: dt.datetime, lookback_days: int) -> tuple[str, str]:
     return start.isoformat(), end.isoformat()
 
 
-def read_partition_files(source: Store, ds: str, fmt: str) -> list[tuple[str, pd.DataFrame]]:
+def read_partition_files(
+    source: Store, ds: str, fmt: str, columns: list[str] | None = None
+) -> list[tuple[str, pd.DataFrame]]:
+    """The files of one ``ds=`` partition; ``columns``: only these of a Parquet file that has them all."""
     rel = f"ds={ds}"
     files = [n for n in source.ls(rel) if n.endswith(f".{fmt}") and not n.startswith(".")]
-    return [(source.uri(rel, n), _read(source, f"{rel}/{n}", fmt)) for n in files]
+    return [(source.uri(rel, n), _read(source, f"{rel}/{n}", fmt, columns)) for n in files]
 
 
-def _read(store: Store, rel: str, fmt: str) -> pd.DataFrame:
+def _read(store: Store, rel: str, fmt: str, columns: list[str] | None = None) -> pd.DataFrame:
     if fmt == "parquet":
+        if columns is not None:
+            try:
+                return store.read_parquet(rel, columns=columns)
+            except (pa.ArrowInvalid, KeyError):  # a column is missing: read it all, the caller names it
+                pass
         return store.read_parquet(rel)
     with store.fs.open(store.path(rel), "rb") as fh:
         return pd.read_csv(fh, dtype=str, keep_default_na=False, na_values=[""])
@@ -91,8 +102,14 @@ class CastResult:
     dropped_columns: list[str] = field(default_factory=list)
 
 
-def _cast_column(raw: pd.Series, col: ColumnSpec) -> pd.Series:
-    """Cast one column; values that cannot be cast become missing (and are then flagged)."""
+def _cast_column(
+    raw: pd.Series, col: ColumnSpec, stripped: pd.Series | None = None, blank: pd.Series | None = None
+) -> pd.Series:
+    """Cast one column; values that cannot be cast become missing (and are then flagged).
+
+    ``stripped`` and ``blank``: ``raw.astype("string").str.strip()`` and ``stripped == ""`` when
+    the caller has them already.
+    """
     if col.dtype in ("int", "float"):
         out = pd.to_numeric(raw, errors="coerce").astype("float64")
         return out
@@ -100,7 +117,8 @@ def _cast_column(raw: pd.Series, col: ColumnSpec) -> pd.Series:
         if pd.api.types.is_bool_dtype(raw):
             return raw.astype("boolean")
         mapping = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-        return raw.astype("string").str.strip().str.lower().map(mapping).astype("boolean")
+        text = stripped if stripped is not None else raw.astype("string").str.strip()
+        return text.str.lower().map(mapping).astype("boolean")
     if col.dtype in ("timestamp", "date"):
         if isinstance(raw.dtype, pd.DatetimeTZDtype):
             out = raw.dt.tz_convert("UTC")
@@ -115,9 +133,12 @@ def _cast_column(raw: pd.Series, col: ColumnSpec) -> pd.Series:
         # numeric codes stored as floats (e.g. 1.0) read back as "1"
         text = raw.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
         text = text.astype("string")
+    elif stripped is not None:
+        text = stripped
     else:
         text = raw.astype("string").str.strip()
-    return text.mask(text == "").astype("str")
+    empty = blank if blank is not None and text is stripped else text == ""
+    return (text.mask(empty) if empty.any() else text).astype("str")
 
 
 def _infer_column(raw: pd.Series) -> pd.Series:
@@ -149,20 +170,26 @@ def cast_and_validate(
     n = len(df)
     rule = np.full(n, "", dtype=object)
     column = np.full(n, "", dtype=object)
+    free = np.ones(n, dtype=bool)  # rows with no broken rule yet
     cast: dict[str, pd.Series] = {}
 
     def flag(mask: np.ndarray, rule_name: str, col: str) -> None:
-        fresh = mask & (rule == "")
-        rule[fresh] = rule_name
-        column[fresh] = col
+        fresh = mask & free
+        if fresh.any():
+            rule[fresh] = rule_name
+            column[fresh] = col
+            free[fresh] = False
 
     for col in schema.columns:
         raw = df[col.name]
-        values = _cast_column(raw, col)
         raw_missing = raw.isna().to_numpy()
+        stripped = blank = None
         if pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
             # only text can be blank; typed columns (numbers, timestamps) need no string round trip
-            raw_missing = raw_missing | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+            stripped = raw.astype("string").str.strip()
+            blank = stripped == ""
+            raw_missing = raw_missing | blank.fillna(True).to_numpy()
+        values = _cast_column(raw, col, stripped, blank)
         now_missing = values.isna().to_numpy()
         if not col.nullable:
             flag(raw_missing, "not_null", col.name)
@@ -185,13 +212,13 @@ def cast_and_validate(
             typed[col.name] = typed[col.name].astype("int64")
         elif col.dtype == "int":
             typed[col.name] = typed[col.name].astype("Int64")
-    good = rule == ""
+    good = free.copy()
     if key is not None:
         # only a valid row can be "the first" of its key: a broken first row must not push a good one out
         dup = np.zeros(n, dtype=bool)
         dup[good] = typed[key][good].duplicated(keep="first").to_numpy()
         flag(dup, "duplicate_key", key)
-        good = rule == ""
+        good = free.copy()
     bad_idx = np.flatnonzero(~good)
     quarantined = df.iloc[bad_idx].astype("string").copy()
     quarantined["_rule"] = rule[bad_idx].astype(str)
@@ -218,19 +245,45 @@ def tokenise(values: pd.Series, key: bytes, cache: dict[str, str] | None = None)
     Only distinct values are hashed, so a million rows of a hundred thousand cards cost a
     hundred thousand hashes; ``cache`` (one per key) carries tokens across the partitions of a run.
     """
+    return tokenise_many([values], key, cache)[0]
+
+
+def tokenise_many(pieces: list[pd.Series], key: bytes, cache: dict[str, str] | None = None) -> list[pd.Series]:
+    """:func:`tokenise` of several columns at once (e.g. one PII column of many partitions).
+
+    The distinct values of all pieces are found in one pass and each is hashed once, so a card
+    seen on every day of the window costs one hash and one look-up instead of one per day.
+    """
     if not key:
         raise ValueError("the PII hash key is empty: set the Airflow variable ml_pii_hash_key")
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    codes, uniques = _factorize_many(pieces)
     memo: dict[str, str] = {} if cache is None else cache
     mac = key[:64]
-    out: list[str | None] = []
-    for u in map(str, uniques.tolist()):
-        token = memo.get(u)
-        if token is None:
-            token = memo[u] = hashlib.blake2b(u.encode(), key=mac, digest_size=12).hexdigest()
-        out.append(token)
-    tokens = np.array([*out, None], dtype=object)
-    return pd.Series(tokens[codes], index=values.index, dtype="str")
+    tokens = [memo.get(u) for u in uniques]
+    for i in [i for i, t in enumerate(tokens) if t is None]:
+        u = uniques[i]
+        tokens[i] = memo[u] = hashlib.blake2b(u.encode(), key=mac, digest_size=12).hexdigest()
+    table = pa.array([*tokens, None], type=pa.large_string())  # the last entry is the missing value
+    taken = table.take(pa.array(np.where(codes < 0, len(tokens), codes))).to_pandas().array
+    out, at = [], 0
+    for piece in pieces:
+        out.append(pd.Series(taken[at : at + len(piece)], index=piece.index, dtype="str"))
+        at += len(piece)
+    return out
+
+
+def _factorize_many(pieces: list[pd.Series]) -> tuple[np.ndarray, list[str]]:
+    """Codes (-1 for missing) of the pieces' values, one piece after the other, and the distinct
+    values as text (``str`` of each distinct value)."""
+    if not pieces:
+        return np.empty(0, dtype=np.intp), []
+    if all(pd.api.types.is_string_dtype(p.dtype) and not pd.api.types.is_object_dtype(p.dtype) for p in pieces):
+        # text columns: Arrow-backed, factorised without a Python object per row
+        joined = pd.concat([p.astype("str") for p in pieces], ignore_index=True)
+    else:
+        joined = pd.concat([p.astype(object) for p in pieces], ignore_index=True)
+    codes, uniques = pd.factorize(joined, use_na_sentinel=True)
+    return np.asarray(codes), [str(u) for u in uniques.tolist()]
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -243,6 +296,15 @@ def curate_partition(
     frames: list[tuple[str, pd.DataFrame]], spec: Spec, *, pii_key: bytes, token_cache: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Curate all files of one partition; return curated, quarantined and the counts."""
+    cur, qua, counts = validate_partition(frames, spec)
+    tokenise_partitions([(cur, qua)], spec, pii_key=pii_key, token_cache=token_cache)
+    return sort_curated(cur, spec), qua, counts
+
+
+def validate_partition(
+    frames: list[tuple[str, pd.DataFrame]], spec: Spec
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The first steps of :func:`curate_partition`: cast, quarantine, de-duplicate (PII not yet tokenised)."""
     curated, quarantined, by_rule, dropped, sources = [], [], {}, set(), []
     rows_in = 0
     for source, raw in frames:
@@ -268,14 +330,6 @@ def curate_partition(
             qua = pd.concat([qua, dups], ignore_index=True)
             by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + int(dup.sum())
             cur = cur[~dup.to_numpy()].reset_index(drop=True)
-    for col in spec.pii_columns:
-        cur[col] = tokenise(cur[col], pii_key, token_cache)
-        if col in qua.columns:
-            qua[col] = tokenise(qua[col], pii_key, token_cache)
-    if spec.data.time_column and len(cur):
-        cur = cur.sort_values(
-            [spec.data.time_column, *([spec.data.key] if spec.data.key else [])], kind="stable"
-        ).reset_index(drop=True)
     counts = {
         "rows_in": rows_in,
         "rows_curated": len(cur),
@@ -288,6 +342,37 @@ def curate_partition(
     return cur, qua, counts
 
 
+def tokenise_partitions(
+    parts: list[tuple[pd.DataFrame, pd.DataFrame]],
+    spec: Spec,
+    *,
+    pii_key: bytes,
+    token_cache: dict[str, str] | None = None,
+) -> None:
+    """Replace the PII columns of the (curated, quarantined) frames by their tokens, in place.
+
+    All frames' values of one column are tokenised together: each distinct value is hashed once.
+    """
+    for col in spec.pii_columns:
+        holders = [f for pair in parts for f in pair if col in f.columns]
+        for frame, tokens in zip(holders, tokenise_many([f[col] for f in holders], pii_key, token_cache), strict=True):
+            frame[col] = tokens
+
+
+def sort_curated(cur: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """Curated rows in time order (then key order), the order every partition is written in."""
+    if not spec.data.time_column or not len(cur):
+        return cur
+    by = [spec.data.time_column, *([spec.data.key] if spec.data.key else [])]
+    try:  # Arrow sorts strings and timestamps without a Python object per row (stable, missing last)
+        keys = pa.Table.from_pandas(cur[by], preserve_index=False)
+        options = pc.SortOptions(sort_keys=[(c, "ascending", "at_end") for c in by])
+        order = pc.sort_indices(keys, options=options).to_numpy()
+    except (pa.ArrowException, TypeError, ValueError):  # e.g. mixed types: pandas decides
+        return cur.sort_values(by, kind="stable").reset_index(drop=True)
+    return cur.take(order).reset_index(drop=True)
+
+
 # --- labels ----------------------------------------------------------------------------------
 def read_labels(
     spec: Spec, labels_source: Store, start: str, end_exclusive: str, as_of: dt.datetime, log: Log = _noop
@@ -298,7 +383,7 @@ def read_labels(
     frames = []
     for ds in list_partitions(labels_source):
         if start <= ds < end_exclusive:
-            frames += [f for _, f in read_partition_files(labels_source, ds, lab.format)]
+            frames += [f for _, f in read_partition_files(labels_source, ds, lab.format, [lab.key, lab.arrived_at])]
     if not frames:
         return pd.DataFrame({lab.key: pd.Series(dtype="str"), lab.arrived_at: pd.Series(dtype="datetime64[us, UTC]")})
     labels = pd.concat(frames, ignore_index=True)
@@ -320,12 +405,30 @@ def join_labels(curated: pd.DataFrame, labels: pd.DataFrame, spec: Spec) -> pd.D
     lab = spec.data.labels
     assert lab is not None and spec.data.key is not None
     positive = curated[spec.data.key].isin(set(labels[lab.key].astype(str)))
-    out = curated.copy()
+    out = curated.copy(deep=False)  # copy-on-write: the new column never reaches ``curated``
     out[spec.problem.target] = np.where(positive.to_numpy(), lab.label_value, lab.negative_value)
     return out
 
 
 # --- the whole step --------------------------------------------------------------------------
+TOKENISE_BATCH_ROWS = 2_000_000
+"""Partitions are validated, then tokenised together in batches of about this many input rows:
+each distinct PII value of a batch is hashed or looked up once (bounds the rows held in memory)."""
+
+
+@dataclass
+class _Pending:
+    """A validated partition waiting for its PII tokens."""
+
+    i: int
+    ds: str
+    rel: str
+    fingerprint: dict[str, Any]
+    cur: pd.DataFrame
+    qua: pd.DataFrame
+    counts: dict[str, Any]
+
+
 def manifest_matches(problem: Store, ds: str, fingerprint: dict[str, Any]) -> bool:
     old = problem.read_json_or(f"curated/ds={ds}/_manifest.json")
     return bool(old) and old.get("fingerprint") == fingerprint
@@ -344,12 +447,114 @@ def collect_and_label(
     log: Log = _noop,
 ) -> dict[str, Any]:
     """Curate the window's partitions (re-using ones already curated from the same input) and
-    write the run's labelled data set to ``<run_dir>/dataset.parquet``. Returns the summary."""
+    write the run's labelled data set to ``<run_dir>/dataset.parquet``. Returns the summary.
+
+    One background thread reads the next partition while the current one is validated and
+    another writes curated partitions (Parquet, then the manifest) in order while the main
+    thread carries on; every log line is still written in order, after what it reports.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="collect-read") as reader, _Writer(log) as writer:
+        return _collect_and_label(
+            spec,
+            problem=problem,
+            run_dir=run_dir,
+            as_of=as_of,
+            lookback_days=lookback_days,
+            pii_key=pii_key,
+            source_uri=source_uri,
+            labels_uri=labels_uri,
+            reader=reader,
+            writer=writer,
+        )
+
+
+class _Writer:
+    """A single background thread that runs write jobs in submission order.
+
+    ``log`` is ordered with the jobs: a message is written once every job submitted before
+    it has finished, so "partition 3/28 ... curated" appears after its files are written.
+    ``drain`` waits for all jobs and re-raises the first error.
+    """
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="collect-write")
+        self._jobs: list[Future[Any]] = []
+        self._failed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._jobs.append(self._pool.submit(self._run, fn, *args))
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._failed:  # after a failed write nothing more is written or logged
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def log(self, msg: str) -> None:
+        self.submit(self._log, msg)
+
+    def drain(self) -> None:
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.result()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)  # on an error too: no write is left running
+
+
+def _collect_and_label(
+    spec: Spec,
+    *,
+    problem: Store,
+    run_dir: str,
+    as_of: dt.datetime,
+    lookback_days: int,
+    pii_key: bytes,
+    source_uri: str,
+    labels_uri: str | None,
+    reader: ThreadPoolExecutor,
+    writer: _Writer,
+) -> dict[str, Any]:
+    log = writer.log
     totals = {"rows_in": 0, "rows_curated": 0, "rows_quarantined": 0}
     by_rule: dict[str, int] = {}
     partitions: list[dict[str, Any]] = []
     token_cache: dict[str, str] = {}  # PII tokens of this run, shared by its partitions
     curated_rel: list[str] = []
+    written: dict[str, pa.Table] = {}  # curated partitions written by this run, kept for the data set
+    pending: list[_Pending] = []  # validated partitions waiting for their PII tokens
+
+    def write(p: _Pending, table: pa.Table) -> None:
+        problem.write_parquet(f"{p.rel}/part-0.parquet", table)
+        if len(p.qua):
+            problem.write_parquet(f"quarantine/ds={p.ds}/part-0.parquet", p.qua)
+        problem.write_json(f"{p.rel}/_manifest.json", {"fingerprint": p.fingerprint, "counts": p.counts})
+
+    def flush() -> None:
+        """Tokenise the pending partitions together, then sort each and hand it to the writer."""
+        tokenise_partitions([(p.cur, p.qua) for p in pending], spec, pii_key=pii_key, token_cache=token_cache)
+        for p in pending:
+            table = pa.Table.from_pandas(sort_curated(p.cur, spec), preserve_index=False)
+            written[f"{p.rel}/part-0.parquet"] = table
+            writer.submit(write, p, table)
+            c = p.counts
+            log(
+                f"partition {p.i}/{len(wanted)} ds={p.ds}: {c['rows_in']} rows in, {c['rows_curated']} curated, "
+                f"{c['rows_quarantined']} quarantined {c['by_rule'] or ''}"
+            )
+        pending.clear()
+
     if spec.data.layout == "partitioned":
         source = Store.from_uri(source_uri)
         start, end = window_dates(as_of, lookback_days)
@@ -357,42 +562,56 @@ def collect_and_label(
         log(f"window [{start}, {end}): {len(wanted)} partitions under {source_uri}")
     else:
         start, end, wanted = None, None, [ALL]
-    for i, ds in enumerate(wanted, 1):
+    plans: list[tuple[str, Any, dict[str, Any], bool]] = []  # ds, frames (ALL only), fingerprint, re-use
+    for ds in wanted:
         if ds == ALL:
             name, raw = read_single_source(source_uri, spec.data.format)
-            frames = [(name, raw)]
-            fp_src = [name, len(raw), int(pd.util.hash_pandas_object(raw, index=False).sum())]
+            frames: Any = [(name, raw)]
+            fp_src: Any = [name, len(raw), int(pd.util.hash_pandas_object(raw, index=False).sum())]
         else:
             files = [n for n in source.ls(f"ds={ds}") if not n.startswith(".")]
             fp_src = [[n, source.fs.size(source.path(f"ds={ds}", n))] for n in files]
             frames = None
         fingerprint = {"source": fp_src, "spec": spec.schema_.model_dump_json(), "key": key_fingerprint(pii_key)}
+        plans.append((ds, frames, fingerprint, manifest_matches(problem, ds, fingerprint)))
+    to_read = iter([ds for ds, frames, _, reuse in plans if frames is None and not reuse])
+    reads: dict[str, Future[list[tuple[str, pd.DataFrame]]]] = {}
+
+    def read_ahead() -> None:  # keep two partitions read ahead of the one being validated
+        while len(reads) < 2 and (ds := next(to_read, None)) is not None:
+            reads[ds] = reader.submit(read_partition_files, source, ds, spec.data.format)
+
+    for i, (ds, frames, fingerprint, reuse) in enumerate(plans, 1):
+        read_ahead()
         rel = f"curated/ds={ds}"
-        if manifest_matches(problem, ds, fingerprint):
+        if reuse:
+            flush()  # earlier partitions first: the log stays in partition order
             counts = problem.read_json(f"{rel}/_manifest.json")["counts"]
             log(f"partition {i}/{len(wanted)} ds={ds}: already curated from the same input, re-used")
         else:
             if frames is None:
-                frames = read_partition_files(source, ds, spec.data.format)
-            cur, qua, counts = curate_partition(frames, spec, pii_key=pii_key, token_cache=token_cache)
-            problem.write_parquet(f"{rel}/part-0.parquet", cur)
-            if len(qua):
-                problem.write_parquet(f"quarantine/ds={ds}/part-0.parquet", qua)
-            problem.write_json(f"{rel}/_manifest.json", {"fingerprint": fingerprint, "counts": counts})
-            log(
-                f"partition {i}/{len(wanted)} ds={ds}: {counts['rows_in']} rows in, {counts['rows_curated']} curated, "
-                f"{counts['rows_quarantined']} quarantined {counts['by_rule'] or ''}"
-            )
+                frames = reads.pop(ds).result()
+                read_ahead()
+            try:
+                cur, qua, counts = validate_partition(frames, spec)
+            except Exception:
+                flush()  # as if partition by partition: the earlier ones are curated before the error
+                raise
+            del frames  # the raw rows are not needed any more
+            pending.append(_Pending(i, ds, rel, fingerprint, cur, qua, counts))
+            if sum(p.counts["rows_in"] for p in pending) >= TOKENISE_BATCH_ROWS:
+                flush()
         curated_rel.append(f"{rel}/part-0.parquet")
         partitions.append({"ds": ds, **counts})
         for k in totals:
             totals[k] += counts[k]
         for k, v in counts["by_rule"].items():
             by_rule[k] = by_rule.get(k, 0) + v
+    flush()
     if not curated_rel:
         dataset = pd.DataFrame({c.name: pd.Series(dtype="object") for c in spec.schema_.columns})
-    else:
-        dataset = problem.read_parquet(curated_rel)
+    else:  # the partitions just written are still in memory: read back only the re-used ones
+        dataset = tables_to_pandas([written.get(r) or problem.read_table(r) for r in curated_rel])
     label_rows = None
     immature = 0
     if spec.data.labels is not None:
@@ -410,7 +629,7 @@ def collect_and_label(
                 f"labels: left out {immature} rows younger than {spec.data.labels.maturity_days} days (labels not mature)"
             )
     dataset_rel = f"{run_dir}/dataset.parquet"
-    problem.write_parquet(dataset_rel, dataset)
+    writer.submit(problem.write_parquet, dataset_rel, dataset)  # after the partitions, as before
     summary = {
         **totals,
         "by_rule": by_rule,
@@ -424,9 +643,13 @@ def collect_and_label(
     }
     target = spec.problem.target
     if target in dataset.columns and spec.is_binary:
-        summary["positives"] = int((dataset[target].astype(str) == str(spec.problem.positive_label)).sum())
+        # compare the text of each distinct value, not of every row (same result as astype(str) per row)
+        counts = dataset[target].value_counts(dropna=False)
+        matches = pd.Series(counts.index).astype(str) == str(spec.problem.positive_label)
+        summary["positives"] = int(counts.to_numpy()[matches.to_numpy()].sum())
     log(
         f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
         f"{totals['rows_quarantined']} quarantined; data set {len(dataset)} rows -> {summary['dataset_uri']}"
     )
+    writer.drain()
     return summary

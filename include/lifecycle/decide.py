@@ -167,8 +167,10 @@ def next_plan(spec: Spec, plan: dict[str, Any], remedy: str, reason: str) -> dic
             applied = r
             break
     if applied is None:
-        notes.append("every remedy is exhausted (all feature groups, all history, widest search): the next round "
-                     "repeats this plan with newly sampled trials")
+        notes.append(
+            "every remedy is exhausted (all feature groups, all history, widest search): the next round "
+            "repeats this plan with newly sampled trials"
+        )
     elif applied != remedy:
         notes.insert(0, f"{remedy} has nothing left to give; applied {applied} instead")
     new["applied"] = applied

@@ -140,29 +140,43 @@ class Store:
     # --- parquet -------------------------------------------------------------------------
     def write_parquet(self, rel: str, df: pd.DataFrame | pa.Table) -> str:
         table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+        # dictionary pages pay off for text and codes, not for measured floats (features, amounts)
+        options = {
+            "compression": "zstd",
+            "use_dictionary": [f.name for f in table.schema if not pa.types.is_floating(f.type)],
+        }
         target = self.path(rel)
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
             tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
             try:
-                pq.write_table(table, tmp, compression="zstd")
+                pq.write_table(table, tmp, **options)
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
             buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
+            pq.write_table(table, buf, **options)
             self.fs.pipe_file(target, buf.getvalue())
         return target
 
     def read_parquet(self, rel: str | Iterable[str], columns: list[str] | None = None) -> pd.DataFrame:
         rels = [rel] if isinstance(rel, str) else list(rel)
-        tables = [pq.read_table(self.path(r), columns=columns, filesystem=self.fs) for r in rels]
-        if not tables:
-            raise FileNotFoundError("no parquet files to read")
-        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-        return table.to_pandas()
+        return tables_to_pandas([self.read_table(r, columns) for r in rels])
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file as an Arrow table (only ``columns`` when given)."""
+        # a local file is read by Arrow itself (no Python file object in between, no GIL held)
+        return pq.read_table(self.path(rel), columns=columns, filesystem=None if self.is_local else self.fs)
 
     def file_sha256(self, rel: str) -> str:
         return sha256_bytes(self.read_bytes(rel))
+
+
+def tables_to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
+    """Arrow tables (e.g. the partitions of a data set) as one DataFrame, columns unified by name."""
+    if not tables:
+        raise FileNotFoundError("no parquet files to read")
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    return table.to_pandas()

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from include.jobs import collect_and_label as job
+from include.lifecycle import collect as collect_module
 from include.lifecycle import synth
 from include.lifecycle.collect import (
     SchemaError,
@@ -29,7 +30,9 @@ from include.lifecycle.collect import (
     list_partitions,
     read_labels,
     read_single_source,
+    sort_curated,
     tokenise,
+    tokenise_many,
     window_dates,
 )
 from include.lifecycle.spec import DEFAULT_PROBLEMS_DIR, SchemaSpec, Spec, load_spec, parse_spec
@@ -200,6 +203,20 @@ def test_tokenise_is_keyed_stable_and_keeps_missing() -> None:
     assert not set(other[:3]) & set(tokens[:3])  # another key gives unrelated tokens
     assert tokens[0] == hashlib.blake2b(b"4111111111111111", key=KEY, digest_size=12).hexdigest()
     assert not any("4111" in str(t) for t in tokens)
+
+
+def test_tokenise_many_gives_each_piece_the_tokens_of_tokenise() -> None:
+    a = pd.Series(["4111111111111111", None, "5500000000000004"], index=[7, 8, 9], dtype="str")
+    b = pd.Series(["5500000000000004", "340000000000009"], dtype="string")  # quarantine holds "string"
+    c = pd.Series([4111111111111111, 42], dtype=object)  # not text: tokens of str(value)
+    cache: dict[str, str] = {}
+    out = tokenise_many([a, b, c], KEY, cache)
+    for piece, tokens in zip([a, b, c], out, strict=True):
+        assert tokens.dtype == "str" and tokens.index.equals(piece.index)
+        assert tokens.equals(tokenise(piece, KEY))
+    assert out[0][7] == out[2][0] and out[0][9] == out[1][0]
+    assert len(cache) == 4  # each distinct value hashed once
+    assert tokenise_many([], KEY) == []
 
 
 def test_tokenise_refuses_an_empty_key() -> None:
@@ -433,6 +450,101 @@ def test_curate_partition_dedupes_across_files_tokenises_and_sorts() -> None:
     assert "4111111111111111" not in cur["card"].tolist() + qua["card"].tolist()
 
 
+def test_sort_curated_orders_by_time_then_key_like_pandas() -> None:
+    spec = _mini_spec()
+    rng = np.random.default_rng(3)
+    n = 500
+    cur = pd.DataFrame(
+        {
+            "tx": pd.Series(rng.choice(["b", "a", "ä", "B", "aa", None], n), dtype="str"),
+            "ts": pd.to_datetime(rng.integers(0, 5, n), unit="h", utc=True).astype("datetime64[us, UTC]"),
+            "amount": rng.random(n),
+        }
+    )
+    cur.loc[::37, "ts"] = pd.NaT
+    want = cur.sort_values(["ts", "tx"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(sort_curated(cur, spec), want)
+    keyless = spec.model_copy(update={"data": spec.data.model_copy(update={"key": None})})
+    pd.testing.assert_frame_equal(
+        sort_curated(cur, keyless), cur.sort_values(["ts"], kind="stable").reset_index(drop=True)
+    )
+    mixed = cur.assign(tx=pd.Series([1, "x"] * (n // 2), dtype=object))  # Arrow cannot sort it: pandas does
+    pd.testing.assert_frame_equal(
+        sort_curated(mixed, spec), mixed.sort_values(["ts", "tx"], kind="stable").reset_index(drop=True)
+    )
+
+
+def test_partitions_tokenised_in_batches_give_the_same_files(
+    first_run: dict[str, Any], landing: Path, card_fraud: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collect_module, "TOKENISE_BATCH_ROWS", 1)  # one partition per batch
+    messages: list[str] = []
+    _run(card_fraud, tmp_path, landing / "transactions", landing / "chargebacks", lookback=SYNTH_DAYS, log=messages)
+    for pattern in ("curated/ds=*/*", "quarantine/ds=*/*", "runs/r1/dataset.parquet"):
+        assert _checksums(tmp_path, pattern) == _checksums(first_run["art"], pattern), pattern
+    assert messages[:-1] == first_run["log"][:-1]  # the last line names the artifact folder
+
+
+def test_log_lines_come_in_partition_order_after_their_writes(
+    first_run: dict[str, Any], landing: Path, card_fraud: Spec, tmp_path: Path
+) -> None:
+    log = first_run["log"]
+    parts = [m for m in log if m.startswith("partition ")]
+    assert [int(m.split()[1].split("/")[0]) for m in parts] == list(range(1, SYNTH_DAYS + 1))
+    assert log[0].startswith("window") and log[-1].startswith("collect_and_label:")
+    assert log.index(parts[-1]) < min(i for i, m in enumerate(log) if m.startswith("labels:"))
+    # a partition's line is written once its files are: the files exist when the line is logged
+    art = tmp_path / "art"
+    seen: list[bool] = []
+
+    def check(msg: str) -> None:
+        if msg.startswith("partition "):
+            ds = msg.split()[2].rstrip(":")
+            seen.append((art / "curated" / ds / "_manifest.json").exists())
+
+    collect_and_label(
+        card_fraud,
+        problem=Store.from_uri(str(art)),
+        run_dir="runs/r1",
+        as_of=AS_OF,
+        lookback_days=SYNTH_DAYS,
+        pii_key=KEY,
+        source_uri=str(landing / "transactions"),
+        labels_uri=str(landing / "chargebacks"),
+        log=check,
+    )
+    assert seen == [True] * SYNTH_DAYS
+
+
+def test_a_failed_write_stops_the_run_with_its_error(landing: Path, card_fraud: Spec, tmp_path: Path) -> None:
+    store = Store.from_uri(str(tmp_path))
+    real = store.write_parquet
+
+    def failing(rel: str, df: Any) -> str:
+        if "ds=2026-10-20" in rel:
+            raise OSError("disk full")
+        return real(rel, df)
+
+    store.write_parquet = failing  # type: ignore[method-assign]
+    messages: list[str] = []
+    with pytest.raises(OSError, match="disk full"):
+        collect_and_label(
+            card_fraud,
+            problem=store,
+            run_dir="runs/r1",
+            as_of=AS_OF,
+            lookback_days=SYNTH_DAYS,
+            pii_key=KEY,
+            source_uri=str(landing / "transactions"),
+            labels_uri=str(landing / "chargebacks"),
+            log=messages.append,
+        )
+    manifests = sorted(p.parent.name for p in tmp_path.glob("curated/ds=*/_manifest.json"))
+    assert manifests and manifests[-1] < "ds=2026-10-20"  # nothing written after the failure
+    assert not any("ds=2026-10-20" in m or "collect_and_label:" in m for m in messages)
+    assert not (tmp_path / "runs/r1/dataset.parquet").exists()
+
+
 # --- the whole step on synthetic partitions ------------------------------------------------------------
 def test_rows_in_equal_rows_curated_plus_quarantined(first_run: dict[str, Any], raw_window: pd.DataFrame) -> None:
     s = first_run["summary"]
@@ -652,6 +764,16 @@ def mini_landing(tmp_path: Path) -> Path:
     for day, grp in labels.groupby(labels["reported_at"].dt.strftime("%Y-%m-%d")):
         src.write_parquet(f"cb/ds={day}/part-0.parquet", grp.reset_index(drop=True))
     return tmp_path / "landing"
+
+
+def test_read_labels_reads_only_the_key_and_arrival_columns(tmp_path: Path) -> None:
+    src = Store.from_uri(str(tmp_path))
+    feed = pd.DataFrame(
+        {"tx": ["a", "b"], "reported_at": pd.to_datetime(["2026-10-30", "2026-11-02"], utc=True), "note": ["x", "y"]}
+    )
+    src.write_parquet("ds=2026-10-30/part-0.parquet", feed)
+    labels = read_labels(_mini_spec(), src, "2026-10-01", "2026-11-05", AS_OF)
+    assert list(labels.columns) == ["tx", "reported_at"] and labels["tx"].tolist() == ["a"]
 
 
 def test_only_labels_that_arrived_before_as_of_are_positive(mini_landing: Path, tmp_path: Path) -> None:

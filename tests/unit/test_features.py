@@ -508,6 +508,121 @@ def test_engineered_fraud_frame_goes_through_preprocessor() -> None:
     assert np.isfinite(Xt).all() and np.isfinite(Xs).all()
 
 
+def _sklearn_reference(columns: FeatureColumns, *, problem_type: str, seed: int, min_frequency, max_categories):
+    """The preprocessor as plain sklearn builds it (SimpleImputer + OneHotEncoder on strings): the
+    vectorised steps of make_preprocessor must give exactly its output and names."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
+
+    fill = ("impute", SimpleImputer(strategy="constant", fill_value="missing"))
+    onehot = OneHotEncoder(
+        handle_unknown="infrequent_if_exist",
+        min_frequency=min_frequency,
+        max_categories=max_categories,
+        sparse_output=False,
+        dtype=np.float32,
+    )
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    return ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                        ("scale", StandardScaler()),
+                    ]
+                ),
+                columns.numeric,
+            ),
+            ("categorical", Pipeline([fill, ("onehot", onehot)]), columns.categorical),
+            (
+                "target_encoded",
+                Pipeline([fill, ("target", TargetEncoder(target_type="binary", cv=cv))]),
+                columns.target_encoded,
+            ),
+        ],
+        remainder="drop",
+        sparse_threshold=0.0,
+        verbose_feature_names_out=False,
+    )
+
+
+@pytest.mark.parametrize(("min_frequency", "max_categories"), [(20, 30), (5, 4), (0.05, 30), (1, 2)])
+def test_preprocessor_equals_plain_sklearn_on_strings(min_frequency, max_categories) -> None:
+    rng = np.random.default_rng(min_frequency if isinstance(min_frequency, int) else 99)
+    n = 3000
+    # skewed categories: frequent ones, rare ones (infrequent), the literal "missing", NaN
+    cities = np.array(["Berlin", "Köln", "Zürich", "amsterdam", "missing", "Ōsaka", "rare1", "rare2", "Paris"])
+    weights = np.array([30, 20, 15, 10, 3, 5, 0.2, 0.1, 16.7])
+    X = pd.DataFrame(
+        {
+            "amount": rng.gamma(2, 30, n),
+            "empty": np.full(n, np.nan),  # all missing: imputed with 0
+            "ties": rng.integers(0, 4, n).astype(float),  # medians of even counts average two values
+            "city": pd.Series(rng.choice(cities, n, p=weights / weights.sum()), dtype="str"),
+            "channel": pd.Series(rng.choice(["pos", "ecom", "atm", " pos"], n), dtype="str"),
+            "te_merchant_id": pd.Series(rng.choice([f"m{i}" for i in range(80)], n), dtype="str"),
+        }
+    )
+    X.loc[rng.random(n) < 0.1, "amount"] = np.nan
+    X.loc[rng.random(n) < 0.05, "city"] = np.nan
+    X.loc[rng.random(n) < 0.05, "te_merchant_id"] = np.nan
+    y = (rng.random(n) < 0.1).astype(int)
+    test = X.sample(500, random_state=1).reset_index(drop=True)
+    test.loc[:20, "city"] = "never_seen"
+    test.loc[21:40, "te_merchant_id"] = "brand_new"
+    test.loc[41:60, "channel"] = np.nan  # "missing" was not a training category: unknown
+    cols = FeatureColumns(
+        numeric=["amount", "empty", "ties"], categorical=["city", "channel"], target_encoded=["te_merchant_id"]
+    )
+    ours = make_preprocessor(
+        cols, problem_type="binary_classification", seed=5, min_frequency=min_frequency, max_categories=max_categories
+    )
+    ref = _sklearn_reference(
+        cols, problem_type="binary_classification", seed=5, min_frequency=min_frequency, max_categories=max_categories
+    )
+    np.testing.assert_array_equal(ours.fit_transform(X, y), ref.fit_transform(X, y).astype(np.float32))
+    np.testing.assert_array_equal(ours.transform(test), ref.transform(test).astype(np.float32))
+    assert list(ours.get_feature_names_out()) == list(ref.get_feature_names_out())
+    again = pickle.loads(pickle.dumps(ours))
+    np.testing.assert_array_equal(again.transform(test), ours.transform(test))
+
+
+def test_median_imputer_is_simple_imputers_median() -> None:
+    from sklearn.impute import SimpleImputer
+
+    X = pd.DataFrame({"a": [1.0, np.nan, 3.0, 10.0], "b": [np.nan] * 4, "c": [2.0, 2.0, np.nan, 5.0]})
+    imputer = F._MedianImputer().fit(X)
+    np.testing.assert_array_equal(imputer.statistics_, [3.0, 0.0, 2.0])
+    ref = SimpleImputer(strategy="median", keep_empty_features=True).fit(X)
+    np.testing.assert_array_equal(imputer.transform(X), ref.transform(X))
+    assert list(imputer.get_feature_names_out()) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="infinity"):
+        F._MedianImputer().fit(X.assign(a=[1.0, np.inf, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="features"):
+        imputer.transform(X[["a", "b"]])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 50, 1000])
+def test_run_starts_equal_searchsorted_left(n: int) -> None:
+    a = np.sort(np.random.default_rng(n).integers(0, 9, n))
+    np.testing.assert_array_equal(F._run_starts(a), np.searchsorted(a, a, side="left"))
+
+
+def test_category_codes_follow_sorted_training_values() -> None:
+    X = pd.DataFrame({"c": pd.Series(["b", None, "a", "b"], dtype="str")})
+    codes = F._CategoryCodes("missing")
+    np.testing.assert_array_equal(codes.fit_transform(X)[:, 0], [1, 2, 0, 1])  # a, b, missing
+    assert codes.categories_[0].tolist() == ["a", "b", "missing"]
+    test = pd.DataFrame({"c": pd.Series(["a", "zz", None], dtype="str")})
+    np.testing.assert_array_equal(codes.transform(test)[:, 0], [0, -1, 2])  # unseen -> -1
+    np.testing.assert_array_equal(F._CategoryCodes("missing").fit(X).transform(X), codes.transform(X))
+
+
 def test_apply_resampling_oversamples_minority_deterministically() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1000, 3)).astype(np.float32)

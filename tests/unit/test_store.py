@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from include.lifecycle import store as store_module
-from include.lifecycle.store import Store, safe_run_id, sha256_bytes, to_json
+from include.lifecycle.store import Store, safe_run_id, sha256_bytes, tables_to_pandas, to_json
 
 FRAME = pd.DataFrame(
     {
@@ -206,6 +206,27 @@ def test_write_parquet_accepts_an_arrow_table(local: Store) -> None:
     table = pa.table({"k": ["x", "y"], "v": [1, 2]})
     local.write_parquet("t.parquet", table)
     assert local.read_parquet("t.parquet").to_dict("list") == {"k": ["x", "y"], "v": [1, 2]}
+
+
+def test_read_table_and_tables_to_pandas_match_read_parquet(local: Store) -> None:
+    local.write_parquet("p/a.parquet", pd.DataFrame({"id": ["a"], "x": [1.0]}))
+    local.write_parquet("p/b.parquet", pd.DataFrame({"id": ["b"], "x": [2.0], "extra": ["e"]}))
+    tables = [local.read_table("p/a.parquet"), local.read_table("p/b.parquet")]
+    assert isinstance(tables[0], pa.Table) and local.read_table("p/b.parquet", ["x"]).column_names == ["x"]
+    pd.testing.assert_frame_equal(tables_to_pandas(tables), local.read_parquet(["p/a.parquet", "p/b.parquet"]))
+    with pytest.raises(FileNotFoundError):
+        tables_to_pandas([])
+
+
+def test_parquet_dictionary_pages_only_for_non_float_columns(local: Store) -> None:
+    import pyarrow.parquet as pq
+
+    local.write_parquet("d.parquet", FRAME.assign(f32=np.float32(0.5)))
+    meta = pq.ParquetFile(local.path("d.parquet")).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["id"])
+    assert not any("DICTIONARY" in e for e in encodings["amount"] + encodings["f32"])
+    pd.testing.assert_frame_equal(local.read_parquet("d.parquet"), FRAME.assign(f32=np.float32(0.5)), check_dtype=False)
 
 
 def test_paths_uris_listing_and_sub_stores(local: Store, tmp_path: Path) -> None:
