@@ -28,7 +28,7 @@ import pandas as pd
 
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.features import apply_resampling
-from include.lifecycle.train import AMOUNT_COL, TARGET_COL, build_model, fit_model, predict, save_model
+from include.lifecycle.train import AMOUNT_COL, TARGET_COL, build_model, fit_and_predict, fit_model, predict, save_model
 
 FIXED = {
     "family",
@@ -116,9 +116,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         args.family, params, binary=binary, seed=args.seed, class_weight=args.class_weight, pos_weight=pos_weight
     )
     t1 = time.perf_counter()
-    fit_model(model, X_fit, y_fit)
-    t_fit = time.perf_counter() - t1
-    s_tr = predict(model, X_tr, binary=binary)
+    if X_fit is X_tr:  # the fit's own predictions are the training scores (no second pass over the rows)
+        s_tr = fit_and_predict(model, X_fit, y_fit, binary=binary)
+        t_fit = time.perf_counter() - t1
+    else:  # resampled: score the original training rows
+        fit_model(model, X_fit, y_fit)
+        t_fit = time.perf_counter() - t1
+        s_tr = predict(model, X_tr, binary=binary)
     s_va = predict(model, X_va, binary=binary)
 
     def score(y: np.ndarray, s: np.ndarray, amount: np.ndarray | None) -> float:

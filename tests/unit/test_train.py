@@ -31,6 +31,7 @@ from include.lifecycle.train import (
     WIDE_SEARCH,
     best_trial,
     build_model,
+    fit_and_predict,
     fit_model,
     load_model,
     plan_trials,
@@ -241,6 +242,70 @@ def test_save_and_load_round_trip(tmp_path: Path, family: str, binary: bool, par
     loaded = load_model(tmp_path / "model")
     assert type(loaded) is type(model)
     np.testing.assert_allclose(predict(loaded, X, binary=binary), predict(model, X, binary=binary), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "binary", "params"),
+    [
+        ("xgboost", True, {"n_estimators": 30, "max_depth": 3, "subsample": 0.8, "colsample_bytree": 0.7}),
+        ("xgboost", False, {"n_estimators": 30, "max_depth": 3, "subsample": 0.8}),
+        ("logistic", True, {"C": 1.0}),
+        ("random_forest", False, {"n_estimators": 10, "max_depth": 4}),
+    ],
+)
+def test_fit_and_predict_gives_the_model_and_scores_of_fit_then_predict(
+    tmp_path: Path, family: str, binary: bool, params: dict[str, Any]
+) -> None:
+    """xgboost's training scores come from its prediction cache: the very numbers (bit for bit) and
+    the very model file of fitting and then predicting the training rows again."""
+    df = _binary_frame(500, seed=8) if binary else _regression_frame(500, seed=8)
+    X = df[[f"f{i}" for i in range(N_FEATURES)]].to_numpy(dtype="float32")
+    y = df[TARGET_COL].to_numpy()
+
+    def model() -> Any:  # sklearn's forests sum their trees in thread order: one job keeps them exact
+        n_jobs = 2 if family == "xgboost" else 1
+        return build_model(
+            family, params, binary=binary, seed=3, class_weight="balanced", pos_weight=4.0, n_jobs=n_jobs
+        )
+
+    reference = fit_model(model(), X, y)
+    fitted = model()
+    scores = fit_and_predict(fitted, X, y, binary=binary)
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, predict(reference, X, binary=binary))
+    np.testing.assert_array_equal(predict(fitted, X, binary=binary), predict(reference, X, binary=binary))
+    save_model(reference, family, tmp_path / "a")
+    save_model(fitted, family, tmp_path / "b")
+    if family == "xgboost":
+        assert (tmp_path / "a" / "model.ubj").read_bytes() == (tmp_path / "b" / "model.ubj").read_bytes()
+        # the estimator is left as it was built: no training callback, no patched method
+        assert fitted.get_params()["callbacks"] is None
+        assert "_create_dmatrix" not in vars(fitted)
+
+
+def test_fit_and_predict_falls_back_to_predicting_when_xgboost_hides_its_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    df = _binary_frame(300, seed=9)
+    X, y = df[[f"f{i}" for i in range(N_FEATURES)]].to_numpy(dtype="float32"), df[TARGET_COL].to_numpy()
+    wrap = xgb.sklearn._wrap_evaluation_matrices
+
+    def other_xgboost(**kwargs: Any) -> Any:  # builds its matrices without going through _create_dmatrix
+        return wrap(**{**kwargs, "create_dmatrix": lambda ref, **kw: xgb.QuantileDMatrix(ref=ref, **kw)})
+
+    monkeypatch.setattr(xgb.sklearn, "_wrap_evaluation_matrices", other_xgboost)
+    model = build_model("xgboost", {"n_estimators": 10}, binary=True, seed=1, class_weight="none", n_jobs=1)
+    fits = []
+    fit = xgb.XGBClassifier.fit
+
+    def counted_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        fits.append(1)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(xgb.XGBClassifier, "fit", counted_fit)
+    scores = fit_and_predict(model, X, y, binary=True)
+    assert fits == [1]  # fitted once, then predicted
+    np.testing.assert_array_equal(scores, predict(model, X, binary=True))
 
 
 def test_xgboost_is_saved_in_its_own_format_not_a_pickle(tmp_path: Path) -> None:
