@@ -170,6 +170,10 @@ class Store:
         # a local file is read by Arrow itself (no Python file object in between, no GIL held)
         return pq.read_table(self.path(rel), columns=columns, filesystem=None if self.is_local else self.fs)
 
+    def parquet_columns(self, rel: str) -> list[str]:
+        """The column names of one Parquet file, from its footer (no data read)."""
+        return list(pq.read_schema(self.path(rel), filesystem=None if self.is_local else self.fs).names)
+
     def file_sha256(self, rel: str) -> str:
         return sha256_bytes(self.read_bytes(rel))
 

@@ -20,24 +20,10 @@ from typing import Any
 import numpy as np
 
 from include.lifecycle.spec import Spec
+from include.lifecycle.tuning import search_space
 
 FAMILY_ORDER = ("logistic", "linear", "xgboost", "random_forest")
 TARGET_COL, AMOUNT_COL = "__target__", "__amount__"
-
-# Extra values a "wide" search may try beyond the spec's grid.
-WIDE_SEARCH: dict[str, dict[str, list[Any]]] = {
-    "xgboost": {
-        "n_estimators": [300, 600],
-        "max_depth": [4, 6, 8],
-        "learning_rate": [0.05, 0.1],
-        "min_child_weight": [1, 3],
-        "subsample": [0.8, 1.0],
-        "colsample_bytree": [0.6, 0.9],
-    },
-    "random_forest": {"n_estimators": [200, 400], "max_depth": [12, 20, None], "min_samples_leaf": [1, 3, 10]},
-    "logistic": {"C": [0.03, 0.3, 3.0, 30.0]},
-    "linear": {"alpha": [0.01, 0.1, 1.0, 10.0]},
-}
 
 
 def plan_trials(
@@ -54,10 +40,7 @@ def plan_trials(
     for cand in spec.training.candidates:
         if cand.family not in families:
             continue
-        space = {k: list(v) for k, v in cand.search.items()}
-        if wide:
-            for k, vals in WIDE_SEARCH.get(cand.family, {}).items():
-                space[k] = sorted(set(space.get(k, [])) | set(vals), key=lambda v: (v is None, v))
+        space = search_space(cand, wide=wide)
         seen = [dict(cand.params)]
         if space:
             keys = sorted(space)

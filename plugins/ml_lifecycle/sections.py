@@ -7,10 +7,12 @@ JSON for XCom. Re-running a task rewrites the same files with the same content.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +289,16 @@ def _exclude(rc: RunContext) -> list[str]:
     )
 
 
+def _feature_inputs(spec: Any, groups: list[Any], columns: list[str]) -> list[str]:
+    """The data set's columns feature engineering reads: all but the key and the PII columns,
+    unless they are the time or entity column or a feature group names them (then its check
+    reports them). The per-row unique key is the costliest column to read and never a feature."""
+    keep = {spec.problem.target, spec.data.time_column, spec.data.entity_column, spec.data.amount_column}
+    keep |= {c for g in groups for c in g.columns}
+    skip = ({spec.data.key, *spec.pii_columns} - {None}) - keep
+    return [c for c in columns if c not in skip]
+
+
 def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str, Any]:
     """Engineer the round's feature groups, fit the preprocessing on train, write the channels."""
     import joblib
@@ -295,18 +307,25 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
 
     from include.lifecycle.bundle import features_config
     from include.lifecycle.dataset import SPLITS, TRAIN, assign_splits, target_vector
-    from include.lifecycle.features import engineer, make_preprocessor
+    from include.lifecycle.features import engineer
     from include.lifecycle.train import AMOUNT_COL, TARGET_COL
 
+    # sklearn (about 0.5 s to import) loads in the background while the data set is read and the
+    # features computed; the import lock makes the main thread wait for it if it is not done
+    early = ThreadPoolExecutor(1, thread_name_prefix="features-import")
+    preprocess = early.submit(importlib.import_module, "include.lifecycle.preprocess")
+    early.shutdown(wait=False)  # the thread finishes the import and ends
     rc = RunContext.from_airflow(problem, context)
     spec = rc.spec
     rd = rc.round_dir(round_no)
     plan = rc.problem.read_json(f"{rd}/plan.json")
     _log(f"round {round_no} plan: {json.dumps({k: plan[k] for k in ('feature_groups', 'lookback_days', 'resample')})}")
-    df = rc.problem.read_parquet(plan["dataset_rel"])
+    dataset_columns = rc.problem.parquet_columns(plan["dataset_rel"])
+    input_columns = [c for c in dataset_columns if c != spec.problem.target]
+    groups = [spec.group(g) for g in plan["feature_groups"]]
+    df = rc.problem.read_parquet(plan["dataset_rel"], columns=_feature_inputs(spec, groups, dataset_columns))
     y = target_vector(df[spec.problem.target], spec)
     splits = assign_splits(df, spec, y)
-    groups = [spec.group(g) for g in plan["feature_groups"]]
     feats, cols = engineer(
         df,
         groups,
@@ -315,27 +334,43 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         exclude=_exclude(rc),
         log=_log,
     )
-    pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
+    pre = preprocess.result().make_preprocessor(
+        cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed
+    )
     train_mask = splits == TRAIN
-    X = {TRAIN: pre.fit_transform(feats[train_mask], y[train_mask])}
-    names = [str(n) for n in pre.get_feature_names_out()]
     amount = df[spec.data.amount_column].to_numpy(dtype="float64") if spec.data.amount_column else None
+    del df  # the features and the vectors above are all that is used from here on
     rows, positives = {}, {}
-    for split in SPLITS:
-        mask = splits == split
-        Xs = X[TRAIN] if split == TRAIN else pre.transform(feats[mask])
+
+    def write(split: str, Xs: Any, mask: np.ndarray) -> None:
         out = pd.DataFrame(np.asarray(Xs, dtype="float32"), columns=names)
         out[TARGET_COL] = y[mask]
         if amount is not None:
             out[AMOUNT_COL] = amount[mask]
         rc.problem.write_parquet(f"{rd}/features/{split}/part-0.parquet", out)
-        rows[split] = int(mask.sum())
-        if spec.is_binary:
-            positives[split] = int(y[mask].sum())
+
+    # the training split is written in the background while the other rows are transformed
+    # (Parquet encoding releases the GIL); validation and test go through the preprocessor in one pass
+    with ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer:
+        X_train = pre.fit_transform(feats[train_mask], y[train_mask])
+        names = [str(n) for n in pre.get_feature_names_out()]
+        pending = [writer.submit(write, TRAIN, X_train, train_mask)]
+        rest = ~train_mask
+        X_rest = pre.transform(feats[rest])
+        del feats
+        rest_split = splits[rest]
+        for split in SPLITS:
+            mask = splits == split
+            if split != TRAIN:
+                pending.append(writer.submit(write, split, X_rest[rest_split == split], mask))
+            rows[split] = int(mask.sum())
+            if spec.is_binary:
+                positives[split] = int(y[mask].sum())
+        for job in pending:
+            job.result()
     with tempfile.TemporaryDirectory() as tmp:
         joblib.dump(pre, Path(tmp, "preprocessor.joblib"))
         rc.problem.copy_in(str(Path(tmp, "preprocessor.joblib")), f"{rd}/features/preprocessor.joblib")
-    input_columns = [c for c in df.columns if c != spec.problem.target]
     rc.problem.write_json(
         f"{rd}/features/features.json",
         features_config(

@@ -174,6 +174,11 @@ def test_the_champion_loads_verified_and_scores_new_rows(first_run):
     with tempfile.TemporaryDirectory() as tmp:
         bundle = ModelBundle.load(reg.materialise(1, tmp))
     rows = pd.read_parquet(first_run["run_dir"] / "dataset.parquet").tail(2000)
+    # the bundle asks for every input column of the data set (read from its schema: feature
+    # engineering itself skips the key and the PII columns it does not use)
+    features = json.loads(files["features.json"])
+    assert features["input_columns"] == [c for c in rows.columns if c != SPEC.problem.target]
+    assert SPEC.data.key in features["input_columns"]
     scores = bundle.score(rows)
     assert scores.shape == (2000,) and ((scores >= 0) & (scores <= 1)).all()
     assert bundle.threshold is not None

@@ -648,3 +648,25 @@ def test_apply_resampling_oversamples_minority_deterministically() -> None:
         apply_resampling(X, y, method="smote", seed=7)
     with pytest.raises(ValueError, match="continuous"):
         apply_resampling(X, rng.normal(size=1000), method="oversample", seed=7)
+
+
+def test_computing_features_does_not_import_sklearn_and_old_pickle_names_resolve() -> None:
+    """engineer() runs without sklearn loaded (the preprocessor lives in include.lifecycle.preprocess);
+    preprocessors pickled when the classes lived in ``features`` still load."""
+    import subprocess
+    import sys
+
+    from include.lifecycle import preprocess
+    from include.lifecycle.spec import PROJECT_ROOT
+
+    code = (
+        "import sys; import include.lifecycle.features as F; "
+        "assert 'sklearn' not in sys.modules, 'features imported sklearn'; "
+        "F.make_preprocessor; assert 'sklearn' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=120)
+    for name in ("_MedianImputer", "_CategoryCodes", "_OneHot", "make_preprocessor"):
+        old = pickle.loads(f"cinclude.lifecycle.features\n{name}\n.".encode())  # a global as old pickles name it
+        assert old is getattr(preprocess, name)
+    with pytest.raises(AttributeError):
+        F.no_such_name  # noqa: B018

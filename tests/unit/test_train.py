@@ -28,7 +28,6 @@ from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
 from include.lifecycle.train import (
     AMOUNT_COL,
     TARGET_COL,
-    WIDE_SEARCH,
     best_trial,
     build_model,
     fit_and_predict,
@@ -38,6 +37,7 @@ from include.lifecycle.train import (
     predict,
     save_model,
 )
+from include.lifecycle.tuning import WIDE_SEARCH
 
 CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
 N_FEATURES = 6
