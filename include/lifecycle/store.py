@@ -17,13 +17,14 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:  # pandas and pyarrow load on the first Parquet read or write, not when a DAG file is parsed
+    import pandas as pd
+    import pyarrow as pa
 
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -139,6 +140,9 @@ class Store:
 
     # --- parquet -------------------------------------------------------------------------
     def write_parquet(self, rel: str, df: pd.DataFrame | pa.Table) -> str:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         # dictionary pages pay off for text and codes, not for measured floats (features, amounts)
         options = {
@@ -167,11 +171,15 @@ class Store:
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file as an Arrow table (only ``columns`` when given)."""
+        import pyarrow.parquet as pq
+
         # a local file is read by Arrow itself (no Python file object in between, no GIL held)
         return pq.read_table(self.path(rel), columns=columns, filesystem=None if self.is_local else self.fs)
 
     def parquet_columns(self, rel: str) -> list[str]:
         """The column names of one Parquet file, from its footer (no data read)."""
+        import pyarrow.parquet as pq
+
         return list(pq.read_schema(self.path(rel), filesystem=None if self.is_local else self.fs).names)
 
     def file_sha256(self, rel: str) -> str:
@@ -180,6 +188,8 @@ class Store:
 
 def tables_to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
     """Arrow tables (e.g. the partitions of a data set) as one DataFrame, columns unified by name."""
+    import pyarrow as pa
+
     if not tables:
         raise FileNotFoundError("no parquet files to read")
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
