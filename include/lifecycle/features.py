@@ -11,9 +11,10 @@ Three pieces:
   stateless: it fits nothing, so features of a row depend only on that row and, for the
   per-entity groups (``velocity``, ``history``), on rows of the same entity strictly
   *before* the row's timestamp. Appending later data never changes earlier features.
-* :func:`make_preprocessor` (in :mod:`include.lifecycle.preprocess`, re-exported here) builds the (unfitted) sklearn ``ColumnTransformer`` that
-  imputes, scales, one-hot encodes and target-encodes those features. Everything that is
-  learnt from data is learnt here: **call ``fit_transform`` on the training rows and
+* :func:`make_preprocessor` (in :mod:`include.lifecycle.preprocess`, re-exported here)
+  builds the (unfitted) sklearn ``ColumnTransformer`` that imputes, scales, one-hot
+  encodes and target-encodes those features. Everything that is learnt from data is
+  learnt here: **call ``fit_transform`` on the training rows and
   ``transform`` on validation, test and scoring rows**. ``fit_transform`` target-encodes
   the training rows out-of-fold (cross fitting), ``transform`` uses the encoding fitted
   on all training rows.
