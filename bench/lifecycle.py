@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the working folders")
+    p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>.json)")
     args = p.parse_args(argv)
     if args.plain_child:
         plain_child(args.plain_child, args.spawned_at or time.time())
@@ -502,10 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             print("time(4M)/time(1M) per section (b): " + ", ".join(f"{k} {v:.2f}" for k, v in scale.items()))
             for r in results:
                 r["scaling_4m_over_1m"] = scale
-    out = ROOT / "bench" / "results" / f"{dt.date.today().isoformat()}.json"
+    out = args.out or ROOT / "bench" / "results" / f"{dt.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
-    print(f"machine: {machine()}\nwritten: {out.relative_to(ROOT)}")
+    print(f"machine: {machine()}\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
 
