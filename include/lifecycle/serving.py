@@ -484,16 +484,15 @@ def make_server(
 def load_model_dir(model_dir: str | Path) -> tuple[Spec, Champion]:
     """The spec and the model of an unpacked ``model.tar.gz``, every file checked against the
     manifest's sha256 (a mismatch raises :class:`~include.lifecycle.registry.ChecksumError`)."""
-    import hashlib
-
     from include.lifecycle.bundle import ModelBundle
     from include.lifecycle.registry import ChecksumError
     from include.lifecycle.spec import parse_spec
+    from include.lifecycle.store import sha256_bytes
 
     folder = Path(model_dir)
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        digest = sha256_bytes((folder / name).read_bytes())
         if digest != entry["sha256"]:
             raise ChecksumError(f"{folder / name}: sha256 {digest[:12]}... does not match the manifest")
     spec = parse_spec(json.loads((folder / "spec.json").read_text()))

@@ -352,10 +352,13 @@ def sagemaker_trigger(aws: AwsSpec, name: str, job_type: str, max_seconds: int) 
     )
 
 
-def check_trigger_event(event: dict[str, Any] | None, what: str) -> None:
-    """A trigger's event must say success; anything else fails the task with the trigger's message."""
+def check_trigger_event(event: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """A trigger's event must say success (then it is returned); anything else fails the task with
+    the trigger's message."""
     if not event or event.get("status") != "success":
         _fail(f"{what}: waiting in the triggerer ended with {event!r}")
+    assert event is not None
+    return event
 
 
 # --- Glue Data Catalog ----------------------------------------------------------------------------
@@ -578,13 +581,8 @@ def _extract(tar_bytes: bytes) -> dict[str, bytes]:
 
 
 def _trial_job_names(rc: Any, round_no: int, trial: dict[str, Any], try_number: int) -> list[str]:
-    if trial.get("tuning"):
-        return [
-            tuning_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
-        ]
-    return [
-        training_job_name(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)
-    ]
+    naming = tuning_job_name if trial.get("tuning") else training_job_name
+    return [naming(rc.spec.name, rc.run_id, round_no, trial["trial_id"], a) for a in range(1, try_number + 1)]
 
 
 def start_trial_aws(rc: Any, round_no: int, trial: dict[str, Any], *, try_number: int, log: Any) -> tuple[str, str]:
@@ -628,10 +626,12 @@ def _job_outputs(problem: Store, model_uri: str) -> tuple[dict[str, bytes], dict
     return _extract(problem.fs.cat_file(key)), output
 
 
-def _completed_training(hook: Any, name: str) -> dict[str, Any]:
-    desc = hook.describe_training_job(name)
-    if desc["TrainingJobStatus"] != "Completed":
-        _fail(f"SageMaker training job {name} ended {desc['TrainingJobStatus']}: {desc.get('FailureReason', '')}")
+def _completed(hook: Any, kind: str, name: str) -> dict[str, Any]:
+    """The description of a SageMaker ``kind`` job that must have completed (else the task fails)."""
+    describe, key = _describe(hook, kind)
+    desc = describe(name)
+    if desc[key] != "Completed":
+        _fail(f"SageMaker {kind} job {name} ended {desc[key]}: {desc.get('FailureReason', '')}")
     return desc
 
 
@@ -650,7 +650,7 @@ def finish_trial_aws(
     if kind == "tuning":
         return finish_tuning_aws(rc, round_no, trial, name, log=log)
     hook = sagemaker_hook(require_aws(rc.spec))
-    model_uri = _completed_training(hook, name)["ModelArtifacts"]["S3ModelArtifacts"]
+    model_uri = _completed(hook, "training", name)["ModelArtifacts"]["S3ModelArtifacts"]
     trial_rel = f"{rc.round_dir(round_no)}/trials/{trial['trial_id']}"
     model, output = _job_outputs(rc.problem, model_uri)
     if "metrics.json" not in output:
@@ -762,9 +762,7 @@ def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, 
 
     aws = require_aws(rc.spec)
     hook = sagemaker_hook(aws)
-    desc = hook.describe_tuning_job(name)
-    if desc["HyperParameterTuningJobStatus"] != "Completed":
-        _fail(f"SageMaker tuning job {name} ended {desc['HyperParameterTuningJobStatus']}: {desc.get('FailureReason')}")
+    _completed(hook, "tuning", name)
     results, models = [], {}
     summaries = tuning_training_jobs(hook, name)
     for i, summary in enumerate(sorted(summaries, key=lambda s: s["TrainingJobName"]), start=1):
@@ -772,7 +770,7 @@ def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, 
         if summary.get("TrainingJobStatus") != "Completed":
             log(f"{trial['trial_id']}: tuning job {name}: training job {job} ended {summary.get('TrainingJobStatus')}")
             continue
-        model_uri = _completed_training(hook, job)["ModelArtifacts"]["S3ModelArtifacts"]
+        model_uri = _completed(hook, "training", job)["ModelArtifacts"]["S3ModelArtifacts"]
         model, output = _job_outputs(rc.problem, model_uri)
         if "metrics.json" not in output:
             _fail(f"training job {job} of tuning job {name} wrote no metrics.json ({sorted(output)})")
@@ -857,11 +855,7 @@ def publish_champion(spec: Spec, problem: Store, version: int, *, run_id: str, l
             CustomerMetadataProperties={"ml_lifecycle_version": str(version), "ml_lifecycle_run_id": run_id[:256]},
         )["ModelPackageArn"]
     model = champion_model_name(spec, version)
-    try:
-        sm.describe_model(ModelName=model)
-    except ClientError as exc:
-        if not _missing(exc):
-            raise
+    if not _model_exists(sm, model):
         sm.create_model(ModelName=model, PrimaryContainer=container, ExecutionRoleArn=aws.role_arn)
     try:
         sm.describe_endpoint_config(EndpointConfigName=model)
@@ -950,7 +944,7 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
     except NoChampion as exc:
         _fail(f"cannot score ds={ds}: {exc}")
     model = champion_model_name(spec, champion.version)
-    if not _model_exists(sagemaker_hook(require_aws(spec)), model):
+    if not _model_exists(sagemaker_hook(require_aws(spec)).get_conn(), model):
         _fail(
             f"champion v{champion.version} has no SageMaker model {model!r}: deploy it with backend aws "
             "(deploy_model creates the model, the endpoint config and the endpoint)"
@@ -1004,11 +998,12 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
     return prepared
 
 
-def _model_exists(hook: Any, model: str) -> bool:
+def _model_exists(sm: Any, model: str) -> bool:
+    """Whether the SageMaker model exists (``sm``: a SageMaker client)."""
     from botocore.exceptions import ClientError
 
     try:
-        hook.get_conn().describe_model(ModelName=model)
+        sm.describe_model(ModelName=model)
     except ClientError as exc:
         if _missing(exc):
             return False
@@ -1066,16 +1061,15 @@ def start_transform(rc: Any, ds: str, *, try_number: int, pii_key: bytes, log: A
     return start_or_attach(sagemaker_hook(require_aws(rc.spec)), "transform", config_for, names, log)
 
 
-def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dict[str, Any]]:
+def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """After the job ended: the predictions of the day's rows (the context rows' are dropped) in the
-    local backend's shape, and the accounting ``rows_in = rows_scored + rows_quarantined``."""
+    local backend's shape, the accounting ``rows_in = rows_scored + rows_quarantined`` and what
+    :func:`prepare_transform` recorded."""
     import pandas as pd
 
     from include.lifecycle.scoring import finish_scores
 
-    desc = sagemaker_hook(require_aws(rc.spec)).describe_transform_job(name)
-    if desc["TransformJobStatus"] != "Completed":
-        _fail(f"SageMaker transform job {name} ended {desc['TransformJobStatus']}: {desc.get('FailureReason', '')}")
+    _completed(sagemaker_hook(require_aws(rc.spec)), "transform", name)
     folder = transform_folder(rc.run_id, ds)
     prepared = rc.problem.read_json(f"{folder}/prepare.json")
     key = rc.spec.data.key
@@ -1096,10 +1090,11 @@ def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dic
     scored["decision"] = pd.array(got["decision"].to_numpy(), dtype="Int8")
     scored["model_version"] = got["model_version"].to_numpy(dtype="int64")
     log(f"score_new_data: transform job {name}: {len(scored)} predictions for ds={ds}")
-    return finish_scores(
+    scores, summary = finish_scores(
         rc.spec, rows, scored, prepared["counts"], ds=ds, version=prepared["version"],
         threshold=prepared["threshold"], history=prepared["history"], history_rows=prepared["history_rows"],
     )  # fmt: skip
+    return scores, summary, prepared
 
 
 def stop_glue_run(spec: Spec, job_name: str, run_id: str) -> None:

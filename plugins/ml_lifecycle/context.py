@@ -30,6 +30,11 @@ def task_defaults(owner: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def try_number(context: Any) -> int:
+    """The task instance's try (1 on the first run, 2 on the first retry, ...)."""
+    return int(getattr(context.get("ti"), "try_number", 1) or 1)
+
+
 def default_artifact_root() -> str:
     return os.environ.get("ML_ARTIFACT_ROOT") or (PROJECT_ROOT / "artifacts").as_uri()
 

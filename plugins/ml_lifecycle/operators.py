@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from ml_lifecycle.context import RunContext, pii_key
+from ml_lifecycle.context import RunContext, pii_key, try_number
 
 PROBLEM_DOC = ":param problem: name of the problem spec (``include/problems/<problem>.yaml``)"
 
@@ -83,8 +83,7 @@ class GlueEtlOperator(BaseOperator):
         from ml_lifecycle.aws import check_trigger_event, finish_glue_collect, glue_job_name
 
         rc = RunContext.from_airflow(self.problem, context)
-        check_trigger_event(event, "collect_and_label (Glue job run)")
-        assert event is not None
+        event = check_trigger_event(event, "collect_and_label (Glue job run)")
         summary = finish_glue_collect(
             rc, run_dir=self._run_dir(rc), job_name=glue_job_name(rc.spec), run_id=event["run_id"], log=self.log.info
         )
@@ -154,9 +153,9 @@ class ScriptModeTrainingOperator(BaseOperator):
             from ml_lifecycle.aws import run_trial_aws, sagemaker_trigger, start_trial_aws
 
             aws = rc.spec.aws
-            try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+            tries = try_number(context)
             if aws.deferrable:
-                kind, name = start_trial_aws(rc, self.round_no, self.trial, try_number=try_number, log=self.log.info)
+                kind, name = start_trial_aws(rc, self.round_no, self.trial, try_number=tries, log=self.log.info)
                 self.log.info("waiting for SageMaker %s job %s in the triggerer", kind, name)
                 max_seconds = aws.training_max_runtime_seconds * (self.trial.get("tuning") or {}).get("max_jobs", 1)
                 self.defer(trigger=sagemaker_trigger(aws, name, kind, max_seconds), method_name="execute_complete")
@@ -165,9 +164,7 @@ class ScriptModeTrainingOperator(BaseOperator):
             def started(kind: str, name: str) -> None:
                 self._remote = (rc.spec, kind, name)
 
-            return run_trial_aws(
-                rc, self.round_no, self.trial, try_number=try_number, log=self.log.info, on_start=started
-            )
+            return run_trial_aws(rc, self.round_no, self.trial, try_number=tries, log=self.log.info, on_start=started)
         return run_trial_local(rc, self.round_no, self.trial, log=self.log.info)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -175,8 +172,7 @@ class ScriptModeTrainingOperator(BaseOperator):
         from ml_lifecycle.aws import check_trigger_event, finish_trial_aws
 
         rc = RunContext.from_airflow(self.problem, context)
-        check_trigger_event(event, f"trial {self.trial['trial_id']} (SageMaker job)")
-        assert event is not None
+        event = check_trigger_event(event, f"trial {self.trial['trial_id']} (SageMaker job)")
         kind = "tuning" if self.trial.get("tuning") else "training"
         return finish_trial_aws(rc, self.round_no, self.trial, kind, event["job_name"], log=self.log.info)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from ml_lifecycle.context import RunContext, pii_key
+from ml_lifecycle.context import RunContext, pii_key, try_number
 
 SERVING_URL_VARIABLE = "ml_serving_url"
 """Airflow variable (or ``$ML_SERVING_URL``) with the base URL of the local endpoint, e.g.
@@ -144,8 +144,7 @@ class BatchScoringOperator(BaseOperator):
 
         aws = require_aws(rc.spec)
         ds = scoring_date(rc)
-        try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
-        name = start_transform(rc, ds, try_number=try_number, pii_key=pii_key(), log=self.log.info)
+        name = start_transform(rc, ds, try_number=try_number(context), pii_key=pii_key(), log=self.log.info)
         if aws.deferrable:
             self.log.info("score_new_data: waiting for SageMaker transform job %s in the triggerer", name)
             self.defer(
@@ -161,15 +160,13 @@ class BatchScoringOperator(BaseOperator):
         from ml_lifecycle.aws import check_trigger_event
 
         rc = RunContext.from_airflow(self.problem, context)
-        check_trigger_event(event, "score_new_data (SageMaker transform job)")
-        assert event is not None
+        event = check_trigger_event(event, "score_new_data (SageMaker transform job)")
         return self._finish(rc, scoring_date(rc), event["job_name"])
 
     def _finish(self, rc: RunContext, ds: str, name: str) -> dict[str, Any]:
-        from ml_lifecycle.aws import finish_transform, transform_folder
+        from ml_lifecycle.aws import finish_transform
 
-        scores, summary = finish_transform(rc, ds, name, log=self.log.info)
-        prepared = rc.problem.read_json(f"{transform_folder(rc.run_id, ds)}/prepare.json")
+        scores, summary, prepared = finish_transform(rc, ds, name, log=self.log.info)
         extra = {k: prepared[k] for k in ("source_uri", "champion_deployed_at", "model_name")}
         return write_scores(rc, ds, scores, summary, extra | {"transform_job_name": name})
 

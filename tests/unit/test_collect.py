@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def _tx_frame(day: str, rows: list[tuple[str, str, str, float, str | None]]) -> 
 
 def _run(
     spec: Spec,
-    art: Path,
+    art: Path | Store,
     source: Path,
     labels: Path | None = None,
     *,
@@ -123,18 +124,19 @@ def _run(
     lookback: int | None = None,
     key: bytes = KEY,
     run_dir: str = "runs/r1",
-    log: list[str] | None = None,
+    log: list[str] | Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """collect_and_label into ``art`` (a folder or a Store); ``log``: a list to fill or a callable."""
     return collect_and_label(
         spec,
-        problem=Store.from_uri(str(art)),
+        problem=art if isinstance(art, Store) else Store.from_uri(str(art)),
         run_dir=run_dir,
         as_of=as_of,
         lookback_days=lookback or spec.data.lookback_days,
         pii_key=key,
         source_uri=str(source),
         labels_uri=str(labels) if labels else None,
-        log=(log.append if log is not None else print),
+        log=log.append if isinstance(log, list) else (log or print),
     )
 
 
@@ -502,17 +504,7 @@ def test_log_lines_come_in_partition_order_after_their_writes(
             ds = msg.split()[2].rstrip(":")
             seen.append((art / "curated" / ds / "_manifest.json").exists())
 
-    collect_and_label(
-        card_fraud,
-        problem=Store.from_uri(str(art)),
-        run_dir="runs/r1",
-        as_of=AS_OF,
-        lookback_days=SYNTH_DAYS,
-        pii_key=KEY,
-        source_uri=str(landing / "transactions"),
-        labels_uri=str(landing / "chargebacks"),
-        log=check,
-    )
+    _run(card_fraud, art, landing / "transactions", landing / "chargebacks", lookback=SYNTH_DAYS, log=check)
     assert seen == [True] * SYNTH_DAYS
 
 
@@ -528,17 +520,7 @@ def test_a_failed_write_stops_the_run_with_its_error(landing: Path, card_fraud: 
     store.write_parquet = failing  # type: ignore[method-assign]
     messages: list[str] = []
     with pytest.raises(OSError, match="disk full"):
-        collect_and_label(
-            card_fraud,
-            problem=store,
-            run_dir="runs/r1",
-            as_of=AS_OF,
-            lookback_days=SYNTH_DAYS,
-            pii_key=KEY,
-            source_uri=str(landing / "transactions"),
-            labels_uri=str(landing / "chargebacks"),
-            log=messages.append,
-        )
+        _run(card_fraud, store, landing / "transactions", landing / "chargebacks", lookback=SYNTH_DAYS, log=messages)
     manifests = sorted(p.parent.name for p in tmp_path.glob("curated/ds=*/_manifest.json"))
     assert manifests and manifests[-1] < "ds=2026-10-20"  # nothing written after the failure
     assert not any("ds=2026-10-20" in m or "collect_and_label:" in m for m in messages)
