@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 
-from ml_lifecycle.context import RunContext
+from ml_lifecycle.context import RunContext, try_number
 
 APPROVAL_TASK_ID = "approve_deployment"
 
@@ -125,8 +125,27 @@ class DeploymentApprovalOperator(ApprovalOperator):
             self._record(rc, approved=True, by="skip_approval param", facts=facts)
             self.log.info("approve_deployment: skipped by the run's skip_approval param; deploying")
             return {"chosen_options": [self.APPROVE], "skipped_by_param": True}
+        asked_before = rc.problem.read_json_or(f"{rc.run_dir}/approval_request.json")
+        if asked_before is not None and try_number(context) > 1:
+            # Airflow 3.3.2 can lose an answer given within about a second of the question: the
+            # scheduler requeues the resumed task before it has reaped the worker that parked it,
+            # then fails that try ("finished with state success, but ... queued"). The answer is in
+            # Airflow's record of the failed try, which a task cannot read: ask again, and say so.
+            self.log.warning(
+                "approve_deployment: try %d; an earlier try asked at %s and recorded no answer (if someone "
+                "answered within a second or so of the question, Airflow lost it): asking again",
+                try_number(context),
+                asked_before.get("asked_at", "?"),
+            )
+            subject = f"(asked again) {subject}"
+            body = (
+                f"*Asked again: an earlier try of this task asked the same question and recorded no answer.*\n\n{body}"
+            )
         self.subject, self.body = subject, body
-        rc.problem.write_json(f"{rc.run_dir}/approval_request.json", {"summary": body, **facts})
+        rc.problem.write_json(
+            f"{rc.run_dir}/approval_request.json",
+            {"summary": body, "asked_at": dt.datetime.now(dt.UTC).isoformat(), "try": try_number(context), **facts},
+        )
         self.log.info("approve_deployment: waiting for a person to approve\n%s", body)
         return super().execute(context)
 
