@@ -46,6 +46,7 @@ DAG_ID = "ops_live"
 PG_BIN = Path(shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl").parent
 VENV_BIN = Path(sys.executable).parent
 WAIT = 420  # seconds: a safety bound for each wait, not an assertion about speed
+READING = 5  # seconds between seeing the approval question and answering it
 # Optional: ML_SCREENSHOTS_DIR=docs/screenshots also saves PNGs of the UI on the way (needs the
 # playwright package and a system chromium; neither is in requirements.txt).
 SCREENSHOTS = os.environ.get("ML_SCREENSHOTS_DIR")
@@ -251,9 +252,12 @@ def _answer(af: dict[str, Any], run_id: str, option: str, again: bool = False) -
 
     def asked():
         status, detail = af["api"].get(path)
-        return detail if status == 200 and detail.get("body") and not detail["response_received"] else None
+        if status != 200 or not detail.get("body") or detail["response_received"]:
+            return None
+        return detail if _task_state(af, run_id, "approve_deployment") == "awaiting_input" else None
 
     detail = _wait(f"the approval question of {run_id}", asked, af["procs"])
+    time.sleep(READING)  # like a person, who does not answer within a second (see _answer_and_wait)
     ui_run = f"/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}"
     _screenshot(af, f"approval-{option.lower()}", f"{ui_run}/tasks/approve_deployment/required_actions")
     _screenshot(af, f"run-waiting-for-approval-{option.lower()}", ui_run)
@@ -273,8 +277,10 @@ def _answer_and_wait(af: dict[str, Any], run_id: str, option: str) -> dict[str, 
     """Answer the run's approval question with ``option``, wait for the run to end.
 
     Airflow 3.3.2 can lose an answer given within about a second of the question (the scheduler
-    fails the resumed try, see approval.py); the retry asks again, saying so, and gets the same
-    answer. Every re-ask is printed, so a CI log shows how often it happens."""
+    fails the resumed try, see approval.py; the CI run of 2026-11-24 hung on it). ``_answer``
+    answers ``READING`` seconds after the question, as a person would; should a slow scheduler
+    still lose the answer, the retry asks again, saying so, and gets the same answer. Every
+    re-ask is printed, so a CI log shows whether it happens."""
     answered = {_answer(af, run_id, option)}
 
     def done():
