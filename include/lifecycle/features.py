@@ -505,13 +505,31 @@ def engineer(
         else:
             raise ValueError(f"feature group {g.name!r}: unknown kind {g.kind!r}")
         say(f"features: group {g.name!r} ({g.kind}) added {added} columns")
-    out = pd.DataFrame(b.data, index=df.index)
+    out = _features_frame(b.data, df.index)
     columns = FeatureColumns(numeric=b.numeric, categorical=b.categorical, target_encoded=b.target_encoded)
     say(
         f"features: {len(df)} rows x {out.shape[1]} columns ({len(b.numeric)} numeric, "
         f"{len(b.categorical)} categorical, {len(b.target_encoded)} target-encoded)"
     )
     return out, columns
+
+
+def _features_frame(data: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+    """The feature columns as a frame, without consolidating them into one 2-D block.
+
+    ``pd.DataFrame(data)`` would copy every float column into one block; the preprocessor picks
+    the columns out again anyway. Each column keeps its own array instead: the arrays computed here
+    are new, and any that may still be memory of the input (a raw float column, a text column) is
+    copied first, so the frame never shares memory with ``df``."""
+    columns: dict[str, Any] = {}
+    for name, values in data.items():
+        if isinstance(values, np.ndarray):
+            if not (values.flags.owndata and values.flags.writeable):
+                values = values.copy()
+        elif hasattr(values, "copy"):
+            values = values.copy()
+        columns[name] = values
+    return pd.DataFrame(columns, index=index, copy=False)
 
 
 # --------------------------------------------------------------------------------------

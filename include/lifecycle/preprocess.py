@@ -59,7 +59,10 @@ class _MedianImputer(_ColumnsInOut):
 
     def fit(self, X: Any, y: Any = None) -> _MedianImputer:
         X = _frame(X)
-        A = self._matrix(X)
+        self._fit_matrix(X, self._matrix(X))
+        return self
+
+    def _fit_matrix(self, X: pd.DataFrame, A: np.ndarray) -> None:
         self._remember_columns(X)
         statistics = np.zeros(A.shape[1])
         known = ~np.isnan(A)
@@ -68,12 +71,21 @@ class _MedianImputer(_ColumnsInOut):
             if len(values):
                 statistics[j] = np.median(values)
         self.statistics_ = statistics
-        return self
 
     def transform(self, X: Any) -> np.ndarray:
         X = _frame(X)
         self._check_width(X)
+        return self._fill(self._matrix(X))
+
+    def fit_transform(self, X: Any, y: Any = None, **_: Any) -> np.ndarray:
+        """``fit(X).transform(X)`` with one copy of ``X`` instead of two."""
+        X = _frame(X)
         A = self._matrix(X)
+        self._fit_matrix(X, A)
+        return self._fill(A)
+
+    def _fill(self, A: np.ndarray) -> np.ndarray:
+        """Missing values of ``A`` (a fresh matrix) replaced by the medians, in place."""
         missing = np.isnan(A)
         if missing.any():
             A[missing] = np.broadcast_to(self.statistics_, A.shape)[missing]
@@ -150,6 +162,11 @@ class _OneHot(_ColumnsInOut):
         self.fill_value = fill_value
 
     def fit(self, X: Any, y: Any = None) -> _OneHot:
+        self._fit_codes(X)
+        return self
+
+    def _fit_codes(self, X: Any) -> np.ndarray:
+        """Fit the codes and the encoder; the training rows' codes."""
         X = _frame(X)
         self._remember_columns(X)
         self.codes_ = _CategoryCodes(self.fill_value)
@@ -161,10 +178,50 @@ class _OneHot(_ColumnsInOut):
             sparse_output=False,
             dtype=np.float32,
         ).fit(codes)
-        return self
+        return codes
+
+    def fit_transform(self, X: Any, y: Any = None, **_: Any) -> np.ndarray:
+        """``fit(X).transform(X)``, the text columns coded once."""
+        return self._encode(self._fit_codes(X))
 
     def transform(self, X: Any) -> np.ndarray:
-        return self.encoder_.transform(self.codes_.transform(X))
+        return self._encode(self.codes_.transform(X))
+
+    def _encode(self, codes: np.ndarray) -> np.ndarray:
+        """``encoder_.transform(codes)``. When every value was seen in training, the dense 0/1
+        matrix is set directly from where the encoder puts the 1 of each code (sklearn's dense
+        output goes through a sparse matrix); unseen values take sklearn's own path."""
+        positions = self._positions()
+        if positions is None or codes.shape[0] == 0 or (codes < 0).any():
+            return self.encoder_.transform(codes)
+        if (codes.max(axis=0) >= [len(p) for p in positions]).any():
+            return self.encoder_.transform(codes)
+        n, width = codes.shape[0], max(int(p.max()) for p in positions) + 1
+        out = np.zeros((n, width), dtype=self.encoder_.dtype)
+        flat = out.reshape(-1)
+        row_start = np.arange(0, n * width, width, dtype=np.intp)
+        for j, where in enumerate(positions):
+            flat[row_start + where[codes[:, j]]] = 1
+        return out
+
+    def _positions(self) -> list[np.ndarray] | None:
+        """Per column, the output column of the 1 for each code, read off the fitted encoder by
+        encoding every code once; None when its output is not one 1 per column in column blocks."""
+        categories = self.encoder_.categories_
+        sizes = [len(c) for c in categories]
+        if any(not np.array_equal(c, np.arange(k)) for c, k in zip(categories, sizes, strict=True)):
+            return None
+        probe = np.minimum(np.arange(max(sizes))[:, None], np.asarray(sizes) - 1)
+        dense = np.asarray(self.encoder_.transform(probe))
+        if not np.all((dense == 0) | (dense == 1)) or not np.all(dense.sum(axis=1) == len(sizes)):
+            return None
+        ones = np.nonzero(dense)[1].reshape(len(probe), len(sizes))  # row by row, in column order
+        positions = [ones[:k, j].astype(np.intp) for j, k in enumerate(sizes)]
+        if any(a.max() >= b.min() for a, b in zip(positions, positions[1:], strict=False)):
+            return None
+        if max(int(p.max()) for p in positions) + 1 != dense.shape[1]:
+            return None
+        return positions
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         columns = super().get_feature_names_out(input_features)

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -299,21 +300,50 @@ def _feature_inputs(spec: Any, groups: list[Any], columns: list[str]) -> list[st
     return [c for c in columns if c not in skip]
 
 
+_IMPORT_SWITCH_INTERVAL = 0.0002
+"""Seconds: ``sys.setswitchinterval`` while feature_engineering imports sklearn in the background."""
+
+
+def _write_channel(store: Any, rel: str, X: Any, names: list[str], target: Any, amount: Any) -> None:
+    """One split's channel: the float32 feature columns, the target and the amount, as Parquet.
+
+    Built as an Arrow table straight from the matrix: one transposing copy makes every feature
+    column contiguous, and Arrow takes the columns without copying them again."""
+    import numpy as np
+    import pyarrow as pa
+
+    from include.lifecycle.train import AMOUNT_COL, TARGET_COL
+
+    columns = np.ascontiguousarray(np.asarray(X, dtype=np.float32).T)
+    if columns.shape[0] != len(names):
+        raise ValueError(f"{columns.shape[0]} feature columns but {len(names)} names")
+    arrays = [pa.array(column) for column in columns]
+    arrays.append(pa.array(np.asarray(target)))
+    names = [*names, TARGET_COL]
+    if amount is not None:
+        arrays.append(pa.array(np.asarray(amount, dtype=np.float64)))
+        names.append(AMOUNT_COL)
+    store.write_parquet(rel, pa.Table.from_arrays(arrays, names=names))
+
+
 def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str, Any]:
     """Engineer the round's feature groups, fit the preprocessing on train, write the channels."""
     import joblib
     import numpy as np
-    import pandas as pd
 
     from include.lifecycle.bundle import features_config
     from include.lifecycle.dataset import SPLITS, TRAIN, assign_splits, target_vector
     from include.lifecycle.features import engineer
-    from include.lifecycle.train import AMOUNT_COL, TARGET_COL
 
-    # sklearn (about 0.5 s to import) loads in the background while the data set is read and the
-    # features computed; the import lock makes the main thread wait for it if it is not done
+    # sklearn (about 0.5-0.9 s to import) loads in the background while the data set is read and the
+    # features computed; the import lock makes the main thread wait for it if it is not done. The
+    # import holds the GIL: with the default 5 ms switch interval every numpy call of this thread
+    # could wait up to 5 ms to get it back, so the interval is short until the import is done.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, _IMPORT_SWITCH_INTERVAL))
     early = ThreadPoolExecutor(1, thread_name_prefix="features-import")
     preprocess = early.submit(importlib.import_module, "include.lifecycle.preprocess")
+    preprocess.add_done_callback(lambda _: sys.setswitchinterval(switch))
     early.shutdown(wait=False)  # the thread finishes the import and ends
     rc = RunContext.from_airflow(problem, context)
     spec = rc.spec
@@ -343,29 +373,24 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     rows, positives = {}, {}
 
     def write(split: str, Xs: Any, mask: np.ndarray) -> None:
-        out = pd.DataFrame(np.asarray(Xs, dtype="float32"), columns=names)
-        out[TARGET_COL] = y[mask]
-        if amount is not None:
-            out[AMOUNT_COL] = amount[mask]
-        rc.problem.write_parquet(f"{rd}/features/{split}/part-0.parquet", out)
+        rel = f"{rd}/features/{split}/part-0.parquet"
+        _write_channel(rc.problem, rel, Xs, names, y[mask], None if amount is None else amount[mask])
 
-    # the training split is written in the background while the other rows are transformed
-    # (Parquet encoding releases the GIL); validation and test go through the preprocessor in one pass
+    # each split is written in the background while the next one goes through the preprocessor
+    # (Parquet encoding releases the GIL)
     with ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer:
         X_train = pre.fit_transform(feats[train_mask], y[train_mask])
         names = [str(n) for n in pre.get_feature_names_out()]
         pending = [writer.submit(write, TRAIN, X_train, train_mask)]
-        rest = ~train_mask
-        X_rest = pre.transform(feats[rest])
-        del feats
-        rest_split = splits[rest]
+        del X_train
         for split in SPLITS:
-            mask = splits == split
+            mask = train_mask if split == TRAIN else splits == split
             if split != TRAIN:
-                pending.append(writer.submit(write, split, X_rest[rest_split == split], mask))
+                pending.append(writer.submit(write, split, pre.transform(feats[mask]), mask))
             rows[split] = int(mask.sum())
             if spec.is_binary:
                 positives[split] = int(y[mask].sum())
+        del feats
         for job in pending:
             job.result()
     with tempfile.TemporaryDirectory() as tmp:

@@ -670,3 +670,63 @@ def test_computing_features_does_not_import_sklearn_and_old_pickle_names_resolve
         assert old is getattr(preprocess, name)
     with pytest.raises(AttributeError):
         F.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("min_frequency", "max_categories"), [(20, 30), (5, 4), (0.05, 30), (1, 2)])
+def test_one_hot_direct_encoding_equals_sklearn_encoder(min_frequency, max_categories) -> None:
+    """Values all seen in training take the direct path; it must be the encoder's own output."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    values = np.array(["a", "b", "c", "d", "e", "rare1", "rare2", "rare3"])
+    weights = np.array([40, 25, 15, 10, 9, 0.5, 0.3, 0.2])
+    X = pd.DataFrame(
+        {
+            "x": pd.Series(rng.choice(values, n, p=weights / weights.sum()), dtype="str"),
+            "y": pd.Series(rng.choice(["p", "q", "r"], n), dtype="str"),
+            "z": pd.Series(rng.choice(["only"], n), dtype="str"),
+        }
+    )
+    X.loc[rng.random(n) < 0.03, "x"] = np.nan
+    onehot = F._OneHot(min_frequency=min_frequency, max_categories=max_categories)
+    fitted = onehot.fit_transform(X)
+    codes = onehot.codes_.transform(X)
+    assert onehot._positions() is not None
+    np.testing.assert_array_equal(fitted, onehot.encoder_.transform(codes))
+    assert fitted.dtype == np.float32 and fitted.flags.c_contiguous
+    test = X.sample(700, random_state=2).reset_index(drop=True)
+    np.testing.assert_array_equal(onehot.transform(test), onehot.encoder_.transform(onehot.codes_.transform(test)))
+    np.testing.assert_array_equal(
+        F._OneHot(min_frequency=min_frequency, max_categories=max_categories).fit(X).transform(X), fitted
+    )
+    unseen = test.assign(x=test["x"].where(test.index > 10, "never_seen"))  # sklearn's own path
+    np.testing.assert_array_equal(onehot.transform(unseen), onehot.encoder_.transform(onehot.codes_.transform(unseen)))
+
+
+def test_median_imputer_fit_transform_equals_fit_then_transform() -> None:
+    rng = np.random.default_rng(4)
+    X = pd.DataFrame({"a": rng.normal(size=500), "b": np.nan, "c": rng.integers(0, 3, 500).astype(float)})
+    X.loc[rng.random(500) < 0.2, "a"] = np.nan
+    one = F._MedianImputer()
+    np.testing.assert_array_equal(one.fit_transform(X), F._MedianImputer().fit(X).transform(X))
+    np.testing.assert_array_equal(one.statistics_, F._MedianImputer().fit(X).statistics_)
+    with pytest.raises(ValueError, match="infinity"):
+        F._MedianImputer().fit_transform(X.assign(a=np.inf))
+
+
+def test_engineered_frame_shares_no_memory_with_the_input() -> None:
+    df = pd.DataFrame(
+        {
+            "amount": np.array([1.0, 2.5, np.nan, 4.0]),
+            "city": pd.Series(["a", "b", None, "a"], dtype="str"),
+            "n": np.array([1, 2, 3, 4]),
+        }
+    )
+    before = df.copy()
+    feats, cols = engineer(
+        df, [FeatureGroupSpec(name="raw", kind="raw")], time_column=None, entity_column=None, exclude=()
+    )
+    assert cols.numeric == ["amount", "n"] and cols.categorical == ["city"]
+    assert not np.shares_memory(feats["amount"].to_numpy(), df["amount"].to_numpy())
+    feats.loc[0, "amount"] = 99.0
+    feats.loc[0, "city"] = "zz"
+    pd.testing.assert_frame_equal(df, before)
