@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.lifecycle.spec import ColumnSpec, SchemaSpec, Spec
-from include.lifecycle.store import Store, tables_to_pandas
+from include.lifecycle.store import Store, concat_tables
 
 Log = Callable[[str], None]
 _DS = re.compile(r"^ds=(\d{4}-\d{2}-\d{2})$")
@@ -102,6 +102,55 @@ class CastResult:
     dropped_columns: list[str] = field(default_factory=list)
 
 
+def _arrow_text(values: pd.Series) -> pa.ChunkedArray | None:
+    """The Arrow data of an Arrow-backed text column (pandas ``str`` or ``string[pyarrow]``), else None."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return values.array.__arrow_array__()
+    return None
+
+
+def _text_series(values: pa.ChunkedArray | pa.Array, index: pd.Index) -> pd.Series:
+    """Arrow text as a pandas ``str`` column (what ``astype("str")`` gives) on ``index``."""
+    return pd.Series(values.to_pandas().array, index=index, copy=False)
+
+
+def _cast_arrow_text(
+    text: pa.ChunkedArray, index: pd.Index, allowed: list[Any] | None
+) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
+    """A text column cast to text, as :func:`_cast_column` does it, where the raw value is missing
+    or blank, and (when ``allowed`` is all text) ``values.isin(allowed)``: surrounding blanks
+    stripped (the kernel ``str.strip`` uses), an empty value is missing."""
+    stripped = pc.utf8_trim_whitespace(text)
+    blank = pc.equal(stripped, "")
+    raw_missing = pc.fill_null(blank, True).to_numpy()
+    if pc.any(blank).as_py():
+        stripped = pc.if_else(blank, pa.scalar(None, stripped.type), stripped)
+    isin = None
+    if allowed is not None and all(isinstance(a, str) for a in allowed):
+        value_set = pa.array(allowed, type=stripped.type)
+        isin = pc.is_in(stripped, value_set=value_set).to_numpy(zero_copy_only=False)  # missing: False
+    return _text_series(stripped, index), raw_missing, isin
+
+
+def _first_seen_codes(values: pa.ChunkedArray) -> np.ndarray:
+    """Codes of ``values`` numbered in order of first appearance (missing values share a code)."""
+    single = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return pc.dictionary_encode(single, null_encoding="encode").indices.to_numpy(zero_copy_only=False)
+
+
+def _duplicated(values: pd.Series) -> np.ndarray:
+    """``values.duplicated(keep="first")`` as a numpy mask; Arrow text is hashed by Arrow (no GIL held)."""
+    text = _arrow_text(values)
+    if text is None or len(values) == 0:
+        return values.duplicated(keep="first").to_numpy()
+    codes = _first_seen_codes(text)
+    # codes count up in order of first appearance: a row is a first one when its code exceeds all before it
+    dup = np.zeros(len(codes), dtype=bool)
+    dup[1:] = codes[1:] <= np.maximum.accumulate(codes)[:-1]
+    return dup
+
+
 def _cast_column(
     raw: pd.Series, col: ColumnSpec, stripped: pd.Series | None = None, blank: pd.Series | None = None
 ) -> pd.Series:
@@ -160,6 +209,16 @@ def cast_and_validate(
     Raises :class:`SchemaError` naming the file and column when a declared column is absent.
     The first broken rule of a row is recorded (not_null, dtype, min, max, allowed, duplicate_key).
     """
+    typed, good, res = _cast_and_validate(df, schema, source=source, key=key, extra_columns=extra_columns)
+    res.curated = (typed if good.all() else typed.iloc[np.flatnonzero(good)]).reset_index(drop=True)
+    return res
+
+
+def _cast_and_validate(
+    df: pd.DataFrame, schema: SchemaSpec, *, source: str, key: str | None, extra_columns: str
+) -> tuple[pd.DataFrame, np.ndarray, CastResult]:
+    """:func:`cast_and_validate` before its curated rows are taken: every row cast, the mask of the
+    rows that break no rule and the result with an empty ``curated``."""
     missing = [c.name for c in schema.columns if c.name not in df.columns]
     if missing:
         raise SchemaError(
@@ -182,14 +241,19 @@ def cast_and_validate(
 
     for col in schema.columns:
         raw = df[col.name]
-        raw_missing = raw.isna().to_numpy()
-        stripped = blank = None
-        if pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
-            # only text can be blank; typed columns (numbers, timestamps) need no string round trip
-            stripped = raw.astype("string").str.strip()
-            blank = stripped == ""
-            raw_missing = raw_missing | blank.fillna(True).to_numpy()
-        values = _cast_column(raw, col, stripped, blank)
+        text = _arrow_text(raw) if col.dtype in ("string", "category") else None
+        if text is not None:  # Arrow text: strip, blank is missing, without a pandas string round trip
+            values, raw_missing, isin = _cast_arrow_text(text, raw.index, col.allowed)
+        else:
+            isin = None
+            raw_missing = raw.isna().to_numpy()
+            stripped = blank = None
+            if pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
+                # only text can be blank; typed columns (numbers, timestamps) need no string round trip
+                stripped = raw.astype("string").str.strip()
+                blank = stripped == ""
+                raw_missing = raw_missing | blank.fillna(True).to_numpy()
+            values = _cast_column(raw, col, stripped, blank)
         now_missing = values.isna().to_numpy()
         if not col.nullable:
             flag(raw_missing, "not_null", col.name)
@@ -201,7 +265,7 @@ def cast_and_validate(
         if col.max is not None:
             flag((values > col.max).fillna(False).to_numpy(dtype=bool), f"max:{col.max:g}", col.name)
         if col.allowed is not None:
-            ok = values.isin(col.allowed).to_numpy() | now_missing
+            ok = (values.isin(col.allowed).to_numpy() if isin is None else isin) | now_missing
             flag(~ok, "allowed", col.name)
         cast[col.name] = values
     for name in extra if extra_columns == "keep" else []:
@@ -216,7 +280,7 @@ def cast_and_validate(
     if key is not None:
         # only a valid row can be "the first" of its key: a broken first row must not push a good one out
         dup = np.zeros(n, dtype=bool)
-        dup[good] = typed[key][good].duplicated(keep="first").to_numpy()
+        dup[good] = _duplicated(typed[key][good])
         flag(dup, "duplicate_key", key)
         good = free.copy()
     bad_idx = np.flatnonzero(~good)
@@ -229,13 +293,16 @@ def cast_and_validate(
         for i, c, r in zip(bad_idx, column[bad_idx], rule[bad_idx], strict=True)
     ]
     quarantined["_source"] = source
-    by_rule = pd.Series(rule[bad_idx]).value_counts().sort_index().to_dict() if len(bad_idx) else {}
-    curated = typed.iloc[np.flatnonzero(good)].reset_index(drop=True)
-    return CastResult(
-        curated,
-        quarantined.reset_index(drop=True),
-        {str(k): int(v) for k, v in by_rule.items()},
-        extra if extra_columns != "keep" else [],
+    by_rule = dict(zip(*np.unique(rule[bad_idx].astype(str), return_counts=True), strict=True))
+    return (
+        typed,
+        good,
+        CastResult(
+            typed.iloc[:0],
+            quarantined.reset_index(drop=True),
+            {str(k): int(v) for k, v in by_rule.items()},
+            extra if extra_columns != "keep" else [],
+        ),
     )
 
 
@@ -258,13 +325,14 @@ def tokenise_many(pieces: list[pd.Series], key: bytes, cache: dict[str, str] | N
         raise ValueError("the PII hash key is empty: set the Airflow variable ml_pii_hash_key")
     codes, uniques = _factorize_many(pieces)
     memo: dict[str, str] = {} if cache is None else cache
-    mac = key[:64]
+    keyed = hashlib.blake2b(key=key[:64], digest_size=12)  # copied per value: the key block is hashed once
     tokens = [memo.get(u) for u in uniques]
     for i in [i for i, t in enumerate(tokens) if t is None]:
         u = uniques[i]
-        tokens[i] = memo[u] = hashlib.blake2b(u.encode(), key=mac, digest_size=12).hexdigest()
-    table = pa.array([*tokens, None], type=pa.large_string())  # the last entry is the missing value
-    taken = table.take(pa.array(np.where(codes < 0, len(tokens), codes))).to_pandas().array
+        mac = keyed.copy()
+        mac.update(u.encode())
+        tokens[i] = memo[u] = mac.hexdigest()
+    taken = pa.array(tokens, type=pa.large_string()).take(codes).to_pandas().array  # a missing code: missing
     out, at = [], 0
     for piece in pieces:
         out.append(pd.Series(taken[at : at + len(piece)], index=piece.index, dtype="str"))
@@ -272,18 +340,25 @@ def tokenise_many(pieces: list[pd.Series], key: bytes, cache: dict[str, str] | N
     return out
 
 
-def _factorize_many(pieces: list[pd.Series]) -> tuple[np.ndarray, list[str]]:
-    """Codes (-1 for missing) of the pieces' values, one piece after the other, and the distinct
-    values as text (``str`` of each distinct value)."""
+def _factorize_many(pieces: list[pd.Series]) -> tuple[pa.Array, list[str]]:
+    """Codes (missing for a missing value) of the pieces' values, one piece after the other, and the
+    distinct values as text (``str`` of each distinct value)."""
     if not pieces:
-        return np.empty(0, dtype=np.intp), []
+        return pa.array([], type=pa.int64()), []
     if all(pd.api.types.is_string_dtype(p.dtype) and not pd.api.types.is_object_dtype(p.dtype) for p in pieces):
-        # text columns: Arrow-backed, factorised without a Python object per row
-        joined = pd.concat([p.astype("str") for p in pieces], ignore_index=True)
+        # text columns: Arrow-backed, factorised by Arrow without a Python object per row
+        texts = [p.astype("str") for p in pieces]
+        arrow = [_arrow_text(t) for t in texts]
+        if all(a is not None for a in arrow):
+            chunks = [c.cast(pa.large_string()) for a in arrow if a is not None for c in a.chunks]
+            encoded = pc.dictionary_encode(pa.chunked_array(chunks, type=pa.large_string()).combine_chunks())
+            return encoded.indices, encoded.dictionary.to_pylist()
+        joined = pd.concat(texts, ignore_index=True)
     else:
         joined = pd.concat([p.astype(object) for p in pieces], ignore_index=True)
     codes, uniques = pd.factorize(joined, use_na_sentinel=True)
-    return np.asarray(codes), [str(u) for u in uniques.tolist()]
+    codes = np.asarray(codes)
+    return pa.array(codes, mask=codes < 0), [str(u) for u in uniques.tolist()]
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -307,29 +382,41 @@ def validate_partition(
     """The first steps of :func:`curate_partition`: cast, quarantine, de-duplicate (PII not yet tokenised)."""
     curated, quarantined, by_rule, dropped, sources = [], [], {}, set(), []
     rows_in = 0
+    key = spec.data.key
+    single: tuple[pd.DataFrame, np.ndarray] | None = None  # one file: its cast rows and good-row positions
     for source, raw in frames:
         rows_in += len(raw)
-        res = cast_and_validate(raw, spec.schema_, source=source, key=None, extra_columns=spec.schema_.extra_columns)
-        curated.append(res.curated)
-        sources += [source] * len(res.curated)
+        typed, good, res = _cast_and_validate(
+            raw, spec.schema_, source=source, key=None, extra_columns=spec.schema_.extra_columns
+        )
+        if len(frames) == 1 and key:  # rows are taken once, after the duplicates are known too
+            single = typed, np.flatnonzero(good)
+        else:
+            res.curated = (typed if good.all() else typed.iloc[np.flatnonzero(good)]).reset_index(drop=True)
+            curated.append(res.curated)
+            sources += [source] * len(res.curated)
         quarantined.append(res.quarantined)
         dropped.update(res.dropped_columns)
         for k, v in res.by_rule.items():
             by_rule[k] = by_rule.get(k, 0) + v
-    cur = pd.concat(curated, ignore_index=True) if curated else pd.DataFrame(columns=spec.schema_.names)
     qua = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame()
-    if spec.data.key and len(cur):
-        dup = cur[spec.data.key].duplicated(keep="first")
+    if single is not None:
+        typed, at = single
+        dup = _duplicated(typed[key].iloc[at])
         if dup.any():
-            dups = cur[dup].astype("string")
-            dups["_rule"] = "duplicate_key"
-            dups["_column"] = spec.data.key
-            shown = ["<pii>" if spec.data.key in spec.pii_columns else repr(v) for v in cur.loc[dup, spec.data.key]]
-            dups["_reason"] = [f"{spec.data.key}={v} breaks rule duplicate_key" for v in shown]
-            dups["_source"] = np.asarray(sources, dtype=object)[dup.to_numpy()]
-            qua = pd.concat([qua, dups], ignore_index=True)
+            dups = typed.iloc[at[dup]]
+            qua = _with_duplicates(qua, dups, spec, np.full(len(dups), frames[0][0], dtype=object))
             by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + int(dup.sum())
-            cur = cur[~dup.to_numpy()].reset_index(drop=True)
+            at = at[~dup]
+        cur = (typed if len(at) == len(typed) else typed.iloc[at]).reset_index(drop=True)
+    else:
+        cur = pd.concat(curated, ignore_index=True) if curated else pd.DataFrame(columns=spec.schema_.names)
+    if single is None and key and len(cur):
+        dup = _duplicated(cur[key])
+        if dup.any():
+            qua = _with_duplicates(qua, cur[dup], spec, np.asarray(sources, dtype=object)[dup])
+            by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + int(dup.sum())
+            cur = cur[~dup].reset_index(drop=True)
     counts = {
         "rows_in": rows_in,
         "rows_curated": len(cur),
@@ -340,6 +427,19 @@ def validate_partition(
     if counts["rows_in"] != counts["rows_curated"] + counts["rows_quarantined"]:
         raise AssertionError(f"row accounting broken: {counts}")
     return cur, qua, counts
+
+
+def _with_duplicates(qua: pd.DataFrame, dups: pd.DataFrame, spec: Spec, sources: np.ndarray) -> pd.DataFrame:
+    """The quarantine with the curated rows ``dups`` (not the first of their key) appended."""
+    key = spec.data.key
+    assert key is not None
+    shown = ["<pii>" if key in spec.pii_columns else repr(v) for v in dups[key]]
+    dups = dups.astype("string")
+    dups["_rule"] = "duplicate_key"
+    dups["_column"] = key
+    dups["_reason"] = [f"{key}={v} breaks rule duplicate_key" for v in shown]
+    dups["_source"] = sources
+    return pd.concat([qua, dups], ignore_index=True)
 
 
 def tokenise_partitions(
@@ -608,26 +708,39 @@ def _collect_and_label(
         for k, v in counts["by_rule"].items():
             by_rule[k] = by_rule.get(k, 0) + v
     flush()
+    rows: pa.Table | None = None  # the data set as Arrow, until it is needed as pandas
     if not curated_rel:
         dataset = pd.DataFrame({c.name: pd.Series(dtype="object") for c in spec.schema_.columns})
     else:  # the partitions just written are still in memory: read back only the re-used ones
-        dataset = tables_to_pandas([written.get(r) or problem.read_table(r) for r in curated_rel])
+        rows = concat_tables([written.get(r) or problem.read_table(r) for r in curated_rel])
+        dataset = pd.DataFrame()  # made from ``rows`` below
     label_rows = None
     immature = 0
     if spec.data.labels is not None:
         labels_store = Store.from_uri(labels_uri or spec.data.labels.source)
         lab_end = (as_of.date() + dt.timedelta(days=1)).isoformat()
         labels = read_labels(spec, labels_store, start or "0000", lab_end, as_of, log)
-        dataset = join_labels(dataset, labels, spec)
         label_rows = len(labels)
-        if spec.data.labels.maturity_days and spec.data.time_column and len(dataset):
-            cutoff = _utc(as_of) - pd.Timedelta(days=spec.data.labels.maturity_days)
-            mature = (dataset[spec.data.time_column] < cutoff).to_numpy()
+        time_column, maturity_days = spec.data.time_column, spec.data.labels.maturity_days
+        if rows is not None and maturity_days and time_column and len(rows) and time_column in rows.column_names:
+            # the immature rows are left out before the rows become pandas (only mature rows are converted)
+            cutoff = _utc(as_of) - pd.Timedelta(days=maturity_days)
+            mature = (rows.select([time_column]).to_pandas()[time_column] < cutoff).to_numpy()
             immature = int((~mature).sum())
-            dataset = dataset[mature].reset_index(drop=True)
-            log(
-                f"labels: left out {immature} rows younger than {spec.data.labels.maturity_days} days (labels not mature)"
-            )
+            # taken as pandas takes them (``dataset[mature]``), so the data set file is written alike
+            kept = rows if mature.all() else rows.take(pa.array(np.flatnonzero(mature)))
+            dataset = join_labels(kept.to_pandas(), labels, spec)
+            log(f"labels: left out {immature} rows younger than {maturity_days} days (labels not mature)")
+        else:
+            dataset = join_labels(dataset if rows is None else rows.to_pandas(), labels, spec)
+            if maturity_days and time_column and len(dataset):
+                cutoff = _utc(as_of) - pd.Timedelta(days=maturity_days)
+                mature = (dataset[time_column] < cutoff).to_numpy()
+                immature = int((~mature).sum())
+                dataset = dataset[mature].reset_index(drop=True)
+                log(f"labels: left out {immature} rows younger than {maturity_days} days (labels not mature)")
+    elif rows is not None:
+        dataset = rows.to_pandas()
     dataset_rel = f"{run_dir}/dataset.parquet"
     writer.submit(problem.write_parquet, dataset_rel, dataset)  # after the partitions, as before
     summary = {

@@ -186,11 +186,15 @@ class Store:
         return sha256_bytes(self.read_bytes(rel))
 
 
-def tables_to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
-    """Arrow tables (e.g. the partitions of a data set) as one DataFrame, columns unified by name."""
+def concat_tables(tables: list[pa.Table]) -> pa.Table:
+    """Arrow tables (e.g. the partitions of a data set) as one table, columns unified by name."""
     import pyarrow as pa
 
     if not tables:
         raise FileNotFoundError("no parquet files to read")
-    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-    return table.to_pandas()
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def tables_to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
+    """Arrow tables (e.g. the partitions of a data set) as one DataFrame, columns unified by name."""
+    return concat_tables(tables).to_pandas()

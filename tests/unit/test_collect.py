@@ -34,6 +34,7 @@ from include.lifecycle.collect import (
     sort_curated,
     tokenise,
     tokenise_many,
+    validate_partition,
     window_dates,
 )
 from include.lifecycle.spec import DEFAULT_PROBLEMS_DIR, SchemaSpec, Spec, load_spec, parse_spec
@@ -450,6 +451,82 @@ def test_curate_partition_dedupes_across_files_tokenises_and_sorts() -> None:
     assert tokens["t2"] == tokens["t3"] != tokens["t1"]
     assert dup["card"] == tokens["t1"]
     assert "4111111111111111" not in cur["card"].tolist() + qua["card"].tolist()
+
+
+def test_one_file_partition_dedupes_on_cast_keys_after_the_broken_rows() -> None:
+    spec = _mini_spec()
+    raw = _tx_frame(
+        "2026-10-31",
+        [
+            ("t1", "09:00", "4111111111111111", -1.0, "pos"),  # broken: not the first of t1
+            (" t1", "10:00", "5500000000000004", 5.0, "ecom"),  # the first valid t1 (key is stripped)
+            ("t1 ", "11:00", "5500000000000004", 6.0, "pos"),  # a duplicate of the cast key "t1"
+            ("t2", "12:00", "4111111111111111", 7.0, "fax"),
+            ("t3", "13:00", "4111111111111111", 8.0, None),
+        ],
+    )
+    before = raw.copy(deep=True)
+    cur, qua, counts = validate_partition([("a.parquet", raw)], spec)
+    pd.testing.assert_frame_equal(raw, before)  # the input is not modified
+    assert cur["tx"].tolist() == ["t1", "t3"] and cur["amount"].tolist() == [5.0, 8.0]
+    assert cur.index.equals(pd.RangeIndex(2)) and cur["tx"].dtype == "str"
+    assert counts["by_rule"] == {"allowed": 1, "min:0.01": 1, "duplicate_key": 1}
+    assert qua["_rule"].tolist() == ["min:0.01", "allowed", "duplicate_key"]  # duplicates come last
+    assert qua["_reason"].tolist()[-1] == "tx='t1' breaks rule duplicate_key"
+    assert (qua["_source"] == "a.parquet").all() and qua["tx"].dtype == "string"
+    # the same as the partition split into one file per row group of the same rows
+    cur2, qua2, counts2 = validate_partition([("a.parquet", raw.iloc[:2]), ("a.parquet", raw.iloc[2:])], spec)
+    pd.testing.assert_frame_equal(cur, cur2)
+    pd.testing.assert_frame_equal(qua, qua2)
+    assert counts == counts2
+
+
+@pytest.mark.parametrize("dtype", ["str", "string", "string[python]", object])
+def test_text_is_cast_alike_from_arrow_backed_and_python_text(dtype: Any) -> None:
+    schema = _schema(
+        {"name": "id", "dtype": "string", "nullable": False},
+        {"name": "kind", "dtype": "category", "allowed": ["pos", "ecom", "ä"]},
+        {"name": "code", "dtype": "string"},
+    )
+    raw = pd.DataFrame(
+        {
+            "id": ["a", " b ", "", "  ", None, "\tc\n", "d", "e\u00a0", "f", "g"],
+            "kind": ["pos", " ecom", "POS", "", "ecom", "ä ", "\u2003pos", "fax", None, "pos "],
+            "code": ["x", " ", None, "y", "z", "", "\x1fq", "w", "v", "u"],
+        }
+    ).astype(dtype)
+    res = cast_and_validate(raw, schema, source="f", key="id")
+    ref = cast_and_validate(raw.astype(object), schema, source="f", key="id")
+    pd.testing.assert_frame_equal(res.curated, ref.curated)
+    pd.testing.assert_frame_equal(
+        res.quarantined.drop(columns=["id", "kind", "code"]), ref.quarantined.drop(columns=["id", "kind", "code"])
+    )
+    assert res.by_rule == ref.by_rule == {"allowed": 1, "not_null": 3}  # "e\u00a0" is "e": fax
+    assert res.curated["id"].tolist() == ["a", "b", "c", "d", "f", "g"]
+    assert res.curated["kind"].tolist()[:4] == ["pos", "ecom", "ä", "pos"] and pd.isna(res.curated["kind"].iloc[4])
+    assert all(str(res.curated[c].dtype) == "str" for c in ("id", "kind", "code"))
+
+
+def test_duplicate_keys_of_arrow_text_are_found_like_pandas_finds_them() -> None:
+    rng = np.random.default_rng(5)
+    keys = pd.Series(rng.choice(["a", "b", " a", "ä", "", None, "c", "b "], 400), dtype=object)
+    schema = _schema({"name": "id", "dtype": "string"}, {"name": "v", "dtype": "int", "min": 0})
+    raw = pd.DataFrame({"id": keys, "v": rng.integers(-1, 5, 400)})
+    ref = cast_and_validate(raw, schema, source="f", key="id")  # Python text: pandas de-duplicates
+    res = cast_and_validate(raw.astype({"id": "str"}), schema, source="f", key="id")
+    pd.testing.assert_frame_equal(res.curated, ref.curated)
+    assert res.by_rule == ref.by_rule and res.by_rule["duplicate_key"] > 0
+    assert res.quarantined["_rule"].tolist() == ref.quarantined["_rule"].tolist()
+    assert res.curated["id"].isna().sum() == 1  # missing keys are duplicates of each other
+
+
+def test_tokenise_many_gives_python_text_the_tokens_of_arrow_text() -> None:
+    arrow = pd.Series(["4111111111111111", None, "5500000000000004", "4111111111111111"], dtype="str")
+    python = pd.Series(["5500000000000004", None, "340000000000009"], dtype="string[python]")
+    out = tokenise_many([arrow, python], KEY)
+    assert out[0].tolist()[::2] == [tokenise(pd.Series([v]), KEY)[0] for v in arrow.tolist()[::2]]
+    assert out[0][2] == out[1][0] and pd.isna(out[0][1]) and pd.isna(out[1][1])
+    assert out[1].equals(tokenise(python.astype(object), KEY))
 
 
 def test_sort_curated_orders_by_time_then_key_like_pandas() -> None:
