@@ -708,39 +708,31 @@ def _collect_and_label(
         for k, v in counts["by_rule"].items():
             by_rule[k] = by_rule.get(k, 0) + v
     flush()
-    rows: pa.Table | None = None  # the data set as Arrow, until it is needed as pandas
-    if not curated_rel:
-        dataset = pd.DataFrame({c.name: pd.Series(dtype="object") for c in spec.schema_.columns})
-    else:  # the partitions just written are still in memory: read back only the re-used ones
-        rows = concat_tables([written.get(r) or problem.read_table(r) for r in curated_rel])
-        dataset = pd.DataFrame()  # made from ``rows`` below
+    # the partitions just written are still in memory: read back only the re-used ones
+    rows = concat_tables([written.get(r) or problem.read_table(r) for r in curated_rel]) if curated_rel else None
     label_rows = None
     immature = 0
+    labels = None
     if spec.data.labels is not None:
         labels_store = Store.from_uri(labels_uri or spec.data.labels.source)
         lab_end = (as_of.date() + dt.timedelta(days=1)).isoformat()
         labels = read_labels(spec, labels_store, start or "0000", lab_end, as_of, log)
         label_rows = len(labels)
         time_column, maturity_days = spec.data.time_column, spec.data.labels.maturity_days
-        if rows is not None and maturity_days and time_column and len(rows) and time_column in rows.column_names:
-            # the immature rows are left out before the rows become pandas (only mature rows are converted)
+        if rows is not None and maturity_days and time_column and len(rows):
+            # the immature rows are left out in Arrow, before the rows become pandas; taken as pandas
+            # takes them (``dataset[mature]``), so the data set file is written alike
             cutoff = _utc(as_of) - pd.Timedelta(days=maturity_days)
             mature = (rows.select([time_column]).to_pandas()[time_column] < cutoff).to_numpy()
             immature = int((~mature).sum())
-            # taken as pandas takes them (``dataset[mature]``), so the data set file is written alike
-            kept = rows if mature.all() else rows.take(pa.array(np.flatnonzero(mature)))
-            dataset = join_labels(kept.to_pandas(), labels, spec)
+            rows = rows if mature.all() else rows.take(pa.array(np.flatnonzero(mature)))
             log(f"labels: left out {immature} rows younger than {maturity_days} days (labels not mature)")
-        else:
-            dataset = join_labels(dataset if rows is None else rows.to_pandas(), labels, spec)
-            if maturity_days and time_column and len(dataset):
-                cutoff = _utc(as_of) - pd.Timedelta(days=maturity_days)
-                mature = (dataset[time_column] < cutoff).to_numpy()
-                immature = int((~mature).sum())
-                dataset = dataset[mature].reset_index(drop=True)
-                log(f"labels: left out {immature} rows younger than {maturity_days} days (labels not mature)")
-    elif rows is not None:
+    if rows is None:
+        dataset = pd.DataFrame({c.name: pd.Series(dtype="object") for c in spec.schema_.columns})
+    else:
         dataset = rows.to_pandas()
+    if labels is not None:
+        dataset = join_labels(dataset, labels, spec)
     dataset_rel = f"{run_dir}/dataset.parquet"
     writer.submit(problem.write_parquet, dataset_rel, dataset)  # after the partitions, as before
     summary = {
