@@ -5,19 +5,50 @@ backfill sees its own window."""
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
 from include.lifecycle import synth
 
+REFERENCE_END = dt.date(2026, 11, 1)
+"""The data is always generated for the window ending on this day, then moved in time."""
+
 
 def make_data(data_root: Path, end: dt.date, days: int = 40, per_day: int = 800) -> Path:
+    """``days`` daily partitions of transactions (and their chargebacks) ending the day before ``end``.
+
+    The generator seeds each day from its date, so data generated for another ``end`` would be
+    other data: a test that must use today's date (the real scheduler creates today's run) would
+    pass on some days and fail on others. The content is therefore always the one generated for
+    ``REFERENCE_END``, moved by whole days to end at ``end``: the same rows, the same frauds, the
+    same outcome, on any calendar day."""
     landing = data_root / "ops_fraud" / "landing"
-    if not (landing / ".generated").exists():
-        synth.generate(str(landing), end=end, days=days, tx_per_day=per_day, seed=11, n_merchants=300, log=None)
-        (landing / ".generated").write_text(end.isoformat())
+    if (landing / ".generated").exists():
+        return landing
+    shift = dt.timedelta(days=(end - REFERENCE_END).days)
+    with tempfile.TemporaryDirectory() as tmp:
+        generated = Path(tmp) / "landing" if shift else landing
+        synth.generate(
+            str(generated), end=REFERENCE_END, days=days, tx_per_day=per_day, seed=11, n_merchants=300, log=None
+        )
+        if shift:
+            for dataset, column in (("transactions", "ts"), ("chargebacks", "reported_at")):
+                for part in sorted((generated / dataset).glob("ds=*")):
+                    day = dt.date.fromisoformat(part.name.removeprefix("ds=")) + shift
+                    for f in sorted(part.glob("*.parquet")):
+                        table = pq.read_table(f)
+                        moved = pc.add(table[column], pa.scalar(shift, type=pa.duration("us")))
+                        table = table.set_column(table.schema.get_field_index(column), column, moved)
+                        out = landing / dataset / f"ds={day.isoformat()}" / f.name
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        pq.write_table(table, out)
+    (landing / ".generated").write_text(end.isoformat())
     return landing
 
 

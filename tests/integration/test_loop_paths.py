@@ -1,0 +1,258 @@
+"""Every path through the improvement loop can end in a deploy, with the right lineage; a run
+that fails still explains itself.
+
+Each test writes a small data set whose signal only the intended remedy can reach, and a spec
+whose ``diagnosis`` settings pick that remedy, then runs the whole DAG with ``dag.test()``:
+
+- ``tune_model``: an XOR signal that the logistic model of round 1 cannot express and the
+  random forest that tuning adds can;
+- ``augment_features``: round 1 sees only noise columns, round 2 adds the feature group that
+  carries the signal;
+- a fall-through: ``augment_features`` has no group left, so the plan applies ``tune_model``;
+- ``augment_data``: daily partitions whose latest training days carry no signal; widening the
+  lookback re-collects older days that do (the re-collection's lineage is what gets deployed);
+- a failed run (a split that cannot be made): not retried, and the report says which task
+  failed and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from include.lifecycle.spec import load_spec
+from tests.integration.dagrun import artifacts, read_json, run_dag
+
+pytestmark = pytest.mark.integration
+
+LOGICAL_DATE = dt.datetime(2026, 10, 20, 2, 0, tzinfo=dt.UTC)  # a nightly run at 02:00
+
+
+def signal_frame(n: int, rng: np.random.Generator, *, signal: bool = True) -> pd.DataFrame:
+    """x1, x2 uniform; the label is the XOR of their signs (10 % flipped), unless ``signal`` is
+    False (then the label is a coin toss); ``z = x1 * x2`` is that signal as one linear column;
+    n1, n2 are noise."""
+    x1, x2 = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+    y = (x1 * x2 > 0).astype(int)
+    y = np.where(rng.random(n) < 0.1, 1 - y, y) if signal else rng.integers(0, 2, n)
+    return pd.DataFrame(
+        {
+            "x1": x1.round(5),
+            "x2": x2.round(5),
+            "z": (x1 * x2 + rng.normal(0, 0.05, n)).round(5),
+            "n1": rng.normal(0, 1, n).round(5),
+            "n2": rng.normal(0, 1, n).round(5),
+            "label": y,
+        }
+    )
+
+
+def base_spec(name: str, source: str, layout: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": f"Loop path test ({name})",
+        "schedule": None,
+        "max_rounds": 2,
+        "goal": {"statement": "Rank positives first.", "metric": "roc_auc", "target": 0.7},
+        "problem": {"type": "binary_classification", "target": "label", "positive_label": 1},
+        "data": {"source": source, "format": "csv", "layout": layout, "key": "row_id"},
+        "schema": {
+            "columns": [
+                {"name": "row_id", "dtype": "string", "nullable": False},
+                {"name": "x1", "dtype": "float", "nullable": False},
+                {"name": "x2", "dtype": "float", "nullable": False},
+                {"name": "z", "dtype": "float", "nullable": False},
+                {"name": "n1", "dtype": "float", "nullable": False},
+                {"name": "n2", "dtype": "float", "nullable": False},
+                {"name": "label", "dtype": "int", "nullable": False},
+            ]
+        },
+        "quality": {"min_rows": 200, "min_positives": 20, "max_drift_psi": 50.0},
+        "features": {
+            "initial": ["xy"],
+            "groups": [{"name": "xy", "kind": "raw", "columns": ["x1", "x2"]}],
+        },
+        "training": {
+            "seed": 3,
+            "trials_per_candidate": 1,
+            "initial_candidates": ["logistic"],
+            "candidates": [
+                {"family": "logistic", "params": {"C": 1.0}, "search": {"C": [1.0]}},
+                {"family": "random_forest", "params": {"n_estimators": 60, "max_depth": 6}},
+            ],
+        },
+        # neither overfitting nor too few positives: the shortfall decides the remedy
+        "diagnosis": {"max_gap": 1.0, "min_train_positives": 0},
+    }
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    load_spec(path)  # the test's own spec must be valid
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(session_tmp: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(12)
+    data = session_tmp / "data" / "loop_paths"
+    static = signal_frame(1500, rng)
+    static.insert(0, "row_id", [f"r{i}" for i in range(len(static))])
+    (data / "static").mkdir(parents=True, exist_ok=True)
+    static.to_csv(data / "static" / "rows.csv", index=False)
+    # 40 days of 120 rows ending the day before the run; the 6 newest training days of a 12-day
+    # window (the 3 validation and 3 test days come after them) carry no signal
+    end = LOGICAL_DATE.date()
+    for back in range(1, 41):
+        day = end - dt.timedelta(days=back)
+        frame = signal_frame(120, rng, signal=not 7 <= back <= 12)
+        frame.insert(0, "row_id", [f"{day.isoformat()}-{i}" for i in range(len(frame))])
+        seconds = np.sort(rng.integers(0, 86_400, len(frame)))
+        frame.insert(
+            1, "ts", [(dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))).isoformat() for s in seconds]
+        )
+        part = data / "daily" / f"ds={day.isoformat()}"
+        part.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(part / "part-0.csv", index=False)
+    return {"problems": session_tmp / "loop-problems", "data": data}
+
+
+def _run(env: dict[str, Path], spec: dict[str, Any]) -> tuple[str, str, Path, dict[str, Any]]:
+    write_spec(env["problems"], spec)
+    state, run_id, run_dir = run_dag(spec["name"], LOGICAL_DATE, problems_dir=env["problems"])
+    summary = read_json(run_dir / "run_summary.json")
+    return state, run_id, run_dir, summary
+
+
+def _assert_deployed_from_round_2(run_dir: Path, run_id: str, summary: dict[str, Any], remedy: str) -> dict:
+    assert summary["decision"] == "deployed", summary["reason"]
+    rounds = summary["rounds"]
+    assert [r["meets_goal"] for r in rounds] == [False, True], [r["test_score"] for r in rounds]
+    assert rounds[0]["diagnosis"]["remedy"] == remedy
+    assert summary["model_version"] == 1 and summary["champion_after"] == 1
+    lineage = json.loads((artifacts(summary["problem"]) / "registry" / "versions" / "1" / "lineage.json").read_text())
+    assert lineage["run_id"] == run_id and lineage["round"] == 2
+    assert (run_dir / "report.html").stat().st_size > 5_000
+    return lineage
+
+
+def test_tune_model_round_deploys(airflow_db, env):
+    spec = base_spec("loop_tune", "loop_paths/static/rows.csv", "single_file")
+    spec["goal"]["near_goal"] = 1.0  # any shortfall counts as close: tune
+    state, run_id, run_dir, s = _run(env, spec)
+    assert state == "success"
+    _assert_deployed_from_round_2(run_dir, run_id, s, "tune_model")
+    plan2 = s["rounds"][1]["plan"]
+    assert plan2["remedy"] == "tune_model" and plan2["wide_search"] is True
+    assert set(plan2["families"]) == {"logistic", "random_forest"}
+    assert s["rounds"][1]["family"] == "random_forest"
+
+
+def test_augment_features_round_deploys(airflow_db, env):
+    spec = base_spec("loop_features", "loop_paths/static/rows.csv", "single_file")
+    spec["goal"]["near_goal"] = 0.0  # never "close": both scores low means add features
+    spec["features"] = {
+        "initial": ["noise"],
+        "groups": [
+            {"name": "noise", "kind": "raw", "columns": ["n1", "n2"]},
+            {"name": "product", "kind": "raw", "columns": ["z"]},
+        ],
+    }
+    state, run_id, run_dir, s = _run(env, spec)
+    assert state == "success"
+    lineage = _assert_deployed_from_round_2(run_dir, run_id, s, "augment_features")
+    assert s["rounds"][1]["plan"]["feature_groups"] == ["noise", "product"]
+    assert lineage["feature_groups"] == ["noise", "product"]
+
+
+def test_exhausted_remedy_falls_through_and_deploys(airflow_db, env):
+    spec = base_spec("loop_fallthrough", "loop_paths/static/rows.csv", "single_file")
+    spec["goal"]["near_goal"] = 0.0  # augment_features is chosen, but there is no group left
+    state, run_id, run_dir, s = _run(env, spec)
+    assert state == "success"
+    _assert_deployed_from_round_2(run_dir, run_id, s, "augment_features")
+    plan2 = s["rounds"][1]["plan"]
+    assert plan2["remedy"] == "augment_features"
+    assert any("nothing left to give; applied tune_model" in c for c in plan2["changes"]), plan2["changes"]
+
+
+def daily_spec(name: str) -> dict[str, Any]:
+    spec = base_spec(name, "loop_paths/daily", "partitioned")
+    spec["data"].update(time_column="ts", lookback_days=12, max_lookback_days=36)
+    spec["schema"]["columns"].insert(1, {"name": "ts", "dtype": "timestamp", "nullable": False})
+    spec["features"]["groups"][0]["columns"] = ["z"]
+    spec["training"]["split"] = {"validation_days": 3, "test_days": 3}
+    return spec
+
+
+def test_augment_data_recollects_and_deploys_with_its_lineage(airflow_db, env):
+    spec = daily_spec("loop_data")
+    # the rule "too few positives in training -> augment_data" fires on round 1
+    spec["diagnosis"]["min_train_positives"] = 100_000
+    state, run_id, run_dir, s = _run(env, spec)
+    assert state == "success", s.get("reason")
+    lineage = _assert_deployed_from_round_2(run_dir, run_id, s, "augment_data")
+    plan2 = s["rounds"][1]["plan"]
+    assert plan2["lookback_days"] == 24
+    # the deployed model's lineage is the re-collection's: 24 daily partitions, not the first 12
+    recollected = read_json(run_dir / "round_2" / "collect_summary.json")
+    assert lineage["window"] == recollected["window"]
+    assert lineage["partitions"] == [p["ds"] for p in recollected["partitions"]]
+    assert len(lineage["partitions"]) == 24
+    assert lineage["dataset_uri"].endswith(recollected["dataset_rel"])
+    assert lineage["rows"] == recollected["dataset_rows"]
+
+
+def test_a_failed_run_is_not_retried_and_still_reports(airflow_db, env):
+    spec = daily_spec("loop_failed")
+    spec["data"]["lookback_days"] = 5  # 5 days cannot hold 3 validation + 3 test days + training
+    state, run_id, run_dir, s = _run(env, spec)
+    assert state == "failed"
+    assert s["decision"] == "failed" and s["model_version"] is None
+    assert s["failed_task"] == "round_1.feature_engineering"
+    assert "SplitError" in s["error"]
+    record = read_json(run_dir / "failures" / "round_1.feature_engineering.json")
+    assert record["try_number"] == 1  # deterministic: failed at once, no retry
+    html = (run_dir / "report.html").read_text()
+    assert "round_1.feature_engineering" in html and "SplitError" in html
+    # the failed run left the registry alone
+    assert not (artifacts("loop_failed") / "registry" / "champion.json").exists()
+
+
+def test_one_bad_spec_breaks_only_itself(airflow_db, env, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.integration.dagrun import ROOT
+
+    good = base_spec("loop_good", "loop_paths/static/rows.csv", "single_file")
+    write_spec(tmp_path, good)
+    bad = copy.deepcopy(good)
+    bad["name"] = "loop_bad"
+    bad["goal"]["max_alert_rate"] = 7  # a share: must be <= 1
+    (tmp_path / "loop_bad.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    old = os.environ.get("ML_PROBLEMS_DIR")
+    os.environ["ML_PROBLEMS_DIR"] = str(tmp_path)
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+    finally:
+        if old is None:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        else:
+            os.environ["ML_PROBLEMS_DIR"] = old
+    assert "loop_good" in bag.dags and "loop_bad" not in bag.dags
+    assert len(bag.import_errors) == 1, bag.import_errors
+    where, error = next(iter(bag.import_errors.items()))
+    assert where.endswith("problem_spec_errors.py")
+    assert "loop_bad.yaml" in error and "goal.max_alert_rate" in error
+    assert "loop_good.yaml" not in error
