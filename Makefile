@@ -45,11 +45,15 @@ $(AIRFLOW_HOME)/.db: $(VENV)/.installed
 	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	touch $@
 
-data/$(PROBLEM)/landing/.generated: $(VENV)/.installed include/lifecycle/synth.py
-	$(PY) -m include.lifecycle.synth --root data/card_fraud/landing --end $(RUN_DATE) --days $(DEMO_DAYS) --per-day $(DEMO_PER_DAY) --seed 7
-	touch $@
+# The demo card data (include/lifecycle/synth.py) of every problem whose spec reads it
+# (data.source under card_fraud/landing, relative to $ML_DATA_ROOT): DEMO_DAYS days before RUN_DATE
+# through today (UTC), so a run triggered now finds its window. A stamp in the landing folder
+# records the end: on a later day the data is extended (new days and the chargebacks that fell due).
+DEVTOOLS := $(PY) -m ml_lifecycle.devtools
+DEMO_ARGS = --run-date $(RUN_DATE) --days $(DEMO_DAYS) --per-day $(DEMO_PER_DAY) --seed 7
 
-demo-data: data/$(PROBLEM)/landing/.generated
+demo-data: setup
+	$(DEVTOOLS) demo-data $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -59,13 +63,17 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
-	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
+# The spec is checked first (its error names the file, field and rule); finish-run then finds the
+# run `airflow dags test` made, sets its start date to its first task's start (dags test records
+# the logical date), prints that run's summary or error and exits with the run's status.
+run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key
+	@$(DEVTOOLS) check-spec $(PROBLEM)
+	$(DEVTOOLS) demo-data $(PROBLEM) $(DEMO_ARGS)
+	since=$$(date +%s); AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
 	  $(VENV)/bin/airflow dags test $(PROBLEM) $(RUN_DATE) > $(AIRFLOW_HOME)/last-run.log 2>&1; \
-	  status=$$?; grep -E "collect_and_label:|quality gate: FAIL|meets_business_goal:|diagnose round|deploy_model:|goal_not_met:|ERROR|Error:" $(AIRFLOW_HOME)/last-run.log | sed -E 's/^[^ ]+ \[[a-z ]+\] +//; s/ +\[[a-zA-Z_.]+\] +loc=.*$$//' | cut -c1-200 | tail -40; \
+	  grep -E "collect_and_label:|quality gate: FAIL|meets_business_goal:|diagnose round|deploy_model:|goal_not_met:|ERROR|Error:" $(AIRFLOW_HOME)/last-run.log | sed -E 's/^[^ ]+ \[[a-z ]+\] +//; s/ +\[[a-zA-Z_.]+\] +loc=.*$$//' | cut -c1-200 | tail -40; \
 	  echo "full log: $(AIRFLOW_HOME)/last-run.log"; \
-	  $(PY) -m include.lifecycle.summarise --artifact-root $(ML_ARTIFACT_ROOT) --problem $(PROBLEM) --run-date $(RUN_DATE); \
-	  exit $$status
+	  $(DEVTOOLS) finish-run $(PROBLEM) --since $$since --log $(AIRFLOW_HOME)/last-run.log --artifact-root $(ML_ARTIFACT_ROOT)
 
 up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 	@echo "Airflow UI on http://127.0.0.1:8080 - user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"

@@ -16,7 +16,9 @@ Design notes
   population sizes).  Every card has a home country, a spending level, an
   activity level, a set of usual merchants and an occasional travel week.
 * Each transaction day uses its own RNG derived from ``(seed, day)``, so a
-  transaction partition is identical whatever window it was generated in.
+  transaction partition is identical whatever window it was generated in, and a
+  window can be extended day by day (:func:`ensure`, ``--incremental``): the
+  demo data of ``make run`` / ``make up`` reaches the current date.
 * Fraud comes in three flavours that mostly need per-card history to detect:
   compromised-card bursts, card testing, and a small set of risky merchants
   that attract both.  Legit traffic also has night, foreign, ecom and large
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +52,10 @@ __all__ = [
     "CHARGEBACK_SCHEMA",
     "TRANSACTION_SCHEMA",
     "Population",
+    "STAMP",
     "default_n_cards",
+    "demo_end",
+    "ensure",
     "generate",
     "main",
     "make_population",
@@ -171,6 +178,7 @@ _P_BURST_AT_RISKY = 0.12
 _P_TESTING_AT_RISKY = 0.35
 
 _DEFECT_KINDS = ("bad_amount", "bad_channel", "null_merchant", "duplicate")
+_MAX_REPORT_DAYS = 30  # a chargeback is reported 1 to 30 days after its transaction
 
 
 # --------------------------------------------------------------------------- #
@@ -608,7 +616,7 @@ def _generate_day(pop: Population, day: dt.date, *, tx_per_day: int, seed: int, 
 def _chargeback_delay_us(seed: int, day: dt.date, n: int) -> np.ndarray:
     """Report delays in microseconds: 1 to 30 days, median ~5, mostly 2-10 days."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2, day.toordinal()]))
-    days = np.clip(rng.lognormal(np.log(5.0), 0.55, n), 1.0, 30.0)
+    days = np.clip(rng.lognormal(np.log(5.0), 0.55, n), 1.0, float(_MAX_REPORT_DAYS))
     return (days * _US_PER_DAY).astype(np.int64)
 
 
@@ -623,6 +631,7 @@ def generate(
     n_merchants: int = 2000,
     defect_rate: float = 0.0005,
     log: Callable[[str], None] | None = None,
+    skip_before: dt.date | None = None,
 ) -> dict:
     """Generate ``days`` daily partitions of transactions ending at ``end - 1``.
 
@@ -636,15 +645,23 @@ def generate(
         n_merchants: merchant population size.
         defect_rate: share of deliberately defective rows (0 disables them).
         log: optional progress callback.
+        skip_before: extend an existing landing zone: the partitions of the days before
+            this one were written by a call with the same arguments but an earlier ``end``
+            (equal to ``skip_before``) and are left alone.  Only the days in
+            ``[skip_before, end)`` are written: their transactions, and the chargebacks
+            reported on them (including those of older transactions that fell due); the
+            30 days before ``skip_before`` are generated again in memory for that.
 
     Returns:
         Summary dict with ``days``, ``rows``, ``frauds``, ``fraud_rate``,
-        ``chargebacks_written``, ``defects``, ``start`` and ``end`` (ISO dates).
+        ``chargebacks_written``, ``defects``, ``start`` and ``end`` (ISO dates) of the
+        partitions written by this call (``start`` is ``skip_before`` when extending).
 
     A chargeback partition is written for every report day in ``[start, end)``
     (possibly empty).  Chargebacks reported on or after ``end`` are dropped:
     they have not arrived yet.  Chargeback partitions only cover transactions of
-    this window, so the first days' partitions are sparse.
+    this window, so the first days' partitions are sparse.  Extending a window
+    gives the same files as generating the longer window at once.
     """
     if isinstance(end, dt.datetime):
         end = end.date()
@@ -663,28 +680,37 @@ def generate(
         n_merchants=n_merchants,
     )
 
-    rows = frauds = defects = 0
+    # Days before `first` cannot have a chargeback reported on or after `write_from` (delays are
+    # at most 30 days), so an extension does not need them; days in [first, write_from) are
+    # generated only for their fraud rows.
+    write_from = start if skip_before is None else min(max(start, skip_before), end)
+    first = max(start, write_from - dt.timedelta(days=_MAX_REPORT_DAYS + 1))
+    n_write = (end - write_from).days
+    rows = frauds = defects = written = 0
     cb_ids: list[pa.Array] = []
     cb_reported: list[np.ndarray] = []
-    for i in range(days):
+    for i in range((first - start).days, days):
         day = start + dt.timedelta(days=i)
         out = _generate_day(pop, day, tx_per_day=tx_per_day, seed=seed, defect_rate=defect_rate)
+        cb_ids.append(out.fraud_ids)
+        cb_reported.append(out.fraud_ts_us + _chargeback_delay_us(seed, day, out.n_fraud))
+        if day < write_from:
+            continue
         _atomic_write(out.table, root / "transactions" / f"ds={day.isoformat()}" / "part-0.parquet")
+        written += 1
         rows += out.table.num_rows
         frauds += out.n_fraud
         defects += out.n_defects
-        cb_ids.append(out.fraud_ids)
-        cb_reported.append(out.fraud_ts_us + _chargeback_delay_us(seed, day, out.n_fraud))
-        if (i + 1) % 10 == 0 or i + 1 == days:
-            emit(f"wrote {i + 1}/{days} partitions, {rows} rows")
+        if written % 10 == 0 or written == n_write:
+            emit(f"wrote {written}/{n_write} partitions, {rows} rows")
 
     ids = pa.concat_arrays(cb_ids) if cb_ids else pa.array([], type=pa.string())
     reported = np.concatenate(cb_reported) if cb_reported else np.empty(0, np.int64)
     report_day = reported // _US_PER_DAY
-    start_day = (start - _EPOCH).days
+    first_report_day = (write_from - _EPOCH).days
     chargebacks_written = 0
-    for i in range(days):
-        sel = np.flatnonzero(report_day == start_day + i)
+    for i in range(n_write):
+        sel = np.flatnonzero(report_day == first_report_day + i)
         sel = sel[np.lexsort((sel, reported[sel]))]  # by report time, then transaction order
         table = pa.Table.from_arrays(
             [
@@ -694,23 +720,127 @@ def generate(
             ],
             schema=CHARGEBACK_SCHEMA,
         )
-        day = start + dt.timedelta(days=i)
+        day = write_from + dt.timedelta(days=i)
         _atomic_write(table, root / "chargebacks" / f"ds={day.isoformat()}" / "part-0.parquet")
         chargebacks_written += len(sel)
-    emit(
-        f"wrote {days} chargeback partitions, {chargebacks_written} chargebacks ({frauds - chargebacks_written} pending)"
-    )
+    if write_from == start:
+        pending = f" ({frauds - chargebacks_written} pending)"
+    else:  # an extension also writes chargebacks of older transactions that fell due
+        pending = f" (of transactions since {first.isoformat()})"
+    emit(f"wrote {n_write} chargeback partitions, {chargebacks_written} chargebacks{pending}")
 
     return {
-        "days": days,
+        "days": n_write,
         "rows": rows,
         "frauds": frauds,
         "fraud_rate": round(frauds / rows, 6) if rows else 0.0,
         "chargebacks_written": chargebacks_written,
         "defects": defects,
-        "start": start.isoformat(),
+        "start": write_from.isoformat(),
         "end": end.isoformat(),
     }
+
+
+STAMP = ".generated"
+"""Name of the file in the landing directory that records what :func:`ensure` generated there."""
+
+
+def demo_end(run_date: dt.date, today: dt.date | None = None) -> dt.date:
+    """Exclusive end of the demo data: the day after today (UTC), or ``run_date`` if that is later.
+
+    A run at any time today, and the nightly run of tomorrow 02:00, then find full windows.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    return max(run_date, today + dt.timedelta(days=1))
+
+
+def _code_digest() -> str:
+    """Digest of this module's source: a changed generator regenerates the whole landing zone."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def ensure(
+    root: str | os.PathLike,
+    *,
+    start: dt.date,
+    end: dt.date,
+    tx_per_day: int = 4000,
+    seed: int = 7,
+    n_cards: int | None = None,
+    n_merchants: int = 2000,
+    defect_rate: float = 0.0005,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Make ``root`` hold the partitions of ``[start, end)``, generating only what is missing.
+
+    ``<root>/.generated`` (JSON) records the arguments, the generator's digest and the end of
+    what is there.  Same arguments and an end at or after ``end``: nothing to do (a cheap
+    check).  Same arguments and an earlier end: the window is extended to ``end`` (new days'
+    transactions and the chargebacks that fell due, see ``generate(skip_before=...)``).
+    Otherwise the whole window is generated again and, when a stamp was there, partitions
+    outside the window are removed.  Returns ``{"action": "up_to_date" | "extended" |
+    "generated", "start", "end", ...}`` (the summary of what was written).
+    """
+    if isinstance(start, dt.datetime):
+        start = start.date()
+    if isinstance(end, dt.datetime):
+        end = end.date()
+    if end <= start:
+        raise ValueError(f"end {end} must be after start {start}")
+    root = Path(root)
+    stamp_path = root / STAMP
+    params = {
+        "start": start.isoformat(),
+        "tx_per_day": int(tx_per_day),
+        "seed": int(seed),
+        "n_cards": n_cards,
+        "n_merchants": int(n_merchants),
+        "defect_rate": float(defect_rate),
+        "code": _code_digest(),
+    }
+    old: dict = {}
+    if stamp_path.exists():
+        try:
+            old = json.loads(stamp_path.read_text() or "{}")
+        except ValueError:
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+    same = bool(old) and all(old.get(k) == v for k, v in params.items())
+    old_end = dt.date.fromisoformat(old["end"]) if same and isinstance(old.get("end"), str) else None
+    if old_end is not None and not all(
+        (root / dataset / f"ds={day.isoformat()}" / "part-0.parquet").is_file()
+        for dataset in ("transactions", "chargebacks")
+        for day in (start, old_end - dt.timedelta(days=1))
+    ):
+        old_end = None  # partitions were removed since: generate everything again
+    if old_end is not None and old_end >= end:
+        return {"action": "up_to_date", "start": start.isoformat(), "end": old_end.isoformat()}
+    kwargs = {"tx_per_day": tx_per_day, "seed": seed, "n_cards": n_cards, "n_merchants": n_merchants}
+    kwargs |= {"defect_rate": defect_rate, "log": log}
+    days = (end - start).days
+    if old_end is not None and old_end > start:
+        summary = generate(root, end=end, days=days, skip_before=old_end, **kwargs)
+        action = "extended"
+    else:
+        if stamp_path.exists():  # our own landing zone from other arguments: drop what is outside the window
+            stamp_path.unlink()
+            _remove_outside(root, start, end)
+        summary = generate(root, end=end, days=days, **kwargs)
+        action = "generated"
+    tmp = root / f".{STAMP}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({**params, "end": end.isoformat()}, indent=2) + "\n")
+    os.replace(tmp, stamp_path)
+    return {"action": action, **summary}
+
+
+def _remove_outside(root: Path, start: dt.date, end: dt.date) -> None:
+    """Remove the ``ds=`` partitions of a generated landing zone that lie outside ``[start, end)``."""
+    for dataset in ("transactions", "chargebacks"):
+        for part in (root / dataset).glob("ds=*"):
+            ds = part.name.removeprefix("ds=")
+            if not start.isoformat() <= ds < end.isoformat():
+                shutil.rmtree(part)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -725,18 +855,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-merchants", type=int, default=2000)
     parser.add_argument("--defect-rate", type=float, default=0.0005)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    args = parser.parse_args(argv)
-    summary = generate(
-        args.root,
-        end=args.end,
-        days=args.days,
-        tx_per_day=args.tx_per_day,
-        seed=args.seed,
-        n_cards=args.n_cards,
-        n_merchants=args.n_merchants,
-        defect_rate=args.defect_rate,
-        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+    parser.add_argument(
+        "--to-today",
+        action="store_true",
+        help="keep the start (--end minus --days) and end the data today (UTC) if that is later than --end",
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help=f"record the window in <root>/{STAMP} and generate only what is missing (see ensure())",
+    )
+    args = parser.parse_args(argv)
+    if args.days < 1:
+        parser.error("--days must be >= 1")
+    start = args.end - dt.timedelta(days=args.days)
+    end = demo_end(args.end) if args.to_today else args.end
+    kwargs = {
+        "tx_per_day": args.tx_per_day,
+        "seed": args.seed,
+        "n_cards": args.n_cards,
+        "n_merchants": args.n_merchants,
+        "defect_rate": args.defect_rate,
+        "log": None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+    }
+    if args.incremental:
+        summary = ensure(args.root, start=start, end=end, **kwargs)
+    else:
+        summary = generate(args.root, end=end, days=(end - start).days, **kwargs)
     print(json.dumps(summary))
     return 0
 

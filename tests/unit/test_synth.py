@@ -87,6 +87,61 @@ def test_partition_does_not_depend_on_window(tmp_path: Path) -> None:
         assert (long / rel).read_bytes() == (short / rel).read_bytes()
 
 
+def test_extending_a_window_gives_the_files_of_the_longer_window(tmp_path: Path) -> None:
+    grown, once = tmp_path / "grown", tmp_path / "once"
+    start = END - dt.timedelta(days=20)
+    args = {"tx_per_day": 1500, "seed": 5}
+    first = synth.ensure(grown, start=start, end=END, **args)
+    assert first["action"] == "generated"
+    assert synth.ensure(grown, start=start, end=END, **args)["action"] == "up_to_date"
+    later = END + dt.timedelta(days=12)
+    ext = synth.ensure(grown, start=start, end=later, **args)
+    assert ext["action"] == "extended"
+    assert ext["days"] == 12
+    assert (ext["start"], ext["end"]) == (END.isoformat(), later.isoformat())
+    synth.generate(once, end=later, days=32, **args)
+    fg, fo = _files(grown), _files(once)
+    assert json.loads(fg.pop(synth.STAMP))["end"] == later.isoformat()
+    assert fg.keys() == fo.keys()
+    assert len(fg) == 2 * 32
+    assert [k for k in fg if fg[k] != fo[k]] == []
+    # the extension added the chargebacks of older transactions that fell due after END
+    cb = _read(grown, "chargebacks")
+    late = cb[cb["ds"] >= END.isoformat()]
+    assert (late["transaction_id"].str[2:10] < END.strftime("%Y%m%d")).any()
+
+
+def test_ensure_checks_its_stamp_cheaply_and_starts_over_on_other_arguments(tmp_path: Path) -> None:
+    start = END - dt.timedelta(days=4)
+    synth.ensure(tmp_path, start=start, end=END, tx_per_day=500, seed=5)
+    part = tmp_path / "transactions" / f"ds={start.isoformat()}" / "part-0.parquet"
+    mtime = part.stat().st_mtime_ns
+    assert synth.ensure(tmp_path, start=start, end=END - dt.timedelta(days=1), tx_per_day=500, seed=5) == {
+        "action": "up_to_date",
+        "start": start.isoformat(),
+        "end": END.isoformat(),
+    }
+    assert part.stat().st_mtime_ns == mtime
+    # other arguments: the window is generated again and partitions outside it go
+    later = start + dt.timedelta(days=2)
+    out = synth.ensure(tmp_path, start=later, end=END, tx_per_day=600, seed=5)
+    assert out["action"] == "generated"
+    for dataset in ("transactions", "chargebacks"):
+        assert sorted(p.name for p in (tmp_path / dataset).iterdir()) == [
+            f"ds={(later + dt.timedelta(days=i)).isoformat()}" for i in range(2)
+        ]
+    # a removed partition is noticed: everything is generated again
+    (tmp_path / "transactions" / f"ds={later.isoformat()}" / "part-0.parquet").unlink()
+    assert synth.ensure(tmp_path, start=later, end=END, tx_per_day=600, seed=5)["action"] == "generated"
+
+
+def test_demo_end_reaches_today() -> None:
+    run_date = dt.date(2026, 11, 1)
+    assert synth.demo_end(run_date, today=dt.date(2026, 11, 26)) == dt.date(2026, 11, 27)
+    assert synth.demo_end(run_date, today=dt.date(2026, 10, 1)) == run_date
+    assert synth.demo_end(run_date, today=dt.date(2026, 10, 31)) == run_date
+
+
 # --------------------------------------------------------------------------- #
 # schema & layout
 # --------------------------------------------------------------------------- #
@@ -321,6 +376,17 @@ def test_cli_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert summary["rows"] == 1000
     assert summary["start"] == "2026-10-30"
     assert (tmp_path / "transactions" / "ds=2026-10-31" / "part-0.parquet").is_file()
+
+
+def test_cli_to_today_incremental(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # an end far in the future is later than today, so the window is [end - days, end)
+    argv = ["--root", str(tmp_path), "--end", "2099-01-03", "--days", "2", "--per-day", "300"]
+    assert synth.main([*argv, "--to-today", "--incremental", "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["action"], first["start"], first["end"]) == ("generated", "2099-01-01", "2099-01-03")
+    assert synth.main([*argv, "--to-today", "--incremental", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["action"] == "up_to_date"
+    assert json.loads((tmp_path / synth.STAMP).read_text())["end"] == "2099-01-03"
 
 
 def test_module_does_not_import_airflow() -> None:
