@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from include.lifecycle.dataset import positive_mask
 from include.lifecycle.spec import ColumnSpec, SchemaSpec, Spec
 from include.lifecycle.store import Store, concat_tables
 
@@ -202,20 +203,31 @@ def _infer_column(raw: pd.Series) -> pd.Series:
 
 
 def cast_and_validate(
-    df: pd.DataFrame, schema: SchemaSpec, *, source: str, key: str | None, extra_columns: str = "drop"
+    df: pd.DataFrame,
+    schema: SchemaSpec,
+    *,
+    source: str,
+    key: str | None,
+    extra_columns: str = "drop",
+    target: str | None = None,
 ) -> CastResult:
     """Cast ``df`` to the schema; every row that breaks a rule goes to quarantine with its reason.
 
     Raises :class:`SchemaError` naming the file and column when a declared column is absent.
-    The first broken rule of a row is recorded (not_null, dtype, min, max, allowed, duplicate_key).
+    The first broken rule of a row is recorded (target_missing, not_null, dtype, min, max,
+    allowed, duplicate_key). ``target``: the target column when the rows carry their own labels;
+    a row whose target value is missing (null, NaN, blank) is quarantined with rule
+    ``target_missing``: an unlabelled row is never read as a negative.
     """
-    typed, good, res = _cast_and_validate(df, schema, source=source, key=key, extra_columns=extra_columns)
+    typed, good, res = _cast_and_validate(
+        df, schema, source=source, key=key, extra_columns=extra_columns, target=target
+    )
     res.curated = (typed if good.all() else typed.iloc[np.flatnonzero(good)]).reset_index(drop=True)
     return res
 
 
 def _cast_and_validate(
-    df: pd.DataFrame, schema: SchemaSpec, *, source: str, key: str | None, extra_columns: str
+    df: pd.DataFrame, schema: SchemaSpec, *, source: str, key: str | None, extra_columns: str, target: str | None = None
 ) -> tuple[pd.DataFrame, np.ndarray, CastResult]:
     """:func:`cast_and_validate` before its curated rows are taken: every row cast, the mask of the
     rows that break no rule and the result with an empty ``curated``."""
@@ -255,6 +267,8 @@ def _cast_and_validate(
                 raw_missing = raw_missing | blank.fillna(True).to_numpy()
             values = _cast_column(raw, col, stripped, blank)
         now_missing = values.isna().to_numpy()
+        if col.name == target:
+            flag(raw_missing, "target_missing", col.name)
         if not col.nullable:
             flag(raw_missing, "not_null", col.name)
         flag(now_missing & ~raw_missing, f"dtype:{col.dtype}", col.name)
@@ -387,7 +401,12 @@ def validate_partition(
     for source, raw in frames:
         rows_in += len(raw)
         typed, good, res = _cast_and_validate(
-            raw, spec.schema_, source=source, key=None, extra_columns=spec.schema_.extra_columns
+            raw,
+            spec.schema_,
+            source=source,
+            key=None,
+            extra_columns=spec.schema_.extra_columns,
+            target=labelled_target(spec),
         )
         if len(frames) == 1 and key:  # rows are taken once, after the duplicates are known too
             single = typed, np.flatnonzero(good)
@@ -427,6 +446,12 @@ def validate_partition(
     if counts["rows_in"] != counts["rows_curated"] + counts["rows_quarantined"]:
         raise AssertionError(f"row accounting broken: {counts}")
     return cur, qua, counts
+
+
+def labelled_target(spec: Spec) -> str | None:
+    """The target column whose values curation checks: the problem's target when the rows carry
+    their own labels (no labels feed), else None (a feed labels the rows; absent means negative)."""
+    return spec.problem.target if spec.data.labels is None else None
 
 
 def _with_duplicates(qua: pd.DataFrame, dups: pd.DataFrame, spec: Spec, sources: np.ndarray) -> pd.DataFrame:
@@ -673,6 +698,8 @@ def _collect_and_label(
             fp_src = [[n, source.fs.size(source.path(f"ds={ds}", n))] for n in files]
             frames = None
         fingerprint = {"source": fp_src, "spec": spec.schema_.model_dump_json(), "key": key_fingerprint(pii_key)}
+        if labelled_target(spec):  # curation checks the target too (rule target_missing)
+            fingerprint["target"] = labelled_target(spec)
         plans.append((ds, frames, fingerprint, manifest_matches(problem, ds, fingerprint)))
     to_read = iter([ds for ds, frames, _, reuse in plans if frames is None and not reuse])
     reads: dict[str, Future[list[tuple[str, pd.DataFrame]]]] = {}
@@ -748,10 +775,10 @@ def _collect_and_label(
     }
     target = spec.problem.target
     if target in dataset.columns and spec.is_binary:
-        # compare the text of each distinct value, not of every row (same result as astype(str) per row)
-        counts = dataset[target].value_counts(dropna=False)
-        matches = pd.Series(counts.index).astype(str) == str(spec.problem.positive_label)
-        summary["positives"] = int(counts.to_numpy()[matches.to_numpy()].sum())
+        # each distinct value compared once, by the rule every section uses (dataset.label_key)
+        counts = dataset[target].value_counts(dropna=True)
+        matches = positive_mask(pd.Series(counts.index, dtype=counts.index.dtype), spec.problem.positive_label)
+        summary["positives"] = int(counts.to_numpy()[matches].sum())
     log(
         f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
         f"{totals['rows_quarantined']} quarantined; data set {len(dataset)} rows -> {summary['dataset_uri']}"

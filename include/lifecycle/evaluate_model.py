@@ -13,6 +13,10 @@ Conventions used throughout:
   million rows take well under a second; nothing loops over thresholds in Python.
 * Every returned number is a plain Python ``float`` / ``int`` / ``None`` so results can be
   written to JSON as they are.
+* A score that cannot be judged on the rows given (no positives, one class only for ROC AUC /
+  AUPRC, fewer than 2 rows for r2) is never reported as 0.0: the scoring functions raise
+  :class:`MetricUndefined`; :func:`binary_metrics` and :func:`regression_metrics` (descriptive
+  tables) give None for it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from sklearn.metrics import (
 from include.lifecycle.spec import LOWER_IS_BETTER, GoalSpec, ValueSpec
 
 __all__ = [
+    "MetricUndefined",
     "binary_metrics",
     "calibration_table",
     "choose_threshold",
@@ -63,6 +68,15 @@ _MAX_PLOT_POINTS = 2000
 _MAX_SCATTER_POINTS = 20_000
 _LOG_LOSS_EPS = 1e-15
 _DPI = 90
+
+
+class MetricUndefined(ValueError):
+    """A metric has no value on these rows (e.g. recall without positives): it is not a score of 0.0."""
+
+    def __init__(self, metric: str, rows: int, positives: int | None, why: str) -> None:
+        self.metric, self.rows, self.positives = metric, rows, positives
+        counts = f"{rows} rows" + ("" if positives is None else f" with {positives} positives")
+        super().__init__(f"metric {metric} is undefined on {counts}: {why}")
 
 
 # --------------------------------------------------------------------------------------
@@ -175,15 +189,22 @@ def metric_at_alert_rate(
     (earlier row first), i.e. the same result as a stable descending sort. Runs in O(n) with a
     partition, no full sort.
 
-    Returns 0.0 when there are no positives (or their total weight is not positive), so the
-    result is never NaN.
+    Raises :class:`MetricUndefined` when there are no positives (or their total weight is not
+    positive): nothing can be shown to be caught, and 0.0 would read as a score.
     """
     yb, s = _binary_inputs(y, scores)
     n = yb.shape[0]
     w = np.ones(n) if weights is None else _floats(weights, "weights", n)
     total = float(w[yb].sum())
     if n == 0 or total <= 0:
-        return 0.0
+        name = "recall_at_alert_rate" if weights is None else "amount_recall_at_alert_rate"
+        positives = int(yb.sum())
+        why = (
+            "no positives, so nothing can be caught"
+            if positives == 0
+            else f"the positives' total weight is {total:g}, not positive"
+        )
+        raise MetricUndefined(name, n, positives, why)
     k = _k_for_rate(max_alert_rate, n)
     if k == 0:
         return 0.0
@@ -303,6 +324,17 @@ def choose_threshold(
 # --------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------
+_BINARY_GOAL_METRICS = (
+    "amount_recall_at_alert_rate",
+    "recall_at_alert_rate",
+    "auprc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+)
+
+
 def goal_metric(
     metric: str,
     y: np.ndarray,
@@ -319,45 +351,51 @@ def goal_metric(
     * ``recall_at_alert_rate``: needs ``max_alert_rate``.
     * ``auprc`` (average precision) and ``roc_auc``: threshold-free, on scores.
     * ``f1``, ``precision``, ``recall``: at ``threshold`` (flag ``score >= threshold``), needed;
-      0.0 where the ratio is undefined.
+      precision is 0.0 when nothing is flagged (e.g. the "flag nothing" baseline).
     * ``rmse``, ``mae``, ``r2``: regression, on predictions.
 
-    Degenerate data never raises or returns NaN: binary metrics are 0.0 when ``y`` holds one
-    class only (nothing can be shown to be caught), ``r2`` is 0.0 with fewer than 2 rows.
+    Raises :class:`MetricUndefined` (a ``ValueError``) when the metric has no value on these
+    rows instead of reporting 0.0: any binary metric without positives (or with zero positive
+    amount), ``roc_auc`` and ``auprc`` without negatives too, a regression metric on zero rows,
+    ``r2`` on fewer than 2 rows. Where the metric is defined the value is as before.
     Raises ``ValueError`` for an unknown metric or a missing argument.
     """
     if metric in ("rmse", "mae", "r2"):
         yt = _floats(y, "y")
         pred = _floats(scores_or_pred, "pred", yt.shape[0])
         if yt.shape[0] == 0:
-            raise ValueError("cannot compute a regression metric on zero rows")
+            raise MetricUndefined(metric, 0, None, "cannot compute a regression metric on zero rows")
         if metric == "rmse":
             return float(np.sqrt(mean_squared_error(yt, pred)))
         if metric == "mae":
             return float(mean_absolute_error(yt, pred))
-        return float(r2_score(yt, pred)) if yt.shape[0] >= 2 else 0.0
+        if yt.shape[0] < 2:
+            raise MetricUndefined(metric, int(yt.shape[0]), None, "r2 needs at least 2 rows")
+        return float(r2_score(yt, pred))
 
+    if metric not in _BINARY_GOAL_METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    if metric.endswith("_at_alert_rate") and max_alert_rate is None:
+        raise ValueError(f"metric {metric} needs max_alert_rate")
+    if metric == "amount_recall_at_alert_rate" and amount is None:
+        raise ValueError("metric amount_recall_at_alert_rate needs amount")
+    if metric in ("f1", "precision", "recall") and threshold is None:
+        raise ValueError(f"metric {metric} needs a threshold")
     yb, s = _binary_inputs(y, scores_or_pred)
-    if metric in ("amount_recall_at_alert_rate", "recall_at_alert_rate"):
-        if max_alert_rate is None:
-            raise ValueError(f"metric {metric} needs max_alert_rate")
-        if metric == "amount_recall_at_alert_rate":
-            if amount is None:
-                raise ValueError("metric amount_recall_at_alert_rate needs amount")
-            return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate, weights=amount)
-        return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate)
-    one_class = yb.shape[0] == 0 or yb.all() or not yb.any()
-    if metric == "auprc":
-        return 0.0 if one_class else float(average_precision_score(yb, s))
-    if metric == "roc_auc":
-        return 0.0 if one_class else float(roc_auc_score(yb, s))
-    if metric in ("f1", "precision", "recall"):
-        if threshold is None:
-            raise ValueError(f"metric {metric} needs a threshold")
-        pred = s >= threshold
-        fn = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[metric]
-        return float(fn(yb, pred, zero_division=0))
-    raise ValueError(f"unknown metric {metric!r}")
+    n, positives = int(yb.shape[0]), int(yb.sum())
+    if positives == 0:
+        raise MetricUndefined(metric, n, 0, "no positives, so nothing can be shown to be caught")
+    if metric == "amount_recall_at_alert_rate":
+        return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate, weights=amount)  # type: ignore[arg-type]
+    if metric == "recall_at_alert_rate":
+        return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate)  # type: ignore[arg-type]
+    if metric in ("auprc", "roc_auc"):
+        if positives == n:
+            raise MetricUndefined(metric, n, positives, "no negatives, so the ranking cannot be judged")
+        return float((average_precision_score if metric == "auprc" else roc_auc_score)(yb, s))
+    pred = s >= threshold  # type: ignore[operator]
+    fn = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[metric]
+    return float(fn(yb, pred, zero_division=0))
 
 
 def binary_metrics(
@@ -365,12 +403,12 @@ def binary_metrics(
 ) -> dict[str, Any]:
     """Standard binary classification metrics at a decision threshold (flag ``score >= threshold``).
 
-    Keys: ``roc_auc``, ``auprc`` (None when ``y`` holds one class only), ``precision``,
-    ``recall``, ``f1`` (0.0 when undefined), ``alert_rate``, ``brier``, ``log_loss`` (scores
-    clipped to [1e-15, 1 - 1e-15]; both None when scores are not probabilities in [0, 1]),
-    ``threshold``, ``tp``, ``fp``, ``fn``, ``tn``, ``positives``, ``n`` and, when ``amount`` is
-    given, ``amount_caught_share`` (share of the positive amount flagged at this threshold,
-    0.0 without positives).
+    Keys: ``roc_auc``, ``auprc`` (None when ``y`` holds one class only), ``precision`` (0.0
+    when nothing is flagged), ``recall``, ``f1`` (None without positives: undefined, not 0.0),
+    ``alert_rate``, ``brier``, ``log_loss`` (scores clipped to [1e-15, 1 - 1e-15]; both None
+    when scores are not probabilities in [0, 1]), ``threshold``, ``tp``, ``fp``, ``fn``, ``tn``,
+    ``positives``, ``n`` and, when ``amount`` is given, ``amount_caught_share`` (share of the
+    positive amount flagged at this threshold, None when the positives' amount is not positive).
     """
     yb, s = _binary_inputs(y, scores)
     n = yb.shape[0]
@@ -388,8 +426,8 @@ def binary_metrics(
         "roc_auc": None if one_class else float(roc_auc_score(yb, s)),
         "auprc": None if one_class else float(average_precision_score(yb, s)),
         "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        "recall": recall if positives else None,
+        "f1": f1 if positives else None,
         "alert_rate": _safe_div(tp + fp, n),
         "brier": None,
         "log_loss": None,
@@ -408,7 +446,8 @@ def binary_metrics(
         out["log_loss"] = float(-np.mean(yf * np.log(p) + (1.0 - yf) * np.log1p(-p)))
     if amount is not None:
         a = _floats(amount, "amount", n)
-        out["amount_caught_share"] = _safe_div(float(a[pred & yb].sum()), float(a[yb].sum()))
+        total = float(a[yb].sum())
+        out["amount_caught_share"] = _safe_div(float(a[pred & yb].sum()), total) if total > 0 else None
     return out
 
 

@@ -249,10 +249,19 @@ class CandidateSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Time-respecting split: train on the past, validate on later days, test on the latest."""
+    """Time-respecting split: train on the past, validate on later days, test on the latest.
+
+    The days are durations back from the end of the labelled data (the run's data interval end
+    minus ``data.labels.maturity_days``), not calendar dates."""
 
     validation_days: int = Field(5, ge=1)
     test_days: int = Field(5, ge=1)
+    min_positives: int = Field(
+        5,
+        ge=1,
+        description="binary, time split: the test and validation windows are widened back a day at a time "
+        "until each holds this many positives (and a negative); else the split is an error",
+    )
     validation_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
     test_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
 

@@ -113,21 +113,31 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
             )
     else:
         from include.lifecycle.collect import read_single_source
-        from include.lifecycle.dataset import target_vector
+        from include.lifecycle.dataset import describe_values, positive_mask, target_missing
 
         name, df = read_single_source(resolve_source(spec.data.source), spec.data.format)
-        present = spec.problem.target in df.columns
+        target = spec.problem.target
+        present = target in df.columns
         available.update(source=name, rows=len(df))
+        unlabelled = int(target_missing(df[target]).sum()) if present and spec.data.labels is None else 0
+        unlabelled_note = f"; {unlabelled} rows without a value (collect quarantines them: target_missing)"
         checks.append(
             {
                 "check": "target present",
                 "passed": present,
-                "detail": f"column {spec.problem.target!r} {'found' if present else 'missing'} in {name}",
+                "detail": f"column {target!r} {'found' if present else 'missing'} in {name}"
+                + (unlabelled_note if unlabelled else ""),
             }
         )
         if present and spec.is_binary:
-            y = target_vector(df[spec.problem.target], spec)
+            label = spec.problem.positive_label
+            y = positive_mask(df[target], label)[~target_missing(df[target])]
             available.update(positives=int(y.sum()), approx_base_rate=float(y.mean()) if len(y) else 0.0)
+            if not y.any():  # the label is a typo or of another kind than the data: say what is there
+                _fail(
+                    f"problem.positive_label {label!r} matches no value of column {target!r} in {name}; "
+                    f"values seen: {describe_values(df[target])}"
+                )
             checks.append(
                 {
                     "check": "enough positives",
@@ -332,7 +342,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     import numpy as np
 
     from include.lifecycle.bundle import features_config
-    from include.lifecycle.dataset import SPLITS, TRAIN, assign_splits, target_vector
+    from include.lifecycle.dataset import SPLITS, TRAIN, MissingTargetError, SplitError, make_split, target_vector
     from include.lifecycle.features import engineer
 
     # sklearn (about 0.5-0.9 s to import) loads in the background while the data set is read and the
@@ -354,8 +364,13 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     input_columns = [c for c in dataset_columns if c != spec.problem.target]
     groups = [spec.group(g) for g in plan["feature_groups"]]
     df = rc.problem.read_parquet(plan["dataset_rel"], columns=_feature_inputs(spec, groups, dataset_columns))
-    y = target_vector(df[spec.problem.target], spec)
-    splits = assign_splits(df, spec, y)
+    try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
+        y = target_vector(df[spec.problem.target], spec)
+        made = make_split(df, spec, y, as_of=rc.as_of)
+    except (SplitError, MissingTargetError) as exc:
+        _fail(f"feature_engineering round {round_no}: {exc}")
+    splits = made.assignment
+    rc.problem.write_json(f"{rd}/features/split.json", made.windows)
     feats, cols = engineer(
         df,
         groups,
@@ -410,12 +425,14 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         ),
     )
     _log(f"feature_engineering: {len(names)} features; rows {rows}; positives {positives}")
+    _log(f"feature_engineering: split {json.dumps(made.windows)}")
     return {
         "round": round_no,
         "n_features": len(names),
         "rows": rows,
         "positives": positives,
         "feature_groups": plan["feature_groups"],
+        "split": made.windows,
     }
 
 

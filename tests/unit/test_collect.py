@@ -363,6 +363,29 @@ def test_the_first_broken_rule_is_recorded_once_per_row() -> None:
     assert len(res.curated) == 1
 
 
+@pytest.mark.parametrize("missing", [None, "", "  ", float("nan")])
+def test_a_row_without_a_target_value_is_quarantined_not_read_as_negative(missing: Any) -> None:
+    schema = _schema({"name": "id", "dtype": "string"}, {"name": "y", "dtype": "int"})
+    raw = pd.DataFrame({"id": ["r0", "r1", "r2"], "y": ["1", missing, "0"]}, dtype=object)
+    res = cast_and_validate(raw, schema, source="f.csv", key="id", target="y")
+    assert res.curated.to_dict("list") == {"id": ["r0", "r2"], "y": [1, 0]}
+    q = res.quarantined.iloc[0]
+    assert (q["id"], q["_rule"], q["_column"]) == ("r1", "target_missing", "y")
+    assert q["_reason"] == f"y={missing!r} breaks rule target_missing"
+    assert res.by_rule == {"target_missing": 1}
+    assert len(res.curated) + len(res.quarantined) == len(raw)
+    # without a target (a labels feed labels the rows) a missing value of a nullable column stays
+    assert len(cast_and_validate(raw, schema, source="f.csv", key="id").curated) == 3
+
+
+def test_target_missing_comes_before_not_null_on_the_target() -> None:
+    schema = _schema({"name": "y", "dtype": "category", "nullable": False}, {"name": "v", "dtype": "float", "min": 0})
+    raw = pd.DataFrame({"y": [None, "No", "Yes"], "v": ["-1", "-1", "1"]})
+    res = cast_and_validate(raw, schema, source="f.csv", key=None, target="y")
+    assert res.quarantined["_rule"].tolist() == ["target_missing", "min:0"]  # the first broken rule of a row
+    assert res.by_rule == {"target_missing": 1, "min:0": 1}
+
+
 def test_missing_values_in_nullable_columns_are_kept() -> None:
     schema = _schema({"name": "a", "dtype": "float"}, {"name": "b", "dtype": "string"})
     raw = pd.DataFrame({"a": ["", None, "2"], "b": [None, "", "z"]})
@@ -992,6 +1015,34 @@ def test_yes_no_labels_declared_as_bool(churn: dict[str, Path]) -> None:
     assert ds["churned"].to_dict() == {"c1": True, "c2": False, "c3": False, "c8": True}  # c4 has plan 'gold'
     assert summary["positives"] == 2
     assert summary["by_rule"] == {"allowed": 1, "dtype:bool": 1, "dtype:date": 1, "min:0": 1, "duplicate_key": 1}
+
+
+def test_a_single_file_row_without_a_label_is_quarantined(churn: dict[str, Path]) -> None:
+    spec = copy.deepcopy(CHURN_SPEC)
+    spec["schema"]["columns"][-1] = {"name": "churned", "dtype": "category", "allowed": ["Yes", "No"]}
+    churn["csv"].write_text(CHURN_CSV + "c9,2024-04-04,pro,7,1,,west,,\nc10,2024-04-04,pro,7,1,,west,, \n")
+    summary = job.main(_job_args(churn, spec=json.dumps(spec)), pii_key=KEY, log=lambda _: None)
+    assert summary["rows_in"] == 11 == summary["rows_curated"] + summary["rows_quarantined"]
+    assert summary["by_rule"]["target_missing"] == 2
+    qua = pd.read_parquet(churn["art"] / "quarantine/ds=all/part-0.parquet").set_index("customer_id")
+    assert qua.loc["c9", "_rule"] == qua.loc["c10", "_rule"] == "target_missing"
+    assert qua.loc["c9", "_column"] == "churned" and "churned=" in qua.loc["c9", "_reason"]
+    ds = pd.read_parquet(churn["art"] / summary["dataset_rel"])
+    assert "c9" not in set(ds["customer_id"]) and ds["churned"].notna().all()
+    assert summary["positives"] == 2
+
+
+def test_positives_are_counted_by_the_shared_label_rule(churn: dict[str, Path]) -> None:
+    spec = copy.deepcopy(CHURN_SPEC)
+    spec["problem"]["positive_label"] = " yes"  # the data says "Yes": case and blanks do not matter
+    summary = job.main(_job_args(churn, spec=json.dumps(spec)), pii_key=KEY, log=lambda _: None)
+    assert summary["positives"] == 2
+
+
+def test_curation_of_self_labelled_rows_is_redone_when_the_target_changes(churn: dict[str, Path]) -> None:
+    job.main(_job_args(churn, run_dir="runs/a"), pii_key=KEY, log=lambda _: None)
+    manifest = json.loads((churn["art"] / "curated/ds=all/_manifest.json").read_text())
+    assert manifest["fingerprint"]["target"] == "churned"
 
 
 def test_the_job_writes_its_summary_and_quarantine(churn: dict[str, Path]) -> None:

@@ -26,6 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
 from include.lifecycle.evaluate_model import (
+    MetricUndefined,
     binary_metrics,
     calibration_table,
     choose_threshold,
@@ -143,7 +144,8 @@ def test_metric_at_alert_rate_perfect_ranking_and_edge_cases():
     assert metric_at_alert_rate(y, perfect, max_alert_rate=0.2) == 1.0
     assert metric_at_alert_rate(y, perfect, max_alert_rate=0.5, weights=np.arange(1.0, 11)) == 1.0
     assert metric_at_alert_rate(y, perfect, max_alert_rate=0.1) == 0.5
-    assert metric_at_alert_rate(np.zeros(10), perfect, max_alert_rate=0.5) == 0.0  # no positives
+    with pytest.raises(MetricUndefined, match="recall_at_alert_rate is undefined on 10 rows with 0 positives"):
+        metric_at_alert_rate(np.zeros(10), perfect, max_alert_rate=0.5)  # no positives: not a score of 0.0
     assert metric_at_alert_rate(y, perfect, max_alert_rate=0.05) == 0.0  # k = 0
     # 0.29 * 100 = 28.999999999999996 must still allow 29 rows
     yy = np.zeros(100)
@@ -300,12 +302,47 @@ def test_goal_metric_errors_and_degenerate_cases(binary_data):
         goal_metric("amount_recall_at_alert_rate", y, scores, max_alert_rate=0.1)
     with pytest.raises(ValueError, match="threshold"):
         goal_metric("f1", y, scores)
-    zeros = np.zeros(len(y))
-    for metric in ("auprc", "roc_auc", "recall_at_alert_rate"):
-        assert goal_metric(metric, zeros, scores, max_alert_rate=0.1) == 0.0
-    ones = np.ones(len(y))
-    assert goal_metric("auprc", ones, scores) == 0.0
-    assert goal_metric("roc_auc", ones, scores) == 0.0
+
+
+@pytest.mark.parametrize(
+    "metric", ["auprc", "roc_auc", "recall_at_alert_rate", "amount_recall_at_alert_rate", "f1", "precision", "recall"]
+)
+def test_a_binary_goal_metric_without_positives_is_undefined_not_zero(metric):
+    y, scores = np.array([0, 0, 0]), np.array([0.2, 0.9, 0.5])
+    with pytest.raises(MetricUndefined, match=f"metric {metric} is undefined on 3 rows with 0 positives") as err:
+        goal_metric(metric, y, scores, amount=np.ones(3), max_alert_rate=0.5, threshold=0.5)
+    assert isinstance(err.value, ValueError)
+    assert (err.value.metric, err.value.rows, err.value.positives) == (metric, 3, 0)
+
+
+@pytest.mark.parametrize("metric", ["auprc", "roc_auc"])
+def test_a_ranking_metric_without_negatives_is_undefined(metric):
+    with pytest.raises(MetricUndefined, match=f"metric {metric} is undefined on 3 rows with 3 positives"):
+        goal_metric(metric, np.ones(3), np.array([0.2, 0.9, 0.5]))
+
+
+def test_metrics_defined_on_one_class_keep_their_value():
+    y, scores = np.ones(4), np.array([0.1, 0.4, 0.8, 0.0])
+    assert goal_metric("recall", y, scores, threshold=0.5) == 0.25
+    assert goal_metric("precision", y, scores, threshold=0.5) == 1.0
+    assert goal_metric("recall_at_alert_rate", y, scores, max_alert_rate=0.5) == 0.5
+    # "flag nothing" on a split with positives: recall 0, precision 0 (nothing flagged), a real score
+    y = np.array([0, 1, 0])
+    assert goal_metric("recall", y, np.zeros(3), threshold=0.5) == 0.0
+    assert goal_metric("precision", y, np.zeros(3), threshold=0.5) == 0.0
+
+
+def test_amount_recall_without_positive_amount_is_undefined():
+    with pytest.raises(MetricUndefined, match="total weight is 0, not positive"):
+        goal_metric("amount_recall_at_alert_rate", [0, 1], [0.1, 0.9], amount=np.array([5.0, 0.0]), max_alert_rate=0.5)
+
+
+def test_regression_metrics_on_too_few_rows_are_undefined():
+    with pytest.raises(MetricUndefined, match="metric r2 is undefined on 1 rows: r2 needs at least 2 rows"):
+        goal_metric("r2", [1.0], [2.0])
+    with pytest.raises(MetricUndefined, match="zero rows"):
+        goal_metric("rmse", [], [])
+    assert goal_metric("rmse", [1.0], [3.0]) == 2.0
 
 
 def test_binary_metrics_match_sklearn(binary_data):
@@ -332,10 +369,10 @@ def test_binary_metrics_single_class_does_not_raise():
     scores = np.array([0.1, 0.4, 0.8, 0.0])
     m = binary_metrics(np.zeros(4), scores, threshold=0.5, amount=np.ones(4))
     assert m["roc_auc"] is None and m["auprc"] is None
-    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0)
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, None, None)  # recall and f1 undefined, not 0.0
     assert m["alert_rate"] == 0.25
     assert m["positives"] == 0
-    assert m["amount_caught_share"] == 0.0
+    assert m["amount_caught_share"] is None
     assert m["log_loss"] > 0 and np.isfinite(m["log_loss"])  # a score of 0.0 is clipped
     m = binary_metrics(np.ones(4), scores, threshold=0.5)
     assert m["roc_auc"] is None and m["auprc"] is None

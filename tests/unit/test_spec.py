@@ -171,6 +171,12 @@ def test_spec_is_frozen() -> None:
             id="maturity-negative",
         ),
         pytest.param(
+            lambda d: d["training"]["split"].__setitem__("min_positives", 0),
+            "training.split.min_positives",
+            "greater than or equal to 1",
+            id="split-min-positives",
+        ),
+        pytest.param(
             lambda d: d["schema"].__setitem__("extra_columns", "maybe"),
             "schema.extra_columns",
             "'keep' or 'drop'",
@@ -245,6 +251,7 @@ def test_minimal_regression_spec_gets_the_documented_defaults() -> None:
     assert spec.backend == "local" and spec.max_rounds == 3
     assert spec.data.lookback_days == 28 and spec.data.max_lookback_days == 56
     assert spec.pii_columns == []
+    assert spec.training.split.min_positives == 5
 
 
 def test_met_by_for_a_higher_is_better_metric() -> None:
