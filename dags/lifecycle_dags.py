@@ -11,8 +11,14 @@ Every YAML file in ``include/problems/`` becomes a DAG with the sections as task
     -> publish_report (run_summary.json + report.html)
 
 This file only wires tasks: the sections live in ``plugins/ml_lifecycle`` (I/O, operators)
-and ``include/lifecycle`` (pure logic). A spec that does not validate fails this import with
-the file, the field and the rule.
+and ``include/lifecycle`` (pure logic). A spec that does not validate is left out here, so every
+other problem's DAG still loads; ``dags/problem_spec_errors.py`` reports it as an import error
+naming the file, the field and the rule.
+
+``publish_report`` runs whatever happened: when a task failed, it still writes the report and
+``run_summary.json`` (``decision: failed``, the task and its error) and then fails, so the run
+is marked failed. Errors a retry cannot fix (an invalid input, a split that cannot be made, a
+bug) fail at once; transient ones (network, AWS throttling) are retried.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import sections
 from ml_lifecycle.approval import APPROVAL_TASK_ID, DeploymentApprovalOperator
 from ml_lifecycle.assets import champion_model_asset, curated_data_asset
-from ml_lifecycle.context import task_defaults
+from ml_lifecycle.context import task_defaults, trial_slots
+from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
 
@@ -103,14 +110,20 @@ def build_dag(path: Path) -> DAG:
     spec = load_spec(path)
     name = spec.name
 
-    def py(task_id: str, fn: object, **kwargs: object) -> PythonOperator:
-        trigger = kwargs.pop("trigger_rule", TriggerRule.ALL_SUCCESS)
+    def py(task_id: str, fn: object, trigger_rule: str = TriggerRule.ALL_SUCCESS, **kwargs: object) -> PythonOperator:
         return PythonOperator(
-            task_id=task_id, python_callable=fn, op_kwargs={"problem": name, **kwargs}, trigger_rule=trigger
+            task_id=task_id,
+            python_callable=fail_fast(fn),
+            op_kwargs={"problem": name, **kwargs},
+            trigger_rule=trigger_rule,
         )
 
     def branch(task_id: str, fn: object, **kwargs: object) -> BranchPythonOperator:
-        return BranchPythonOperator(task_id=task_id, python_callable=fn, op_kwargs={"problem": name, **kwargs})
+        return BranchPythonOperator(
+            task_id=task_id, python_callable=fail_fast(fn), op_kwargs={"problem": name, **kwargs}
+        )
+
+    record_failure = FailureRecorder(problem=name)
 
     with DAG(
         dag_id=name,
@@ -123,7 +136,8 @@ def build_dag(path: Path) -> DAG:
         tags={"ml-lifecycle", f"backend:{spec.backend}", *spec.tags},
         params=_params(spec),
         default_args=task_defaults(
-            spec.owner, on_failure_callback=lifecycle_notifiers(name, "failure", spec.alerts.on_failure)
+            spec.owner,
+            on_failure_callback=[record_failure, *lifecycle_notifiers(name, "failure", spec.alerts.on_failure)],
         ),
     ) as dag:
         formulate_problem = py("formulate_problem", sections.formulate_problem)
@@ -131,10 +145,20 @@ def build_dag(path: Path) -> DAG:
             task_id="collect_and_label", problem=name, outlets=[curated_data_asset(name)]
         )
         evaluate_data = py("evaluate_data", sections.evaluate_data)
-        deploy_model = py("deploy_model", sections.deploy_model, trigger_rule=JOIN)
-        deploy_model.outlets = [champion_model_asset(name)]
-        goal_not_met = py("goal_not_met", sections.goal_not_met, trigger_rule=JOIN)
-        goal_not_met.on_success_callback = lifecycle_notifiers(name, "goal_not_met", spec.alerts.on_goal_not_met)
+        deploy_model = PythonOperator(
+            task_id="deploy_model",
+            python_callable=fail_fast(sections.deploy_model),
+            op_kwargs={"problem": name},
+            trigger_rule=JOIN,
+            outlets=[champion_model_asset(name)],
+        )
+        goal_not_met = PythonOperator(
+            task_id="goal_not_met",
+            python_callable=fail_fast(sections.goal_not_met),
+            op_kwargs={"problem": name},
+            trigger_rule=JOIN,
+            on_success_callback=lifecycle_notifiers(name, "goal_not_met", spec.alerts.on_goal_not_met),
+        )
         # the goal-met branch leads to deploy_model, or first to a person's approval (deploy.require_approval)
         deploy_gate = deploy_model
         if spec.deploy.require_approval:
@@ -147,7 +171,16 @@ def build_dag(path: Path) -> DAG:
                 notifiers=lifecycle_notifiers(name, "approval_requested", True),
             )
             deploy_gate >> deploy_model
-        publish_report = py("publish_report", sections.publish_report, trigger_rule=JOIN)
+        # runs whatever happened (ALL_DONE); it fails after writing the report of a failed run, and
+        # does not alert again (the failed task did), nor retry
+        publish_report = PythonOperator(
+            task_id="publish_report",
+            python_callable=fail_fast(sections.publish_report),
+            op_kwargs={"problem": name},
+            trigger_rule=TriggerRule.ALL_DONE,
+            retries=0,
+            on_failure_callback=[record_failure],
+        )
         chain(formulate_problem, collect_and_label, evaluate_data)
 
         into_round: list = [evaluate_data]
@@ -157,8 +190,13 @@ def build_dag(path: Path) -> DAG:
                     "feature_engineering", sections.feature_engineering, round_no=k, trigger_rule=JOIN
                 )
                 plan_trials = py("plan_trials", sections.plan_trials, round_no=k)
+                # at most trial_slots() trials of this DAG at once (all its runs together), each with
+                # its share of the cores: concurrent trials x threads <= cores (backend local)
                 tuning_trials = ScriptModeTrainingOperator.partial(
-                    task_id="tuning_trials", problem=name, round_no=k
+                    task_id="tuning_trials",
+                    problem=name,
+                    round_no=k,
+                    max_active_tis_per_dag=trial_slots() if spec.backend == "local" else None,
                 ).expand(trial=plan_trials.output)
                 train_model = py("train_model", sections.train_model, round_no=k, trials=tuning_trials.output)
                 evaluate_model = py("evaluate_model", sections.evaluate_model, round_no=k)
@@ -184,14 +222,9 @@ def build_dag(path: Path) -> DAG:
     return dag
 
 
-_errors: list[str] = []
 for _path in spec_files():
     try:
         _dag = build_dag(_path)
-    except SpecError as exc:
-        _errors.append(str(exc))
-        continue
+    except SpecError:
+        continue  # reported by dags/problem_spec_errors.py; the other problems still load
     globals()[f"dag_{_dag.dag_id}"] = _dag
-
-if _errors:
-    raise SpecError("\n\n".join(_errors))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.features import apply_resampling
@@ -111,19 +112,32 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pos_weight = (len(y_fit) - n_pos) / n_pos
     else:
         X_fit, y_fit = X_tr, y_tr.astype("float64")
-    log(f"{args.trial_id}: fitting {args.family} {params} on {len(y_fit)} rows x {X_fit.shape[1]} features")
-    model = build_model(
-        args.family, params, binary=binary, seed=args.seed, class_weight=args.class_weight, pos_weight=pos_weight
+    # SageMaker sets SM_NUM_CPUS to the instance's cores; the local backend sets it to this trial's
+    # share of the machine, so trials that run side by side never oversubscribe the cores
+    threads = max(1, int(env.get("SM_NUM_CPUS") or os.cpu_count() or 1))
+    log(
+        f"{args.trial_id}: fitting {args.family} {params} on {len(y_fit)} rows x {X_fit.shape[1]} features "
+        f"with {threads} thread(s)"
     )
-    t1 = time.perf_counter()
-    if X_fit is X_tr:  # the fit's own predictions are the training scores (no second pass over the rows)
-        s_tr = fit_and_predict(model, X_fit, y_fit, binary=binary)
-        t_fit = time.perf_counter() - t1
-    else:  # resampled: score the original training rows
-        fit_model(model, X_fit, y_fit)
-        t_fit = time.perf_counter() - t1
-        s_tr = predict(model, X_tr, binary=binary)
-    s_va = predict(model, X_va, binary=binary)
+    model = build_model(
+        args.family,
+        params,
+        binary=binary,
+        seed=args.seed,
+        class_weight=args.class_weight,
+        pos_weight=pos_weight,
+        n_jobs=threads,
+    )
+    with threadpool_limits(limits=threads):  # BLAS/OpenMP pools of numpy and scikit-learn too
+        t1 = time.perf_counter()
+        if X_fit is X_tr:  # the fit's own predictions are the training scores (no second pass over the rows)
+            s_tr = fit_and_predict(model, X_fit, y_fit, binary=binary)
+            t_fit = time.perf_counter() - t1
+        else:  # resampled: score the original training rows
+            fit_model(model, X_fit, y_fit)
+            t_fit = time.perf_counter() - t1
+            s_tr = predict(model, X_tr, binary=binary)
+        s_va = predict(model, X_va, binary=binary)
 
     def score(y: np.ndarray, s: np.ndarray, amount: np.ndarray | None) -> float:
         return float(goal_metric(args.metric, y, s, amount=amount, max_alert_rate=args.max_alert_rate, threshold=0.5))
@@ -140,6 +154,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         "n_validation": len(y_va),
         "n_features": int(X_tr.shape[1]),
         "resample": args.resample,
+        "threads": threads,
         "seconds": {"read": round(t_read, 3), "fit": round(t_fit, 3), "total": round(time.perf_counter() - t0, 3)},
     }
     model_dir = Path(env["SM_MODEL_DIR"])

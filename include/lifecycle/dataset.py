@@ -342,7 +342,7 @@ def _time_split(df: pd.DataFrame, spec: Spec, y: np.ndarray | None, as_of: dt.da
     w = windows[TRAIN]
     if w["rows"] < min_rows:
         raise SplitError(
-            f"train split [{w['start']}, {w['end']}) holds {w['rows']} rows: the data reaches back "
+            f"train split (rows before {w['end']}) holds {w['rows']} rows: the data reaches back "
             f"{(end - int(us[~nat].min())) / _DAY_US:.2f} days from {_iso(end)} ({end_from}); the split needs more "
             f"than validation {days[VALIDATION]} + test {days[TEST]} days (training.split)"
             if first_row is not None

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from include.lifecycle import report
+from include.lifecycle.dataset import positive_mask
 from include.lifecycle.spec import QualitySpec
 
 __all__ = [
@@ -130,10 +131,8 @@ def _target_info(
         kind = "continuous" if numeric and not pd.api.types.is_bool_dtype(s) and s.nunique() > 2 else "binary"
     if kind == "continuous":
         return kind, _as_float(s)
-    if numeric:
-        pos = (s == positive_label).to_numpy(dtype=bool, na_value=False)
-    else:
-        pos = (s.astype("string") == str(positive_label)).to_numpy(dtype=bool, na_value=False)
+    # the one label rule of the project (numbers as numbers, text without case or blanks)
+    pos = positive_mask(s, positive_label)
     return "binary", np.where(present, pos.astype("float64"), np.nan)
 
 

@@ -16,22 +16,28 @@ def run_summary(
     as_of: str,
     outcome: dict[str, Any],
     rounds: list[dict[str, Any]],
-    problem_card: dict[str, Any],
-    collect: dict[str, Any],
+    problem_card: dict[str, Any] | None,
+    collect: dict[str, Any] | None,
     eda: dict[str, Any] | None,
     champion_after: dict[str, Any] | None,
     report_uri: str,
 ) -> dict[str, Any]:
-    """Machine-readable account of one run: decision, reason, every round, metrics vs goal."""
+    """Machine-readable account of one run: decision, reason, every round, metrics vs goal.
+
+    A failed run has ``outcome = {"decision": "failed", "failed_task": ..., "error": ...}`` and may
+    lack the problem card, the collect summary or any round: whatever exists is reported."""
     goal = spec.goal
+    problem_card, collect = problem_card or {}, collect or {}
     first_eval = next((r["evaluation"] for r in rounds if r["evaluation"]), None)
     champion_before = first_eval["champion_version"] if first_eval else None
+    failure = {k: outcome[k] for k in ("failed_task", "error", "failures") if k in outcome}
     return {
         "problem": spec.name,
         "run_id": run_id,
         "as_of": as_of,
         "decision": outcome["decision"],
         "reason": outcome["reason"],
+        **failure,
         "model_version": outcome.get("version"),
         "goal": {
             "statement": goal.statement,
@@ -77,6 +83,7 @@ def run_summary(
             k: collect.get(k)
             for k in ("rows_in", "rows_curated", "rows_quarantined", "by_rule", "dataset_rows", "window", "positives")
         },
+        "splits": {str(r["round"]): r["splits"] for r in rounds if r.get("splits")},
         "data_quality": (eda or {}).get("verdict"),
         "problem_card": {
             k: problem_card.get(k) for k in ("business_goal", "framing", "success_criterion", "baselines")
@@ -122,6 +129,9 @@ def render_run_report(summary: Mapping[str, Any], eda_section: str, plots: Mappi
         {
             "decision": summary["decision"],
             "reason": summary["reason"],
+            **(
+                {"failed task": summary["failed_task"], "error": summary["error"]} if summary.get("failed_task") else {}
+            ),
             "model version": summary["model_version"],
             "champion before / after": f"{summary['champion_before']} / {summary['champion_after']}",
             "goal": f"{goal['metric']} {op} {goal['target']}",

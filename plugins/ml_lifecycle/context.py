@@ -30,6 +30,26 @@ def task_defaults(owner: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def machine_cores() -> int:
+    """The cores this process may use (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def trial_slots() -> int:
+    """How many training trials of one DAG may run at once on this machine (``$ML_TRIAL_SLOTS``,
+    else half the cores): with :func:`trial_threads` each, concurrent trials x threads <= cores."""
+    env = os.environ.get("ML_TRIAL_SLOTS")
+    return max(1, int(env)) if env else max(1, machine_cores() // 2)
+
+
+def trial_threads() -> int:
+    """Threads of one local trial: its share of the cores when ``trial_slots()`` trials run at once."""
+    return max(1, machine_cores() // trial_slots())
+
+
 def try_number(context: Any) -> int:
     """The task instance's try (1 on the first run, 2 on the first retry, ...)."""
     return int(getattr(context.get("ti"), "try_number", 1) or 1)

@@ -49,9 +49,13 @@ class LifecycleNotifier(BaseNotifier):
         self.problem = problem
         self.event = event
 
-    def _detail(self, context: Any) -> str:
-        from ml_lifecycle.context import problem_store
+    def _store(self, context: Any) -> Any:
+        """The run's artifact store: the backend of the run (its ``backend`` param, else the spec's)."""
+        from ml_lifecycle.context import RunContext
 
+        return RunContext.from_airflow(self.problem, context).problem
+
+    def _detail(self, context: Any) -> str:
         if self.event == "failure":
             ti = context.get("ti") or context.get("task_instance")
             exc = context.get("exception")
@@ -61,7 +65,7 @@ class LifecycleNotifier(BaseNotifier):
             return "\n".join(lines)
         from include.lifecycle.store import safe_run_id
 
-        store = problem_store(self.problem)
+        store = self._store(context)
         run_dir = f"runs/{safe_run_id(context['run_id'])}"
         if self.event == "goal_not_met":
             outcome = store.read_json_or(f"{run_dir}/outcome.json") or {}
@@ -74,7 +78,7 @@ class LifecycleNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         from include.lifecycle.store import safe_run_id
-        from ml_lifecycle.context import problem_store, spec_for
+        from ml_lifecycle.context import spec_for
 
         alerts = spec_for(self.problem).alerts
         ti = context.get("ti") or context.get("task_instance")
@@ -95,9 +99,7 @@ class LifecycleNotifier(BaseNotifier):
             "body": body,
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        problem_store(self.problem).write_json(
-            f"alerts/{safe_run_id(run_id)}/{self.event}-{task_id or 'dag'}.json", record
-        )
+        self._store(context).write_json(f"alerts/{safe_run_id(run_id)}/{self.event}-{task_id or 'dag'}.json", record)
         send(alerts, subject, body, context)
 
 

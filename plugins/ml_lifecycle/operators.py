@@ -19,7 +19,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from ml_lifecycle.context import RunContext, pii_key, try_number
+from ml_lifecycle.context import RunContext, pii_key, trial_threads, try_number
+from ml_lifecycle.errors import fail_fast
 
 PROBLEM_DOC = ":param problem: name of the problem spec (``include/problems/<problem>.yaml``)"
 
@@ -58,6 +59,7 @@ class GlueEtlOperator(BaseOperator):
     def _run_dir(self, rc: RunContext) -> str:
         return f"{rc.run_dir}/{self.output_subdir}".rstrip("/")
 
+    @fail_fast
     def execute(self, context: Context) -> dict[str, Any]:
         rc = RunContext.from_airflow(self.problem, context)
         lookback_days = int(self.lookback_days or rc.lookback_days)
@@ -139,6 +141,7 @@ class ScriptModeTrainingOperator(BaseOperator):
         self.round_no = round_no
         self.trial = trial
 
+    @fail_fast
     def execute(self, context: Context) -> dict[str, Any]:
         rc = RunContext.from_airflow(self.problem, context)
         if "k" in self.trial:  # progress in the task log: which of the round's trials this is
@@ -227,6 +230,7 @@ def run_trial_local(rc: RunContext, round_no: int, trial: dict[str, Any], *, log
             "SM_CHANNEL_VALIDATION": channels["validation"],
             "SM_MODEL_DIR": str(Path(tmp, "model")),
             "SM_OUTPUT_DATA_DIR": str(Path(tmp, "output")),
+            "SM_NUM_CPUS": str(trial_threads()),  # this trial's share of the cores
         }
         result = train_job.main(hyperparameter_args(rc, plan, trial), env=env, log=log)
         for folder in ("model", "output"):

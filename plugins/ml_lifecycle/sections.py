@@ -516,7 +516,7 @@ def champion_score(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, fl
         bundle = ModelBundle.load(reg.materialise(champ["version"], tmp))
     df = rc.problem.read_parquet(plan["dataset_rel"])
     y = target_vector(df[spec.problem.target], spec)
-    test = assign_splits(df, spec, y) == TEST
+    test = assign_splits(df, spec, y, as_of=rc.as_of) == TEST  # the very rows the candidate is tested on
     missing = [c for c in bundle.input_columns if c not in df.columns]
     if missing:
         return champ["version"], None, f"champion needs columns {missing} that this data set lacks"
@@ -713,10 +713,8 @@ def remedy(problem: str, round_no: int, remedy_name: str, **context: Any) -> dic
         _log(f"{remedy_name}: collecting {new['lookback_days']} days of history")
         summary = run_collect(rc, lookback_days=new["lookback_days"], run_dir=nd, log=_log)
         new["dataset_rel"] = summary["dataset_rel"]
-        new["collect"] = {
-            k: summary.get(k)
-            for k in ("rows_in", "rows_curated", "rows_quarantined", "dataset_rows", "window", "partitions")
-        }
+        # the re-collection's own collect_summary.json (one writer, one shape) is the data's record
+        new["collect_rel"] = f"{nd}/collect_summary.json"
     rc.problem.write_json(f"{nd}/plan.json", new)
     _log(f"{remedy_name}: round {round_no + 1} plan: {'; '.join(new['changes'])}")
     return {"round": round_no + 1, "remedy": new["applied"], "changes": new["changes"]}
@@ -736,6 +734,7 @@ def _rounds(rc: RunContext) -> list[dict[str, Any]]:
                 "plan": rc.problem.read_json(f"{rd}/plan.json"),
                 "evaluation": ev,
                 "diagnosis": rc.problem.read_json_or(f"{rd}/diagnosis.json"),
+                "splits": rc.problem.read_json_or(f"{rd}/features/split.json"),
             }
         )
     return out
@@ -790,9 +789,12 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
         files[name] = rc.problem.read_bytes(f"{rd}/features/{name}")
     files["threshold.json"] = json.dumps({"threshold": ev.get("threshold")}).encode()
     files["evaluation.json"] = rc.problem.read_bytes(f"{rd}/evaluation.json")
-    collect = rc.problem.read_json(f"{rc.run_dir}/collect_summary.json")
     # the data the winning round trained on: this run's collection, or a wider one from augment_data
-    source = collect if win["plan"]["dataset_rel"] == collect["dataset_rel"] else win["plan"].get("collect", {})
+    # (its plan then names that collection's collect_summary.json, carried into later rounds)
+    source = rc.problem.read_json(win["plan"].get("collect_rel") or f"{rc.run_dir}/collect_summary.json")
+    if source["dataset_rel"] != win["plan"]["dataset_rel"]:
+        _fail(f"deploy_model: round {k} trained on {win['plan']['dataset_rel']} but its collect summary "
+              f"describes {source['dataset_rel']}: the lineage would be wrong")  # fmt: skip
     lineage = {
         "run_id": rc.run_id,
         "round": k,
@@ -881,27 +883,80 @@ def goal_not_met(problem: str, **context: Any) -> dict[str, Any]:
 
 
 # --- the report ------------------------------------------------------------------------------
+def _failed_tasks(rc: RunContext, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tasks of this run that failed, each with its error (recorded by ``FailureRecorder``).
+
+    The task states come from Airflow (the execution API); a failure record whose task is no longer
+    failed (cleared and re-run since) does not count. Without the states (no API), the records do."""
+    from ml_lifecycle.errors import ti_key
+
+    folder = f"{rc.run_dir}/failures"
+    records = (
+        [rc.problem.read_json(f"{folder}/{n}") for n in rc.problem.ls(folder)] if rc.problem.exists(folder) else []
+    )
+    states: dict[str, str] | None = None
+    ti = context.get("ti")
+    try:
+        found = ti.get_task_states(dag_id=rc.spec.name, run_ids=[rc.run_id])  # type: ignore[union-attr]
+        states = dict(found.get(rc.run_id, {}))
+    except Exception as exc:  # e.g. a task run outside a supervisor
+        _log(f"publish_report: task states unavailable ({type(exc).__name__}: {exc}); using the failure records")
+    if states is None:
+        return records
+    # Airflow names a mapped task instance <task_id>_<map_index> in these states
+    by_task = {ti_key(r["task_id"], r.get("map_index")): r for r in records}
+    failed = []
+    for task_id, state in sorted(states.items()):
+        if str(getattr(state, "value", state)) == "failed":
+            failed.append(by_task.get(task_id) or {"task_id": task_id, "error": "(failed; no error recorded)"})
+    return failed
+
+
 def publish_report(problem: str, **context: Any) -> dict[str, Any]:
-    """run_summary.json (machine-readable) and report.html (EDA + rounds + decision)."""
+    """run_summary.json (machine-readable) and report.html (EDA + rounds + decision), whatever
+    happened: a run in which a task failed gets ``decision: failed`` with the failing task and its
+    error, and this task then fails too, so the run is marked failed."""
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.report_run import render_run_report, run_summary
 
     rc = RunContext.from_airflow(problem, context)
+    failed = _failed_tasks(rc, context)
     outcome = rc.problem.read_json_or(f"{rc.run_dir}/outcome.json")
-    if outcome is None:
-        _fail("no outcome recorded: neither deploy_model nor goal_not_met finished")
+    if failed:
+        first = failed[0]
+        outcome = {
+            "decision": "failed",
+            "version": None,
+            "failed_task": first["task_id"],
+            "error": first.get("error"),
+            "failures": failed,
+            "reason": f"task {first['task_id']} failed: {first.get('error')}",
+        }
+    elif outcome is None:
+        outcome = {
+            "decision": "failed",
+            "version": None,
+            "failed_task": None,
+            "error": "neither deploy_model nor goal_not_met recorded an outcome",
+            "reason": "the run ended without an outcome (no task recorded a failure)",
+        }
     rounds = _rounds(rc)
     reg = ModelRegistry(rc.problem.sub("registry"))
+    try:
+        champion_after = reg.champion()
+    except Exception as exc:  # a damaged registry must not stop the report that explains the run
+        _log(f"publish_report: champion unreadable ({type(exc).__name__}: {exc})")
+        champion_after = None
     summary = run_summary(
         spec=rc.spec,
         run_id=rc.run_id,
         as_of=rc.as_of.isoformat(),
         outcome=outcome,
         rounds=rounds,
-        problem_card=rc.problem.read_json(f"{rc.run_dir}/problem_card.json"),
-        collect=rc.problem.read_json(f"{rc.run_dir}/collect_summary.json"),
+        problem_card=rc.problem.read_json_or(f"{rc.run_dir}/problem_card.json"),
+        collect=rc.problem.read_json_or(f"{rc.run_dir}/collect_summary.json"),
         eda=rc.problem.read_json_or(f"{rc.run_dir}/eda/verdict.json"),
-        champion_after=reg.champion(),
+        champion_after=champion_after,
         report_uri=rc.problem.uri(f"{rc.run_dir}/report.html"),
     )
     plots = {
@@ -911,14 +966,13 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
         }
         for r in rounds
     }
-    eda_html = (
-        rc.problem.read_text(f"{rc.run_dir}/eda/section.html")
-        if rc.problem.exists(f"{rc.run_dir}/eda/section.html")
-        else ""
-    )
+    eda_rel = f"{rc.run_dir}/eda/section.html"
+    eda_html = rc.problem.read_text(eda_rel) if rc.problem.exists(eda_rel) else ""
     rc.problem.write_text(f"{rc.run_dir}/report.html", render_run_report(summary, eda_html, plots))
     rc.problem.write_json(f"{rc.run_dir}/run_summary.json", summary)
     _log(f"report: {summary['report_uri']}; decision {summary['decision']}: {summary['reason']}")
+    if summary["decision"] == "failed":
+        _fail(f"the run failed: {summary['reason']} (report: {summary['report_uri']})")
     return {
         "decision": summary["decision"],
         "summary_uri": rc.problem.uri(f"{rc.run_dir}/run_summary.json"),

@@ -119,8 +119,12 @@ CHURN_SPEC = {
             {"name": "customer_id", "dtype": "string", "nullable": False, "pii": True},
             {"name": "tenure_months", "dtype": "int", "min": 0, "max": 120},
             {"name": "monthly_charges", "dtype": "float", "min": 0},
-            {"name": "contract", "dtype": "category", "nullable": False,
-             "allowed": ["month-to-month", "one_year", "two_year"]},
+            {
+                "name": "contract",
+                "dtype": "category",
+                "nullable": False,
+                "allowed": ["month-to-month", "one_year", "two_year"],
+            },
             {"name": "internet", "dtype": "category"},
             {"name": "support_calls", "dtype": "int", "nullable": False, "min": 0},
             {"name": "churned", "dtype": "string", "nullable": False, "allowed": ["Yes", "No"]},
@@ -207,8 +211,7 @@ def test_candidate_worse_than_champion_is_not_deployed(airflow_db, churn_env):
     weaker = {**CHURN_SPEC, "features": {**CHURN_SPEC["features"], "initial": ["service"]}}
     _write_spec(churn_env["problems"], weaker)
     try:
-        state, _, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"],
-                                    conf={"max_rounds": 1})
+        state, _, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"], conf={"max_rounds": 1})
     finally:
         _write_spec(churn_env["problems"], CHURN_SPEC)
     assert state == "success"

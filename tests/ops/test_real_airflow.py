@@ -369,10 +369,13 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     approval = read_json(nightly_dir / "approval.json")
     assert approval["approved"] is True and approval["by"] == "admin"
 
-    # 3. a manual run with params: the person rejects; nothing is deployed, the report says why
+    # 3. a manual run as the UI's trigger form makes it (logical date: now) with a param: the
+    # person rejects; nothing is deployed, the report says why
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    if now.date() != today:  # the test crossed midnight: the data ends the day before `today`
+        now = dt.datetime(today.year, today.month, today.day, 23, 59, tzinfo=dt.UTC)
     status, manual = api.post(
-        f"/api/v2/dags/{DAG_ID}/dagRuns",
-        {"logical_date": _iso(today - dt.timedelta(days=2)), "conf": {"lookback_days": 14}},
+        f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": now.isoformat(), "conf": {"lookback_days": 14}}
     )
     assert status == 200, manual
     assert manual["conf"]["lookback_days"] == 14
@@ -385,8 +388,8 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     assert "rejected by admin" in s1["reason"]
     # @daily is a cron trigger in Airflow 3: a run's data interval ends at its logical date
     assert read_json(manual_dir / "problem_card.json")["data"]["window"] == [
-        (today - dt.timedelta(days=2 + 14)).isoformat(),
-        (today - dt.timedelta(days=2)).isoformat(),
+        (today - dt.timedelta(days=14)).isoformat(),
+        today.isoformat(),
     ]
     assert read_json(af["artifacts"] / "registry" / "champion.json")["version"] == 1
 

@@ -133,7 +133,7 @@ def test_rows_after_the_end_of_the_labelled_data_are_an_error():
 
 
 def test_time_split_refuses_too_few_days():
-    with pytest.raises(SplitError, match=r"train split \[.*\) holds 0 rows: .*validation 5 \+ test 5 days"):
+    with pytest.raises(SplitError, match=r"train split \(rows before .*\) holds 0 rows: .*validation 5 \+ test 5 days"):
         assign_splits(_frame(10), SPEC, as_of=dt.datetime(2026, 10, 21, tzinfo=dt.UTC))
 
 
