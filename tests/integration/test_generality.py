@@ -177,7 +177,8 @@ def test_messy_csv_runs_with_yaml_only_and_becomes_champion(airflow_db, churn_en
     c = read_json(run_dir / "collect_summary.json")
     assert c["rows_in"] == 4000 == c["rows_curated"] + c["rows_quarantined"]
     assert c["rows_quarantined"] == 3
-    assert set(c["by_rule"]) == {"min:0", "allowed", "not_null"} or sum(c["by_rule"].values()) == 3
+    # the row without a label is quarantined as such, never trained on as a "No"
+    assert c["by_rule"] == {"min:0": 1, "allowed": 1, "target_missing": 1}, c["by_rule"]
     ds = pd.read_parquet(run_dir / "dataset.parquet")
     assert not ds["customer_id"].str.startswith("C1").any()  # PII tokenised
     assert ds["tenure_months"].isna().sum() > 0  # missing values kept for the imputer, not dropped
@@ -277,3 +278,31 @@ def test_too_few_positives_stops_the_run_when_the_problem_is_formulated(airflow_
     state, _, run_dir = run_dag("churn_rare", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "failed"
     assert not (run_dir / "collect_summary.json").exists()
+
+
+def test_a_positive_label_that_matches_no_row_fails_when_the_problem_is_formulated(airflow_db, churn_env):
+    wrong = {**CHURN_SPEC, "name": "churn_label", "problem": {**CHURN_SPEC["problem"], "positive_label": "Y"}}
+    _write_spec(churn_env["problems"], wrong)
+    state, _, run_dir = run_dag("churn_label", LOGICAL_DATE, problems_dir=churn_env["problems"])
+    assert state == "failed"
+    s = read_json(run_dir / "run_summary.json")  # the failed run still explains itself
+    assert s["decision"] == "failed" and s["failed_task"] == "formulate_problem"
+    assert "positive_label 'Y' matches no value of column 'churned'" in s["error"], s["error"]
+    assert "'Yes'" in s["error"] and "'No'" in s["error"]  # the values it saw
+
+
+def test_the_positive_label_is_compared_the_same_way_everywhere(airflow_db, churn_env):
+    # "yes" for data holding "Yes": one rule (text without case or blanks) in every section
+    lower = {**CHURN_SPEC, "name": "churn_lower", "problem": {**CHURN_SPEC["problem"], "positive_label": " yes"}}
+    _write_spec(churn_env["problems"], lower)
+    state, _, run_dir = run_dag("churn_lower", LOGICAL_DATE, problems_dir=churn_env["problems"], conf={"max_rounds": 1})
+    assert state == "success"
+    card = read_json(run_dir / "problem_card.json")
+    positives = card["data"]["positives"]
+    collect = read_json(run_dir / "collect_summary.json")
+    split = read_json(run_dir / "round_1" / "features" / "split.json")
+    profile = read_json(run_dir / "eda" / "profile.json")
+    assert positives > 500
+    assert collect["positives"] == sum(split[p]["positives"] for p in ("train", "validation", "test"))
+    assert abs(collect["positives"] - positives) <= 3  # the quarantined rows are the only difference
+    assert profile["target"]["positives"] == collect["positives"], profile["target"]
