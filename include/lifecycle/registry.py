@@ -2,6 +2,7 @@
 
     registry/versions/<n>/...            model, preprocessing, metrics, threshold, lineage
     registry/versions/<n>/manifest.json  sha256 of every file (written last: the version is complete)
+    registry/versions/<n>/claim.json     who is writing the version (written first)
     registry/champion.json               pointer to the deployed version, replaced atomically
     registry/deployments/<n>-<run>.json  one record per promotion
 
@@ -56,11 +57,38 @@ class ModelRegistry:
             except FileExistsError:
                 n += 1
 
-    def register(self, files: dict[str, bytes], metadata: dict[str, Any]) -> int:
-        """Store a new immutable version; returns its number."""
-        if "manifest.json" in files or "metadata.json" in files:
-            raise ValueError("manifest.json and metadata.json are written by the registry")
-        n = self._allocate()
+    def incomplete(self) -> list[int]:
+        """Version folders without a manifest: a registration that was killed half-way (or is running)."""
+        return sorted(
+            int(n)
+            for n in self.store.ls("versions")
+            if n.isdigit() and not self.store.exists(f"versions/{n}/manifest.json")
+        )
+
+    def _reclaim(self, claim: dict[str, Any]) -> int | None:
+        """The incomplete version an earlier try with the same ``claim`` left behind, emptied for reuse."""
+        for n in self.incomplete():
+            if self.store.read_json_or(f"versions/{n}/claim.json") == claim:
+                for name in self.store.ls(f"versions/{n}"):
+                    self.store.fs.rm(self.store.path(f"versions/{n}/{name}"), recursive=True)
+                return n
+        return None
+
+    def register(
+        self, files: dict[str, bytes], metadata: dict[str, Any], *, claim: dict[str, Any] | None = None
+    ) -> int:
+        """Store a new immutable version; returns its number.
+
+        ``claim`` (e.g. ``{"run_id": ..., "round": ...}``) names who registers: it is written
+        first, so a retry after a kill finds the half-written version it claimed and reuses that
+        number (stray temporary files and all are cleared) instead of leaving an orphan folder."""
+        if {"manifest.json", "metadata.json", "claim.json"} & set(files):
+            raise ValueError("manifest.json, metadata.json and claim.json are written by the registry")
+        n = self._reclaim(claim) if claim is not None else None
+        if n is None:
+            n = self._allocate()
+        if claim is not None:
+            self.store.write_json(f"versions/{n}/claim.json", claim)
         entries = {}
         for name, data in sorted(files.items()):
             self.store.write_bytes(f"versions/{n}/{name}", data)
@@ -69,8 +97,32 @@ class ModelRegistry:
         meta_bytes = to_json(meta).encode()
         self.store.write_bytes(f"versions/{n}/metadata.json", meta_bytes)
         entries["metadata.json"] = {"sha256": sha256_bytes(meta_bytes), "bytes": len(meta_bytes)}
+        if claim is not None:  # the claim is part of the version (who wrote it), checked like the rest
+            claim_bytes = self.store.read_bytes(f"versions/{n}/claim.json")
+            entries["claim.json"] = {"sha256": sha256_bytes(claim_bytes), "bytes": len(claim_bytes)}
         self.store.write_json(f"versions/{n}/manifest.json", {"version": n, "files": entries})
         return n
+
+    def intact(self, version: int) -> bool:
+        """Every file of ``version`` matches its checksum (a missing file or manifest: not intact)."""
+        try:
+            self.load(version)
+        except (ChecksumError, FileNotFoundError, KeyError, ValueError):
+            return False
+        return True
+
+    def last_intact_champion(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """(the newest champion in the promotion chain whose files are intact, the damaged ones
+        skipped on the way). The chain is champion.json, then each record's ``previous``."""
+        record, damaged = self.champion(), []
+        by_version = {d["version"]: d for d in self.deployments()}
+        while record is not None:
+            if self.intact(record["version"]):
+                return record, damaged
+            damaged.append(record["version"])
+            previous = record.get("previous")
+            record = by_version.get(previous) if previous is not None else None
+        return None, damaged
 
     def manifest(self, version: int) -> dict[str, Any]:
         return self.store.read_json(f"versions/{version}/manifest.json")

@@ -508,9 +508,23 @@ def champion_score(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, fl
     from include.lifecycle.registry import ModelRegistry
 
     reg = ModelRegistry(rc.problem.sub("registry"))
-    champ = reg.champion()
-    if not champ:
+    current = reg.champion()
+    if not current:
         return None, None, None
+    # a damaged champion (a file no longer matches its checksum) must not block retraining: it is
+    # reported, and the candidate is compared with the newest intact champion before it, or none.
+    # The version returned stays the current one: the promotion's compare-and-set is against it.
+    champ, damaged = reg.last_intact_champion()
+    note = None
+    if damaged:
+        note = f"champion version(s) {damaged} are damaged (checksum mismatch) and were skipped; " + (
+            f"compared with version {champ['version']}, the last intact champion"
+            if champ
+            else "no intact champion to compare with"
+        )
+        _log(f"WARNING: {note}")
+    if not champ:
+        return current["version"], None, note
     spec = rc.spec
     with tempfile.TemporaryDirectory() as tmp:
         bundle = ModelBundle.load(reg.materialise(champ["version"], tmp))
@@ -519,7 +533,7 @@ def champion_score(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, fl
     test = assign_splits(df, spec, y, as_of=rc.as_of) == TEST  # the very rows the candidate is tested on
     missing = [c for c in bundle.input_columns if c not in df.columns]
     if missing:
-        return champ["version"], None, f"champion needs columns {missing} that this data set lacks"
+        return current["version"], None, f"champion needs columns {missing} that this data set lacks"
     scores = bundle.score(df)[test]
     amount = df[spec.data.amount_column].to_numpy(dtype="float64")[test] if spec.data.amount_column else None
     value = goal_metric(
@@ -530,7 +544,7 @@ def champion_score(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, fl
         max_alert_rate=spec.goal.max_alert_rate,
         threshold=bundle.threshold if bundle.threshold is not None else 0.5,
     )
-    return champ["version"], float(value), None
+    return current["version"], float(value), note
 
 
 def evaluate_model(problem: str, round_no: int, **context: Any) -> dict[str, Any]:
@@ -824,6 +838,7 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
                 "run_id": rc.run_id,
                 "round": k,
             },
+            claim={"run_id": rc.run_id, "round": k},  # a retry after a kill reuses the half-written version
         )
     else:
         _log(f"deploy_model: re-using version {version}, registered by an earlier try of this run")

@@ -226,3 +226,21 @@ def test_a_failed_run_is_not_retried_and_still_reports(airflow_db, env):
     assert "round_1.feature_engineering" in html and "training.split" in html
     # the failed run left the registry alone
     assert not (artifacts("loop_failed") / "registry" / "champion.json").exists()
+
+
+def test_a_damaged_champion_is_reported_and_retraining_replaces_it(airflow_db, env):
+    spec = base_spec("loop_damaged", "loop_paths/static/rows.csv", "single_file")
+    spec["training"]["initial_candidates"] = ["random_forest"]  # meets the goal in round 1
+    state, _, _, first = _run(env, spec)
+    assert state == "success" and first["model_version"] == 1, first["reason"]
+    registry = artifacts("loop_damaged") / "registry"
+    model_file = next(p for p in (registry / "versions" / "1").iterdir() if p.name.startswith("model"))
+    model_file.write_bytes(b"not the registered model")  # corrupted on disk
+
+    state, run_id, run_dir, second = _run(env, spec)
+    assert state == "success", second.get("reason")
+    assert second["decision"] == "deployed" and second["model_version"] == 2
+    assert second["champion_before"] == 1 and second["champion_after"] == 2
+    verdict = read_json(run_dir / "round_1" / "evaluation.json")["decision"]["reason"]
+    assert "champion version(s) [1] are damaged" in verdict and "no intact champion" in verdict
+    assert sorted(p.name for p in (registry / "versions").iterdir()) == ["1", "2"]  # no orphan

@@ -317,3 +317,53 @@ def test_concurrent_promotes_from_processes_form_one_consistent_chain(registry: 
         assert after["previous"] == before["version"], (before, after)
     assert registry.champion() == records[-1]
     assert reads > 0  # the watcher really saw the pointer while it moved
+
+
+# --------------------------------------------------------------------------------------
+# a kill during registration, a damaged champion
+# --------------------------------------------------------------------------------------
+def _killed_half_way(store: Store, n: int, claim: dict) -> Path:
+    """What a deploy killed after two writes leaves: its claim, one file and a temp file."""
+    folder = Path(store.path(f"versions/{n}"))
+    folder.mkdir(parents=True)
+    (folder / "claim.json").write_text(json.dumps(claim))
+    (folder / "model.joblib").write_bytes(b"half")
+    (folder / ".features.json.0123abcd.tmp").write_bytes(b"{")
+    return folder
+
+
+def test_a_retry_after_a_kill_reuses_its_half_written_version(registry: ModelRegistry, store: Store) -> None:
+    claim = {"run_id": "manual__1", "round": 2}
+    folder = _killed_half_way(store, 1, claim)
+    assert registry.versions() == [] and registry.incomplete() == [1]
+    n = registry.register(_files("a"), {"tag": "a"}, claim=claim)
+    assert n == 1  # the same number, no orphan folder
+    assert registry.versions() == [1] and registry.incomplete() == []
+    assert not list(folder.glob("*.tmp"))
+    assert registry.load(1)["model.joblib"] == b"model bytes a"
+    assert json.loads(registry.load(1)["claim.json"]) == claim
+
+
+def test_another_runs_half_written_version_is_left_alone(registry: ModelRegistry, store: Store) -> None:
+    _killed_half_way(store, 1, {"run_id": "manual__other", "round": 1})  # maybe still being written
+    n = registry.register(_files("a"), {}, claim={"run_id": "manual__mine", "round": 1})
+    assert n == 2 and registry.versions() == [2] and registry.incomplete() == [1]
+    assert (Path(store.path("versions/1")) / "model.joblib").read_bytes() == b"half"
+
+
+def test_a_damaged_champion_is_skipped_for_the_last_intact_one(registry: ModelRegistry, store: Store) -> None:
+    v1 = registry.register(_files("a"), {})
+    v2 = registry.register(_files("b"), {})
+    v3 = registry.register(_files("c"), {})
+    for v, prev in ((v1, None), (v2, v1), (v3, v2)):
+        registry.promote(v, run_id=f"run{v}", expected_champion=prev)
+    assert registry.last_intact_champion() == (registry.champion(), [])
+    Path(store.path(f"versions/{v3}/model.joblib")).write_bytes(b"corrupted")
+    Path(store.path(f"versions/{v2}/threshold.json")).write_bytes(b"{}")
+    record, damaged = registry.last_intact_champion()
+    assert record["version"] == v1 and damaged == [v3, v2]
+    Path(store.path(f"versions/{v1}/features.json")).write_bytes(b"[]")
+    assert registry.last_intact_champion() == (None, [v3, v2, v1])
+    # the champion pointer itself is untouched: a new version can still replace it
+    v4 = registry.register(_files("d"), {})
+    assert registry.promote(v4, run_id="run4", expected_champion=v3)["previous"] == v3
