@@ -9,6 +9,7 @@ so the same spec is read by DAGs, Glue jobs and SageMaker training scripts.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -48,6 +49,14 @@ MetricName = Literal[
     "r2",
 ]
 LOWER_IS_BETTER = {"rmse", "mae"}
+# the values each metric can take: shares and probabilities in [0, 1], r2 at most 1, errors >= 0
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    **{m: (0.0, 1.0) for m in ("amount_recall_at_alert_rate", "recall_at_alert_rate", "auprc", "roc_auc")},
+    **{m: (0.0, 1.0) for m in ("f1", "precision", "recall")},
+    "r2": (-math.inf, 1.0),
+    "rmse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+}
 BINARY_METRICS = {
     "amount_recall_at_alert_rate",
     "recall_at_alert_rate",
@@ -444,6 +453,17 @@ class Spec(_Strict):
             raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a binary classification problem")
         if not binary and self.goal.metric not in REGRESSION_METRICS:
             raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a regression problem")
+        # a target the metric can never reach is a typo, not a goal (e.g. roc_auc 1.5)
+        low, high = METRIC_RANGE[self.goal.metric]
+        if not low <= self.goal.target <= high:
+            shown = (
+                f"[{low}, {high}]"
+                if math.isfinite(high) and math.isfinite(low)
+                else (f">= {low}" if math.isfinite(low) else f"<= {high}")
+            )
+            raise ValueError(
+                f"goal.target {self.goal.target} is out of range for {self.goal.metric}, which takes values in {shown}"
+            )
         if self.goal.metric == "amount_recall_at_alert_rate" and not self.data.amount_column:
             raise ValueError("goal.metric amount_recall_at_alert_rate needs data.amount_column")
         if self.goal.metric.endswith("_at_alert_rate") and self.goal.max_alert_rate is None:

@@ -459,3 +459,27 @@ def test_relative_sources_resolve_against_ml_data_root(tmp_path: Path, monkeypat
 def test_uris_loaders_and_absolute_paths_are_left_alone(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ML_DATA_ROOT", "/somewhere/else")
     assert resolve_source(source) == source
+
+
+@pytest.mark.parametrize(
+    ("metric", "target", "ok"),
+    [
+        ("roc_auc", 1.5, False),
+        ("amount_recall_at_alert_rate", 1.01, False),
+        ("auprc", -0.1, False),
+        ("roc_auc", 0.8, True),
+        ("r2", 1.2, False),
+        ("r2", -0.5, True),
+        ("rmse", -1.0, False),
+        ("rmse", 1500.0, True),
+    ],
+)
+def test_goal_target_must_be_reachable_by_its_metric(metric, target, ok):
+    name = "diabetes" if metric in ("r2", "rmse") else "card_fraud"
+    data = yaml.safe_load((DEFAULT_PROBLEMS_DIR / f"{name}.yaml").read_text())
+    data["goal"]["metric"], data["goal"]["target"] = metric, target
+    if ok:
+        assert parse_spec(data, f"{name}.yaml").goal.target == target
+    else:
+        with pytest.raises(SpecError, match=f"goal.target {target} is out of range for {metric}"):
+            parse_spec(data, f"{name}.yaml")
