@@ -244,3 +244,13 @@ def test_a_damaged_champion_is_reported_and_retraining_replaces_it(airflow_db, e
     verdict = read_json(run_dir / "round_1" / "evaluation.json")["decision"]["reason"]
     assert "champion version(s) [1] are damaged" in verdict and "no intact champion" in verdict
     assert sorted(p.name for p in (registry / "versions").iterdir()) == ["1", "2"]  # no orphan
+
+
+def test_a_run_dated_before_any_data_says_so(airflow_db, env):
+    spec = daily_spec("loop_early")
+    write_spec(env["problems"], spec)
+    state, _, run_dir = run_dag("loop_early", dt.datetime(2025, 6, 1, tzinfo=dt.UTC), problems_dir=env["problems"])
+    assert state == "failed"  # not a silent success that did nothing
+    s = read_json(run_dir / "run_summary.json")
+    assert s["failed_task"] == "formulate_problem"
+    assert "data in window: 0 partitions" in s["error"], s["error"]
