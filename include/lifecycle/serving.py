@@ -33,10 +33,18 @@ Bad requests get a JSON error and a 4xx status and never take the server down: 4
 empty body, malformed CSV/JSON, missing columns (named), wrong types or values (row, column,
 rule); 411 for a chunked body (send Content-Length); 413 above ``--max-body-bytes`` or
 ``--max-rows``; 415 for a content type other than text/csv and application/json.
-Extra columns are ignored and listed in the answer (``ignored_columns``). A client that sends
-too slowly is dropped after ``--timeout`` seconds (each connection has its own thread); the
-scoring itself runs ``--scoring-threads`` (1) requests at a time, which is faster than
-letting every connection's thread fight over the GIL.
+Extra columns are ignored and listed in the answer (``ignored_columns``). A JSON body nested
+deeper than ``MAX_JSON_DEPTH`` (32) levels is refused with 400 before it is parsed.
+
+Load: the listen backlog is ``--backlog`` (1024, capped by the kernel's somaxconn), so a burst of
+new connections waits in the kernel instead of being reset; at most ``--max-connections`` (32)
+connections are handled at once, each by its own thread (the rest wait in the backlog, and a
+keep-alive connection is closed after its answer when others are waiting). A request must
+arrive whole (request line, headers and body) within ``--timeout`` seconds of its first byte,
+however slowly it trickles in: past that it gets 408 and the connection is closed (a slow
+client cannot hold a thread); an idle keep-alive connection is closed after ``--keepalive``
+seconds. The scoring itself runs ``--scoring-threads`` (1) requests at a time, which is faster
+than letting every connection's thread fight over the GIL.
 
 A new champion is picked up without a restart: a background thread polls ``champion.json``
 (``--poll-seconds``) and ``POST /reload`` (sent by deploy_model) reloads at once. The new
@@ -52,8 +60,11 @@ import io
 import json
 import logging
 import os
+import re
+import select
 import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
@@ -84,12 +95,21 @@ log = logging.getLogger("ml_lifecycle.serving")
 
 DEFAULT_PORT = 8081
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
-DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_TIMEOUT_SECONDS = 10.0  # to receive a whole request, from its first byte
+DEFAULT_KEEPALIVE_SECONDS = 5.0  # an idle keep-alive connection is closed after this
+DEFAULT_BACKLOG = 1024  # listen backlog (the kernel caps it at net.core.somaxconn)
+DEFAULT_MAX_CONNECTIONS = 32  # connections handled at once (one thread each); the rest wait in the backlog
+MAX_JSON_DEPTH = 32  # {"instances": [{...}]} is 3 deep
 DEFAULT_POLL_SECONDS = 5.0
 PII_KEY_ENV = "ML_PII_HASH_KEY"  # the key of the curated data (the Airflow variable ml_pii_hash_key)
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read and dropped before the 413
 CSV_TYPES = {"text/csv"}
 JSON_TYPES = {"application/json"}
+
+
+class RequestDeadline(Exception):
+    """The request did not arrive whole within its deadline (not a TimeoutError, so that
+    http.server does not swallow it: the client gets a 408)."""
 
 
 class RequestError(Exception):
@@ -104,6 +124,28 @@ class RequestError(Exception):
 # --- payloads --------------------------------------------------------------------------------
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text nests arrays/objects deeper than ``limit``, found without parsing
+    (the parser recurses: a 100k-deep ``[[[...]]]`` would be a RecursionError). Brackets inside
+    strings do not count."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _JSON_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    depth = 0
+    for ch in brackets:
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def parse_payload(body: bytes, content_type: str | None) -> pd.DataFrame:
@@ -129,10 +171,19 @@ def parse_payload(body: bytes, content_type: str | None) -> pd.DataFrame:
         if unnamed:
             raise RequestError(HTTPStatus.BAD_REQUEST, "malformed CSV: the header row has empty column names")
         return df
+    too_deep = RequestError(
+        HTTPStatus.BAD_REQUEST,
+        f"JSON nested deeper than {MAX_JSON_DEPTH} levels: send an object, a list of objects "
+        'or {"instances": [objects]} with plain values',
+    )
+    if json_depth_exceeds(text):
+        raise too_deep
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # not reached after the depth check; never a 500
+        raise too_deep from exc
     if isinstance(doc, dict) and "instances" in doc:
         doc = doc["instances"]
     records = [doc] if isinstance(doc, dict) else doc
@@ -266,22 +317,101 @@ class ChampionHolder:
 
 
 # --- HTTP ------------------------------------------------------------------------------------
+class DeadlineReader(io.RawIOBase):
+    """The connection's reads, with one deadline per request instead of one timeout per read.
+
+    Waiting for a request's first byte is the keep-alive idle time (``idle_seconds``; when it
+    runs out the connection ends as if the client had closed it). From the first byte on, the
+    rest of the request (line, headers, body) must arrive within ``request_seconds`` however
+    slowly it trickles in; past that :class:`RequestDeadline` is raised."""
+
+    def __init__(self, sock: socket.socket, idle_seconds: float, request_seconds: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle_seconds = idle_seconds
+        self.request_seconds = request_seconds
+        self.deadline: float | None = None  # None: between requests
+
+    def readable(self) -> bool:
+        return True
+
+    def next_request(self) -> None:
+        self.deadline = None
+
+    def start_request(self) -> None:
+        """The request has begun (its first byte may already be buffered)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.request_seconds
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            wait = self.idle_seconds
+        else:
+            wait = self.deadline - time.monotonic()
+            if wait <= 0:
+                raise RequestDeadline(f"the request did not arrive within {self.request_seconds:g} s")
+        self.sock.settimeout(wait)
+        try:
+            n = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.deadline is None:
+                return 0  # idle keep-alive connection: end it quietly
+            raise RequestDeadline(f"the request did not arrive within {self.request_seconds:g} s") from None
+        if n:
+            self.start_request()
+        return n
+
+
 class ServingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client may send many requests on one connection
     server_version = "ml-lifecycle-serving/1"
     server: ServingServer
 
     def setup(self) -> None:
-        self.timeout = self.server.timeout_seconds  # applies to every read: slow clients are dropped
         super().setup()
         # small answers go out at once (Nagle + the client's delayed ACK would add ~40 ms to each)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = DeadlineReader(self.connection, self.server.keepalive_seconds, self.server.timeout_seconds)
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self.reader, 65536)
+
+    def handle_one_request(self) -> None:
+        self.reader.next_request()
+        try:  # wait (keep-alive idle time) for the request's first byte, maybe already buffered
+            first = self.rfile.peek(1)
+        except OSError:
+            first = b""
+        if not first:  # the client closed, or stayed idle too long
+            self.close_connection = True
+            return
+        self.reader.start_request()  # from here the whole request has timeout_seconds
+        try:
+            super().handle_one_request()
+        except RequestDeadline as exc:  # too slow: 408, then close
+            self.close_connection = True
+            self._request_timeout(str(exc))
+
+    def _request_timeout(self, message: str) -> None:
+        log.info("%s: %s, connection closed", self.client_address[0], message)
+        body = json.dumps({"error": "Request Timeout", "status": 408, "message": message}).encode()
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            self.connection.settimeout(1.0)
+            self.wfile.write(head.encode() + body)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     # answers
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, *, close: bool = False) -> None:
+        self.connection.settimeout(self.server.timeout_seconds)  # writing the answer: a timeout per write
+        if not close and not self.close_connection and self.server.others_waiting():
+            close = True  # give the connection slot to a client waiting in the backlog
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -336,7 +466,7 @@ class ServingHandler(BaseHTTPRequestHandler):
             else:
                 self._json(HTTPStatus.OK, {"status": "ok", "model_version": c.version})
         elif path in ("/status", "/"):
-            self._json(HTTPStatus.OK, holder.status())
+            self._json(HTTPStatus.OK, holder.status() | {"connections": self.server.limits()})
         else:
             self._error(RequestError(HTTPStatus.NOT_FOUND, f"no route {path}: GET /ping, POST /invocations"))
 
@@ -392,8 +522,21 @@ class ServingHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, predictions_json(champion, scored, spec.data.key, ignored))
 
 
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen backlog (Linux), if readable."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class ServingServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at once: the accept loop waits for a
+    free slot before it accepts, so further connections wait in the listen backlog (``backlog``)
+    rather than each getting a thread that fights over the cores."""
+
     daemon_threads = True  # a stuck connection never blocks shutdown
+    block_on_close = False  # ... nor does stop() wait for the connection threads
     allow_reuse_address = True
 
     def __init__(
@@ -404,15 +547,26 @@ class ServingServer(ThreadingHTTPServer):
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = 100_000,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
         poll_seconds: float | None = DEFAULT_POLL_SECONDS,
         scoring_threads: int = 1,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
+        if max_connections < 1 or backlog < 1 or timeout_seconds <= 0 or keepalive_seconds <= 0:
+            raise ValueError("max_connections, backlog, timeout_seconds and keepalive_seconds must be positive")
         self.holder = holder
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
         self.timeout_seconds = timeout_seconds
+        self.keepalive_seconds = keepalive_seconds
         self.poll_seconds = poll_seconds
         self.scoring_slot = threading.Semaphore(scoring_threads)
+        self.max_connections = max_connections
+        self.request_queue_size = backlog  # listen(backlog) in server_activate
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._active = 0  # connections being handled (holding a slot)
+        self._active_lock = threading.Lock()
         self._stop = threading.Event()
         super().__init__(address, ServingHandler)
 
@@ -420,6 +574,57 @@ class ServingServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def backlog(self) -> int:
+        """The listen backlog in effect (the kernel caps the one asked for at somaxconn)."""
+        cap = somaxconn()
+        return min(self.request_queue_size, cap) if cap else self.request_queue_size
+
+    # connection slots: taken before accept(), given back when the connection is closed
+    def get_request(self) -> tuple[socket.socket, Any]:
+        while not self._slots.acquire(timeout=0.25):
+            if self._stop.is_set():
+                raise OSError("the server is stopping")
+        try:
+            conn, addr = self.socket.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._active_lock:
+            self._active += 1
+        return conn, addr
+
+    def shutdown_request(self, request: Any) -> None:  # once per accepted connection, whatever happened
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection from %s failed", client_address[0] if client_address else "?")
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            "active": self._active,
+            "max": self.max_connections,
+            "backlog": self.backlog,
+            "request_timeout_seconds": self.timeout_seconds,
+            "keepalive_seconds": self.keepalive_seconds,
+        }
+
+    def others_waiting(self) -> bool:
+        """Every slot is taken and a connection waits in the backlog to be accepted."""
+        if self._active < self.max_connections:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(self.socket, select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError, AttributeError):  # closed socket, or no poll() here
+            return False
 
     def _poll(self) -> None:
         if self.holder.registry is None:
@@ -521,7 +726,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=int(os.environ.get("ML_SERVING_PORT", DEFAULT_PORT)))
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--max-rows", type=int, default=100_000)
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per socket read")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help="seconds to receive a whole request (line, headers, body) from its first byte; then 408",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=DEFAULT_KEEPALIVE_SECONDS,
+        help="seconds an idle keep-alive connection is kept",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connections handled at once (a thread each); the rest wait in the listen backlog",
+    )
+    p.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog (capped by somaxconn)")
     p.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="0: reload only on POST /reload")
     p.add_argument("--scoring-threads", type=int, default=1, help="requests scored at the same time (GIL-bound)")
     p.add_argument(
@@ -532,7 +755,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    limits = {"max_body_bytes": args.max_body_bytes, "max_rows": args.max_rows, "timeout_seconds": args.timeout}
+    limits = {
+        "max_body_bytes": args.max_body_bytes,
+        "max_rows": args.max_rows,
+        "timeout_seconds": args.timeout,
+        "keepalive_seconds": args.keepalive,
+        "max_connections": args.max_connections,
+        "backlog": args.backlog,
+    }
     if args.model_dir:
         server = make_model_dir_server(args.model_dir, host=args.host, port=args.port, **limits)
         log.info("serving %s version %s from %s on %s", server.holder.spec.name, server.holder.current.version,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import select
 import socket
 import threading
 import time
@@ -286,12 +287,134 @@ def test_missing_length_and_slow_clients_do_not_stall_the_server(
         # meanwhile other clients are served
         assert invoke(served, csv_body(requests_frame.head(2)), "text/csv")[0] == 200
         assert request(served, "GET", "/ping")[0] == 200
-        # the server gives up on the slow client after its timeout (1 s here) and closes the connection
+        # the server gives up on the slow client after its deadline (1 s here): 408, then it closes
         slow.settimeout(10)
+        status, answer = _answer(slow)
+        assert status == 408 and "within 1 s" in answer
         assert slow.recv(65536) == b""
     finally:
         slow.close()
     assert request(served, "GET", "/ping")[0] == 200
+
+
+def test_deeply_nested_json_is_400_never_500(served: ServingServer, requests_frame: pd.DataFrame) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads would raise RecursionError (was a 500)
+    for body in (deep, b'{"instances": ' + deep + b"}", b"[" * 33 + b"]" * 33, b"[" * 100_000):
+        status, doc = invoke(served, body, "application/json")
+        assert status == 400, (status, doc)
+        assert "nested deeper than 32 levels" in doc["message"]
+    status, doc = invoke(served, b"[" * 32 + b"]" * 32, "application/json")  # at the limit: parsed, then refused
+    assert status == 400 and "one object per row" in doc["message"]
+    # brackets inside strings are text, not nesting
+    row = {**_rows(requests_frame, 1)[0], "note": "[" * 1000 + '\\"{' * 100}
+    status, doc = invoke(served, json.dumps({"instances": [row]}).encode(), "application/json")
+    assert status == 200 and doc["ignored_columns"] == ["note"]
+    assert request(served, "GET", "/ping")[0] == 200
+
+
+def test_a_slow_loris_client_is_cut_off_at_the_request_deadline(served: ServingServer) -> None:
+    """One byte every 0.2 s never trips a per-read timeout (1 s); the whole request has 1 s."""
+    head = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100 + b"\r\n\r\n"  # 20 s at this pace
+    with _raw_socket(served) as s:
+        t0 = time.monotonic()
+        for i in range(len(head)):
+            s.sendall(head[i : i + 1])
+            readable, _, _ = select.select([s], [], [], 0.2)
+            if readable:  # the server answered: stop sending
+                break
+        elapsed = time.monotonic() - t0
+        status, answer = _answer(s)
+        assert status == 408 and "did not arrive within 1 s" in answer
+        assert 0.9 <= elapsed < 3.0, elapsed
+        assert s.recv(65536) == b""  # and closed
+    assert request(served, "GET", "/ping")[0] == 200
+
+
+def _handler_threads() -> int:
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def test_a_burst_of_64_new_connections_waits_in_the_backlog_and_none_is_reset(
+    served: ServingServer, root: Path, spec: Spec, requests_frame: pd.DataFrame
+) -> None:
+    """64 clients connect at the same moment to a server that handles 4 connections at a time:
+    the other 60 wait in the listen backlog (it was 5: a burst like this got resets)."""
+    server = _start(root, spec, poll_seconds=None, max_connections=4)  # `served` has deployed a champion
+    body = csv_body(requests_frame.head(1))
+    host, port = server.server_address[:2]
+    start = threading.Barrier(64)
+    outcomes: list[Any] = []
+    most_threads = 0
+    done = threading.Event()
+
+    def client(k: int) -> None:
+        start.wait()
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            if k % 2:
+                conn.request("GET", "/ping")
+            else:
+                conn.request("POST", "/invocations", body=body, headers={"Content-Type": "text/csv"})
+            resp = conn.getresponse()
+            resp.read()
+            outcomes.append(resp.status)
+        except Exception as exc:  # recorded, so the assert below shows it
+            outcomes.append(repr(exc))
+        finally:
+            conn.close()
+
+    def sample() -> None:
+        nonlocal most_threads
+        while not done.is_set():
+            most_threads = max(most_threads, _handler_threads())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(64)]
+    try:
+        assert json.loads(request(server, "GET", "/status")[2])["connections"]["backlog"] >= 64
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        done.set()
+        sampler.join()
+        server.stop()
+    assert outcomes == [200] * 64, [o for o in outcomes if o != 200][:5]
+    assert 1 <= most_threads <= 4  # never more handler threads than connection slots
+
+
+def test_a_waiting_client_gets_the_slot_of_a_keepalive_connection(
+    served: ServingServer, root: Path, spec: Spec
+) -> None:
+    """With one connection slot: a keep-alive connection is closed after its next answer when
+    another client waits, and an idle one after the keep-alive time (quietly, no 408)."""
+    server = _start(root, spec, poll_seconds=None, max_connections=1, keepalive_seconds=0.5)
+    host, port = server.server_address[:2]
+    try:
+        a = http.client.HTTPConnection(host, port, timeout=10)
+        a.request("GET", "/ping")
+        first = a.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("Connection") is None  # kept alive
+        with _raw_socket(server) as b:  # waits in the backlog: a holds the only slot
+            b.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)
+            a.request("GET", "/ping")
+            second = a.getresponse()
+            second.read()
+            assert second.status == 200 and second.getheader("Connection") == "close"  # gives way to b
+            assert _answer(b)[0] == 200
+        a.close()
+        with _raw_socket(server) as idle:  # connects, sends nothing: closed after 0.5 s, no answer
+            t0 = time.monotonic()
+            assert idle.recv(65536) == b""
+            assert time.monotonic() - t0 < 3.0
+        assert request(server, "GET", "/ping")[0] == 200
+    finally:
+        server.stop()
 
 
 # --- hot swap ------------------------------------------------------------------------------------
