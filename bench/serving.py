@@ -6,18 +6,24 @@ sends real rows of the last landing partition and prints a table:
 
 * single-row latency (p50 / p99 / mean) over one keep-alive connection, JSON and CSV;
 * single-row requests from several concurrent clients (requests/s);
+* load: 8, 64 and 200 clients starting at the same moment, each opening a new connection for
+  every request (the accept backlog and the connection slots at work) for a few seconds, and 8
+  keep-alive clients: requests, errors by kind (connection reset, refused, timeout, HTTP 4xx/5xx),
+  p50 / p99 latency of the answered requests;
 * batch requests of 1,000 and 10,000 CSV rows (rows/s);
 * in-process: ``ModelBundle.score`` on a whole day and on 100k rows, and the batch DAG's
   ``score_partition`` (one day plus the lookback days as per-card history) in rows/s.
 
 The numbers go to ``bench/results/serving-<date>.json``.
 
-    .venv/bin/python bench/serving.py [--problem card_fraud] [--requests 1000]
+    .venv/bin/python bench/serving.py [--problem card_fraud] [--requests 1000] [--load-seconds 5]
+    .venv/bin/python bench/serving.py --load-only     # only the load runs (merged into today's file)
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import http.client
 import json
@@ -59,11 +65,14 @@ def start_server(
     cmd += ["--port", str(port), "--poll-seconds", "0", "--max-body-bytes", str(64 * 1024 * 1024)]
     cmd += ["--history-days", str(history_days)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ML_PII_HASH_KEY": pii_key.decode() if pii_key else ""}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the server's log goes to a file: a pipe nobody reads would fill up and stall it under load
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the server runs
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/ping")
@@ -147,6 +156,95 @@ def concurrent(port: int, bodies: list[bytes], clients: int, seconds: float) -> 
     }
 
 
+def error_kind(exc: BaseException) -> str:
+    """A failed request by what the client saw (RemoteDisconnected, a closed connection with no
+    answer, is a kind of ConnectionResetError and counts as a reset)."""
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "reset"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+def load(port: int, bodies: list[bytes], clients: int, seconds: float, *, new_connections: bool) -> dict[str, Any]:
+    """``clients`` threads released at the same moment send single-row JSON requests for ``seconds``
+    (requests in flight then are finished and counted); with ``new_connections`` every request opens
+    its own connection, so the first round is a burst of ``clients`` simultaneous connects."""
+    times: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    first_round: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    stop = 0.0
+
+    def once(conn: http.client.HTTPConnection, body: bytes) -> str:
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+        except Exception as exc:
+            conn.close()
+            return error_kind(exc)
+        elapsed = time.perf_counter() - t0
+        if resp.status != 200:
+            return f"http_{resp.status // 100}xx"
+        with lock:
+            times.append(elapsed)
+        return "ok"
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        start.wait()
+        i, first = k, True
+        while first or time.monotonic() < stop:
+            if new_connections:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            outcome = once(conn, bodies[i % len(bodies)])
+            if new_connections:
+                conn.close()
+            with lock:
+                if outcome != "ok":
+                    errors[outcome] += 1
+                    if first:
+                        first_round[outcome] += 1
+            i += clients
+            first = False
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    stop = time.monotonic() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "new_connection_per_request": new_connections,
+        "seconds": wall,
+        "requests": len(times) + sum(errors.values()),
+        "ok": len(times),
+        "errors": sum(errors.values()),
+        "resets": errors.get("reset", 0),
+        "errors_by_kind": dict(errors),
+        "first_round_errors": dict(first_round),  # the burst of simultaneous connects
+        "p50_ms": 1000 * pct(times, 0.5) if times else None,
+        "p99_ms": 1000 * pct(times, 0.99) if times else None,
+        "rows_per_s": len(times) / wall,
+    }
+
+
+def load_runs(port: int, bodies: list[bytes], seconds: float) -> dict[str, Any]:
+    runs = {f"load_{n}_new_connections": load(port, bodies, n, seconds, new_connections=True) for n in (8, 64, 200)}
+    runs["load_8_keepalive"] = load(port, bodies, 8, seconds, new_connections=False)
+    return runs
+
+
 def batches(port: int, frame: pd.DataFrame, size: int, repeats: int) -> dict[str, Any]:
     rows = pd.concat([frame] * (size // len(frame) + 1), ignore_index=True).head(size)
     body = rows.to_csv(index=False).encode()
@@ -179,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact-root", default=os.environ.get("ML_ARTIFACT_ROOT") or str(ROOT / "artifacts"))
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--load-seconds", type=float, default=5.0, help="length of each load run (8, 64, 200 clients)")
+    p.add_argument("--load-only", action="store_true", help="only the load runs, merged into today's results file")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
 
     spec = load_spec(spec_path(args.problem))
     source = Store.from_uri(resolve_source(spec.data.source))
@@ -200,17 +301,24 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     proc = start_server(args.problem, args.artifact_root, port, history_days=0)  # rows of the request only
+    results: dict[str, Any] = {}
     try:
-        results: dict[str, Any] = {
-            "single_json": single_rows(port, json_bodies, "application/json"),
-            "single_csv": single_rows(port, csv_bodies, "text/csv"),
-            "concurrent_json": concurrent(port, json_bodies, args.clients, seconds=5.0),
-            "batch_1k": batches(port, frame, 1_000, 5),
-            "batch_10k": batches(port, frame, 10_000, 3),
-        }
+        if not args.load_only:
+            results |= {
+                "single_json": single_rows(port, json_bodies, "application/json"),
+                "single_csv": single_rows(port, csv_bodies, "text/csv"),
+                "concurrent_json": concurrent(port, json_bodies, args.clients, seconds=5.0),
+                "batch_1k": batches(port, frame, 1_000, 5),
+                "batch_10k": batches(port, frame, 10_000, 3),
+            }
+        results |= load_runs(port, json_bodies, args.load_seconds)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    if args.load_only:
+        print_load(results, args.problem, champion.version, load_before)
+        write_results(args.problem, champion, day, results, load_before, merge=True)
+        return 0
     # the server with the lookback days before ds as per-card context: a scratch artifact root
     # with a copy of the champion and those days curated under a throwaway PII key
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
@@ -291,23 +399,54 @@ def main(argv: list[str] | None = None) -> int:
         p99 = r.get("p99_ms")
         p99_text = f"{p99:.1f}" if p99 is not None else "-"
         print(f"{name:<52} {p50:>9.1f} {p99_text:>9} {r['rows_per_s']:>10,.0f}")
+    print_load(results, args.problem, champion.version, load_before)
+    write_results(args.problem, champion, day, results, load_before, merge=False)
+    return 0
+
+
+def print_load(results: dict[str, Any], problem: str, version: int, load_before: float) -> None:
+    print(f"\nendpoint load, {problem} champion version {version}, single-row JSON requests")
+    print(f"({os.cpu_count()} CPUs shared by the clients and the server; load average before: {load_before:.2f})\n")
+    header = f"{'clients':<34} {'requests':>8} {'errors':>6} {'resets':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        if not name.startswith("load_"):
+            continue
+        how = "new connection per request" if r["new_connection_per_request"] else "keep-alive"
+        p50, p99 = (f"{r[k]:.0f}" if r[k] is not None else "-" for k in ("p50_ms", "p99_ms"))
+        label = f"{r['clients']}, {how}"
+        print(
+            f"{label:<34} {r['requests']:>8,} {r['errors']:>6} {r['resets']:>6} {p50:>8} {p99:>8} {r['rows_per_s']:>6.0f}"
+        )
+        if r["errors_by_kind"]:
+            print(f"{'':<34} errors: {r['errors_by_kind']}, in the first burst: {r['first_round_errors']}")
+
+
+def write_results(
+    problem: str, champion: Any, day: str, results: dict[str, Any], load_before: float, *, merge: bool
+) -> None:
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     target = results_dir / f"serving-{dt.date.today().isoformat()}.json"
     doc = {
-        "problem": args.problem,
+        "problem": problem,
         "model_version": champion.version,
         "model": type(champion.bundle.model).__name__,
         "ds": day,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "load_average_before": load_before,
         "results": results,
     }
+    if merge and target.exists():  # --load-only: keep the other figures of the day
+        old = json.loads(target.read_text())
+        if old.get("model_version") == champion.version:
+            doc = old | {"results": old.get("results", {}) | results, "load_average_before_load": load_before}
     with tempfile.NamedTemporaryFile("w", dir=results_dir, delete=False, suffix=".tmp") as fh:
         json.dump(doc, fh, indent=2)
     os.replace(fh.name, target)
     print(f"\nwritten to {target.relative_to(ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":
