@@ -63,6 +63,7 @@ import os
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -446,7 +447,7 @@ class ServingHandler(BaseHTTPRequestHandler):
         limit = self.server.max_body_bytes
         if n > limit:
             if n <= DRAIN_FACTOR * limit:
-                # read and drop it (bounded, with the socket timeout): closing with unread bytes makes
+                # read and drop it (bounded, within the request's deadline): closing with unread bytes makes
                 # the kernel reset the connection, and the client might never see the 413
                 while n > 0 and (chunk := self.rfile.read(min(n, 65536))):
                     n -= len(chunk)
@@ -604,7 +605,12 @@ class ServingServer(ThreadingHTTPServer):
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("connection from %s failed", client_address[0] if client_address else "?")
+        client = client_address[0] if client_address else "?"
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # the client went away (reset, broken pipe): no traceback
+            log.info("connection from %s ended: %s: %s", client, type(exc).__name__, exc)
+        else:
+            log.exception("connection from %s failed", client)
 
     def limits(self) -> dict[str, Any]:
         return {
