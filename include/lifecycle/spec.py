@@ -130,6 +130,13 @@ class DataSpec(_Strict):
     amount_column: str | None = None
     lookback_days: int = Field(28, ge=1, le=3650)
     max_lookback_days: int = Field(56, ge=1, le=3650)
+    partition_tolerance_hours: float = Field(
+        3.0,
+        ge=0,
+        le=168,
+        description="a row's time_column may lie this many hours outside its ds= partition's day; "
+        "further out it is quarantined (outside_partition)",
+    )
     labels: LabelsSpec | None = None
 
     @model_validator(mode="after")

@@ -185,6 +185,42 @@ class Store:
     def file_sha256(self, rel: str) -> str:
         return sha256_bytes(self.read_bytes(rel))
 
+    # --- listing, content identity, removal (helpers of the ETL's input accounting) ----------
+    def entries(self, *parts: str) -> list[tuple[str, bool]]:
+        """``(name, is_folder)`` of everything directly under a prefix, by name; empty when it does not exist."""
+        p = self.path(*parts)
+        if not self.fs.exists(p):
+            return []
+        out = []
+        for info in self.fs.ls(p, detail=True):
+            name = posixpath.basename(str(info["name"]).rstrip("/"))
+            out.append((name, info.get("type") == "directory"))
+        return sorted(out)
+
+    def content_id(self, rel: str, data: bytes | None = None) -> str:
+        """What identifies the content of one file: ``sha256:<hex>`` of its bytes (``data`` when the
+        caller has read them already); on an object store whose metadata gives an ETag (S3) or a
+        version id, that (``etag:...`` / ``version:...``), so a file is not downloaded only to be
+        recognised. A change of the bytes changes the id, whatever the name, size or time."""
+        if not self.is_local and data is None:
+            info = self.fs.info(self.path(rel))
+            for field, tag in (("ETag", "etag"), ("etag", "etag"), ("VersionId", "version")):
+                value = info.get(field)
+                if value:
+                    return f"{tag}:{str(value).strip(chr(34))}"
+        if data is not None:
+            return f"sha256:{sha256_bytes(data)}"
+        with open(self.path(rel), "rb") as fh:
+            return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
+
+    def remove(self, rel: str) -> bool:
+        """Delete one file if it exists; True when there was one."""
+        target = self.path(rel)
+        if not self.fs.exists(target):
+            return False
+        self.fs.rm_file(target)
+        return True
+
 
 def concat_tables(tables: list[pa.Table]) -> pa.Table:
     """Arrow tables (e.g. the partitions of a data set) as one table, columns unified by name."""

@@ -725,7 +725,12 @@ def test_labels_join_as_of_with_maturity(first_run: dict[str, Any], landing: Pat
     expected = ds["transaction_id"].isin(arrived).astype(int)
     assert ds["is_fraud"].tolist() == expected.tolist()
     assert s["positives"] == int(expected.sum()) > 0
-    assert s["label_rows_used"] == len(cb[cb["reported_at"] < pd.Timestamp(AS_OF)])
+    # every label row that had arrived is used (it marks a row of the data set), quarantined or unmatched
+    assert s["label_rows_in"] == len(cb[cb["reported_at"] < pd.Timestamp(AS_OF)])
+    assert s["label_rows_used"] == s["positives"]
+    assert s["label_rows_in"] == s["label_rows_used"] + s["label_rows_quarantined"] + s["label_rows_unmatched"]
+    assert s["label_rows_quarantined"] == 0 and s["label_rows_unmatched"] > 0  # the immature rows' labels
+    assert s["label_rows_read"] == s["label_rows_in"] + s["label_rows_not_yet_arrived"]
 
 
 def test_rerun_reuses_curated_partitions_unchanged(
@@ -863,7 +868,9 @@ def test_only_labels_that_arrived_before_as_of_are_positive(mini_landing: Path, 
     ds = pd.read_parquet(tmp_path / "art" / s["dataset_rel"])
     # c1's chargeback arrives exactly at the interval end: not yet known to this run
     assert dict(zip(ds["tx"], ds["is_fraud"], strict=True)) == {"a1": 1, "a2": 0, "b1": 1, "b2": 0, "c1": 0}
-    assert s["positives"] == 2 and s["label_rows_used"] == 3  # 'old' arrived, but its row is out of the window
+    assert s["positives"] == 2 and s["label_rows_used"] == 2
+    assert s["label_rows_in"] == 3 and s["label_rows_unmatched"] == 1  # 'old' arrived, but its row is out of the window
+    assert s["label_rows_not_yet_arrived"] == 1  # c1's
     # a later run (a day on) sees c1's chargeback
     later = _run(
         _mini_spec(),
