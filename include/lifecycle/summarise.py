@@ -77,10 +77,12 @@ def summarise(
     lines = [f"run {run}"]
     collect = problem.read_json_or(f"{rd}/collect_summary.json")
     if collect:
+        positives = collect.get("positives")  # none for a regression
         lines.append(
             f"  data: {collect['rows_in']} rows in = {collect['rows_curated']} curated + "
             f"{collect['rows_quarantined']} quarantined {collect['by_rule']}; "
-            f"{collect['dataset_rows']} rows in the labelled data set, {collect.get('positives')} positives"
+            f"{collect['dataset_rows']} rows in the labelled data set"
+            + (f", {positives} positives" if positives is not None else "")
         )
     verdict = problem.read_json_or(f"{rd}/eda/verdict.json")
     if verdict:
