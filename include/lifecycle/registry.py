@@ -2,7 +2,8 @@
 
     registry/versions/<n>/...            model, preprocessing, metrics, threshold, lineage
     registry/versions/<n>/manifest.json  sha256 of every file (written last: the version is complete)
-    registry/versions/<n>/claim.json     who is writing the version (written first)
+    registry/versions/<n>/claim.json     who is writing the version (written first; bookkeeping,
+                                         not part of the version's files)
     registry/champion.json               pointer to the deployed version, replaced atomically
     registry/deployments/<n>-<run>.json  one record per promotion
 
@@ -97,9 +98,6 @@ class ModelRegistry:
         meta_bytes = to_json(meta).encode()
         self.store.write_bytes(f"versions/{n}/metadata.json", meta_bytes)
         entries["metadata.json"] = {"sha256": sha256_bytes(meta_bytes), "bytes": len(meta_bytes)}
-        if claim is not None:  # the claim is part of the version (who wrote it), checked like the rest
-            claim_bytes = self.store.read_bytes(f"versions/{n}/claim.json")
-            entries["claim.json"] = {"sha256": sha256_bytes(claim_bytes), "bytes": len(claim_bytes)}
         self.store.write_json(f"versions/{n}/manifest.json", {"version": n, "files": entries})
         return n
 
