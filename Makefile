@@ -35,14 +35,17 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 # A random PII key per checkout, kept out of git; Airflow reads it as variable ml_pii_hash_key.
+# Airflow's home holds secrets (the PII key, the admin password file, the metadata database with
+# connections and variables): only its owner may enter it, and what Airflow writes there is 0600.
 $(AIRFLOW_HOME)/pii_hash_key:
-	mkdir -p $(AIRFLOW_HOME)
+	mkdir -p -m 700 $(AIRFLOW_HOME)
 	$(PY) -c "import secrets; print(secrets.token_hex(32))" > $@
 	chmod 600 $@
 
 $(AIRFLOW_HOME)/.db: $(VENV)/.installed
-	mkdir -p $(AIRFLOW_HOME)
-	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	mkdir -p -m 700 $(AIRFLOW_HOME)
+	chmod 700 $(AIRFLOW_HOME)
+	umask 077 && $(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	touch $@
 
 # The demo card data (include/lifecycle/synth.py) of every problem whose spec reads it
@@ -77,7 +80,8 @@ run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key
 
 up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 	@echo "Airflow UI on http://127.0.0.1:8080 - user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
-	AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
+	chmod 700 $(AIRFLOW_HOME)
+	umask 077 && AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
 	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	  $(VENV)/bin/airflow standalone
 
