@@ -271,10 +271,7 @@ def frame_from_bytes(data: bytes, uri: str, fmt: str, columns: list[str] | None 
         table, malformed = _csv_table(data, shown)
     else:  # pragma: no cover - the spec allows only these
         raise InputFileError(f"{shown}: unknown format {fmt!r}")
-    names = table.column_names
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InputFileError(f"{shown}: column(s) {_names(dup, set())} appear more than once")
+    _refuse_duplicate_names(table.column_names, shown)
     table, invalid = _repair_text(table)
     try:
         df = table.to_pandas()
@@ -304,10 +301,20 @@ def _parquet_table(data: bytes, uri: str, columns: list[str] | None) -> pa.Table
         raise InputFileError(f"{uri}: empty file (0 bytes): not a Parquet file")
     try:
         names = pq.read_schema(pa.BufferReader(data)).names
-        wanted = columns if columns is not None and all(c in names for c in columns) else None
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"{uri}: {_parquet_problem(exc)}") from None
+    _refuse_duplicate_names(names, uri)
+    wanted = columns if columns is not None and all(c in names for c in columns) else None
+    try:
         return pq.read_table(pa.BufferReader(data), columns=wanted)
     except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
         raise InputFileError(f"{uri}: {_parquet_problem(exc)}") from None
+
+
+def _refuse_duplicate_names(names: list[str], uri: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputFileError(f"{uri}: column(s) {_names(dup, set())} appear more than once")
 
 
 def _csv_table(data: bytes, uri: str) -> tuple[pa.Table, list[tuple[int | None, int, int]]]:
@@ -333,7 +340,7 @@ def _csv_table(data: bytes, uri: str) -> tuple[pa.Table, list[tuple[int | None, 
     try:
         table = pcsv.read_csv(
             pa.BufferReader(data),
-            read_options=pcsv.ReadOptions(autogenerate_column_names=True),
+            read_options=pcsv.ReadOptions(autogenerate_column_names=True, use_threads=False),  # row numbers
             parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row),
             convert_options=pcsv.ConvertOptions(
                 column_types={f"f{i}": pa.string() for i in range(width)},
@@ -614,6 +621,7 @@ def cast_and_validate(
     extra_columns: str = "drop",
     target: str | None = None,
     bounds: TimeBounds | None = None,
+    declared_only: bool = False,
 ) -> CastResult:
     """Cast ``df`` to the schema; every row that breaks a rule goes to quarantine with its reason.
 
@@ -622,10 +630,19 @@ def cast_and_validate(
     max, allowed, outside_partition, future_time, duplicate_key). ``target``: the target column
     when the rows carry their own labels; a row whose target value is missing (null, NaN, blank)
     is quarantined with rule ``target_missing``: an unlabelled row is never read as a negative.
-    ``bounds``: the instants the rows' time column must lie in.
+    ``bounds``: the instants the rows' time column must lie in. The quarantine holds every column
+    of ``df`` (e.g. a caller's row number), or only the declared ones (``declared_only``, what the
+    ETL writes: an undeclared column may hold anything).
     """
     typed, good, res = _cast_and_validate(
-        df, schema, source=source, key=key, extra_columns=extra_columns, target=target, bounds=bounds
+        df,
+        schema,
+        source=source,
+        key=key,
+        extra_columns=extra_columns,
+        target=target,
+        bounds=bounds,
+        declared_only=declared_only,
     )
     res.curated = (typed if good.all() else typed.iloc[np.flatnonzero(good)]).reset_index(drop=True)
     return res
@@ -643,6 +660,7 @@ def _cast_and_validate(
     extra_columns: str,
     target: str | None = None,
     bounds: TimeBounds | None = None,
+    declared_only: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray, CastResult]:
     """:func:`cast_and_validate` before its curated rows are taken: every row cast, the mask of the
     rows that break no rule and the result with an empty ``curated``."""
@@ -679,6 +697,12 @@ def _cast_and_validate(
             undecodable = np.zeros(n, dtype=bool)
             undecodable[info.invalid_utf8[col.name]] = True
             flag(undecodable, "encoding", col.name, "bytes that are not UTF-8, shown as \\x escapes")
+        nested = _nested_kind(raw)
+        if nested:
+            raise SchemaError(
+                f"{mask_digits(source)}: column {col.name!r} holds {nested} values (nested data) that cannot be "
+                f"cast to {col.dtype}"
+            )
         try:
             values, raw_missing, isin = _cast_one(raw, col)
         except (TypeError, ValueError, OverflowError, pa.ArrowException) as exc:
@@ -742,8 +766,8 @@ def _cast_and_validate(
         good = free.copy()
     bad_idx = np.flatnonzero(~good)
     pii = {c.name for c in schema.columns if c.pii}
-    shown = [c for c in df.columns if c in declared]  # only declared columns reach the quarantine
-    quarantined = df.iloc[bad_idx][shown].astype("string")
+    shown = [c for c in df.columns if c in declared or not declared_only]  # what reaches the quarantine
+    quarantined = (df.iloc[bad_idx][shown] if len(shown) < len(df.columns) else df.iloc[bad_idx]).astype("string")
     quarantined["_rule"] = rule[bad_idx].astype(str)
     quarantined["_column"] = column[bad_idx].astype(str)
     quarantined["_reason"] = [
@@ -769,6 +793,15 @@ def _cast_and_validate(
             rows_in=n + len(malformed),
         ),
     )
+
+
+def _nested_kind(raw: pd.Series) -> str:
+    """The kind of a column of lists, arrays or mappings (a nested Parquet type); "" for other columns."""
+    if not pd.api.types.is_object_dtype(raw):
+        return ""
+    at = raw.first_valid_index()
+    value = raw.loc[at] if at is not None else None
+    return type(value).__name__ if isinstance(value, list | tuple | dict | np.ndarray) else ""
 
 
 def _malformed_rows(malformed: list[tuple[int | None, int, int]], columns: list[str], source: str) -> pd.DataFrame:
@@ -1591,7 +1624,7 @@ def _collect_and_label(
             by_rule[k] = by_rule.get(k, 0) + v
     flush()
     # the partitions just written are still in memory: read back only the re-used ones
-    tables = [written.get(r) or problem.read_table(r) for r in curated_rel]
+    tables = [written[r] if r in written else problem.read_table(r) for r in curated_rel]
     rows = concat_tables(tables) if tables else None
     cross: dict[str, Any] = {"duplicate_key": 0, "history_partitions": 0, "quarantine_rel": None}
     if rows is not None and key and spec.data.layout == "partitioned" and len(rows):
