@@ -1167,7 +1167,8 @@ def collect_labels(
         check(frame, sources, plain[0][0] if len(plain) == 1 else labels_source.uri())
     empty_typed = {key: pd.Series(dtype="str"), arrived_col: pd.Series(dtype="datetime64[us, UTC]")}
     valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else pd.DataFrame(empty_typed).assign(_source="")
-    if key in spec.pii_columns and pii_key:
+    key_is_pii = spec.data.key in spec.pii_columns  # the feed's key is the data's key: PII alike
+    if key_is_pii and pii_key:
         pieces = [valid[key], *[q[key] for q in quarantined if key in q.columns]]
         tokens = tokenise_many(pieces, pii_key, token_cache)
         valid[key] = tokens[0]
@@ -1211,7 +1212,7 @@ def collect_labels(
     dup[order] = valid[key].iloc[order].duplicated(keep="first").to_numpy()
     if dup.any():
         again = valid.iloc[np.flatnonzero(dup)]
-        shown = ["<pii>" if key in spec.pii_columns else mask_digits(repr(v)) for v in again[key]]
+        shown = ["<pii>" if key_is_pii else mask_digits(repr(v)) for v in again[key]]
         quarantined.append(
             _label_quarantine(
                 again,

@@ -210,7 +210,7 @@ class Store:
                     return f"{tag}:{str(value).strip(chr(34))}"
         if data is not None:
             return f"sha256:{sha256_bytes(data)}"
-        with open(self.path(rel), "rb") as fh:
+        with self.fs.open(self.path(rel), "rb") as fh:
             return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
 
     def remove(self, rel: str) -> bool:

@@ -52,7 +52,9 @@ def case(fn: Callable[[Env], None]) -> Callable[[Env], None]:
     return fn
 
 
-def spec_for(fmt: str = "parquet", layout: str = "partitioned", *, labelled: bool = True, **data: Any) -> Spec:
+def spec_for(
+    fmt: str = "parquet", layout: str = "partitioned", *, labelled: bool = True, pii_key: bool = False, **data: Any
+) -> Spec:
     """The corpus's problem: a label feed (``labelled``), or the rows' own ``kind`` as the target."""
     feed = {"labels": {"source": "unused", "key": "tx", "arrived_at": "reported_at"}} if labelled else {}
     target = {"target": "is_fraud"} if labelled else {"target": "kind", "positive_label": "pos"}
@@ -75,7 +77,7 @@ def spec_for(fmt: str = "parquet", layout: str = "partitioned", *, labelled: boo
             },
             "schema": {
                 "columns": [
-                    {"name": "tx", "dtype": "string", "nullable": False},
+                    {"name": "tx", "dtype": "string", "nullable": False, "pii": pii_key},
                     {"name": "ts", "dtype": "timestamp", "nullable": False},
                     {"name": "card", "dtype": "string", "nullable": False, "pii": True},
                     {"name": "amount", "dtype": "float", "nullable": False, "min": 0.01, "max": 1000},
@@ -728,6 +730,16 @@ def case_labels_not_yet_arrived(env: Env) -> None:
     env.write_labels("2026-11-01", labels(["t29-3"], pd.to_datetime(["2026-11-01T00:00Z"], utc=True)))
     s = env.run()
     assert s["label_rows_not_yet_arrived"] == 1 and s["positives"] == 2
+
+
+@case
+def case_a_pii_key_joins_its_labels_by_token(env: Env) -> None:
+    env.write_labels("2026-10-30", labels(["t29-3", "t29-3"], pd.to_datetime(["2026-10-30T10:00Z"] * 2, utc=True)))
+    s = env.run(spec_for(pii_key=True))
+    assert s["positives"] == 3 and s["label_rows_used"] == 3 and s["label_by_rule"] == {"duplicate_key": 1}
+    q = pd.read_parquet(env.art / s["label_quarantine_rel"])
+    assert q["_reason"].item().startswith("tx=<pii> breaks rule duplicate_key")
+    assert re.fullmatch(r"[0-9a-f]{24}", q["tx"].item())
 
 
 @case

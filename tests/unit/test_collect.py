@@ -1136,3 +1136,55 @@ def test_read_single_source_reads_parquet(tmp_path: Path) -> None:
     name, back = read_single_source(str(tmp_path / "f.parquet"), "parquet")
     assert name == f"file://{tmp_path}/f.parquet"
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+
+
+# --- the store helpers the input accounting uses ---------------------------------------------------------
+def test_store_entries_content_id_and_remove(tmp_path: Path) -> None:
+    local = Store.from_uri(str(tmp_path))
+    local.write_bytes("ds=2026-10-01/part-0.parquet", b"abc")
+    local.write_bytes("_SUCCESS", b"")
+    assert local.entries() == [("_SUCCESS", False), ("ds=2026-10-01", True)]
+    assert local.entries("missing") == []
+    sha = hashlib.sha256(b"abc").hexdigest()
+    assert local.content_id("ds=2026-10-01/part-0.parquet") == f"sha256:{sha}"  # the local store hashes content
+    assert local.content_id("ds=2026-10-01/part-0.parquet", b"abc") == f"sha256:{sha}"
+    assert local.remove("_SUCCESS") and not local.remove("_SUCCESS") and not (tmp_path / "_SUCCESS").exists()
+    memory = Store.from_uri(f"memory://{tmp_path.name}/landing")  # another filesystem without ETags: hashed too
+    memory.write_bytes("ds=2026-10-01/part-0.parquet", b"abc")
+    assert memory.entries("ds=2026-10-01") == [("part-0.parquet", False)]
+    assert memory.content_id("ds=2026-10-01/part-0.parquet") == f"sha256:{sha}"
+
+
+def test_an_object_store_file_is_identified_by_its_etag(tmp_path: Path) -> None:
+    store = Store.from_uri(f"memory://{tmp_path.name}/s3like")
+    store.write_bytes("a.parquet", b"abc")
+    real_info = store.fs.info
+
+    def info(path: str, **kw: Any) -> dict[str, Any]:
+        return {**real_info(path, **kw), "ETag": '"9a0364b9e99bb480dd25e1f0284c8555"'}
+
+    store.fs.info = info  # type: ignore[method-assign]
+    assert store.content_id("a.parquet") == "etag:9a0364b9e99bb480dd25e1f0284c8555"  # no download
+
+
+def test_scan_partitions_names_what_is_not_a_partition(tmp_path: Path) -> None:
+    from include.lifecycle.collect import InputFileError, scan_partitions
+
+    for name in ("ds=2026-10-02", "ds=2026-10-01", "_tmp", ".ds=2026-10-03"):
+        (tmp_path / name).mkdir()
+    scan = scan_partitions(Store.from_uri(str(tmp_path)))
+    assert scan.partitions == ["2026-10-01", "2026-10-02"]
+    assert [e["path"] for e in scan.ignored] == [".ds=2026-10-03", "_tmp"]
+    for bad, why in [
+        ("ds=latest", "'latest' is not a YYYY-MM-DD date"),
+        ("ds=2026-02-30", "2026-02-30 is not a real date"),
+        ("date=2026-10-04", "the key is 'date', not 'ds'"),
+        ("README.txt", "data files must lie in ds=YYYY-MM-DD folders"),
+    ]:
+        path = tmp_path / bad
+        path.write_text("x") if bad.endswith(".txt") else path.mkdir()
+        with pytest.raises(InputFileError) as err:
+            scan_partitions(Store.from_uri(str(tmp_path)))
+        assert str(err.value).startswith(f"file://{path}: ") and why in str(err.value), str(err.value)
+        path.unlink() if path.is_file() else path.rmdir()
+    assert not scan_partitions(Store.from_uri(str(tmp_path / "missing"))).exists
