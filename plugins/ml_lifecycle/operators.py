@@ -100,8 +100,10 @@ class GlueEtlOperator(BaseOperator):
 
 
 def _small(summary: dict[str, Any]) -> dict[str, Any]:
-    """The collect summary for XCom: the partitions counted, not listed."""
-    return {k: v for k, v in summary.items() if k != "partitions"} | {"partitions": len(summary["partitions"])}
+    """The collect summary for XCom: the partitions, files and warnings counted, not listed (the
+    whole summary is the run's collect_summary.json)."""
+    listed = ("partitions", "files", "warnings")
+    return {k: v for k, v in summary.items() if k not in listed} | {k: len(summary.get(k) or []) for k in listed}
 
 
 def run_collect(rc: RunContext, *, lookback_days: int, run_dir: str, log: Any, on_start: Any = None) -> dict[str, Any]:

@@ -57,11 +57,30 @@ def code_version() -> str:
 
 
 # --- section 1 -----------------------------------------------------------------------------
-def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
-    """Check the spec against the data that is actually there and write the problem card."""
+def _rows_in_partitions(
+    src: Any, fmt: str, start: str, end: str, what: str, *, include_end: bool = False
+) -> tuple[list[str], int]:
+    """The ``ds=`` partitions of ``src`` in ``[start, end)`` (``]`` with ``include_end``) and their
+    rows (Parquet: from the footers; CSV: lines after the header), listed as strictly as the ETL."""
     import pyarrow.parquet as pq
 
-    from include.lifecycle.collect import list_partitions, window_dates
+    from include.lifecycle.collect import partition_files, scan_partitions
+
+    parts = [ds for ds in scan_partitions(src, what).partitions if start <= ds < end or (include_end and ds == end)]
+    rows = 0
+    for ds in parts:
+        names, _ = partition_files(src, ds, fmt, what)
+        for name in names:
+            if fmt == "parquet":
+                rows += pq.ParquetFile(src.path(f"ds={ds}", name), filesystem=src.fs).metadata.num_rows
+            else:
+                rows += max(src.read_bytes(f"ds={ds}/{name}").count(b"\n") - 1, 0)
+    return parts, rows
+
+
+def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
+    """Check the spec against the data that is actually there and write the problem card."""
+    from include.lifecycle.collect import window_dates
     from include.lifecycle.decide import initial_plan
     from include.lifecycle.spec import resolve_source
 
@@ -72,12 +91,9 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
     if spec.data.layout == "partitioned":
         src = rc.input_store(resolve_source(spec.data.source))
         start, end = window_dates(rc.as_of, rc.lookback_days)
-        parts = [ds for ds in list_partitions(src) if start <= ds < end]
-        rows = 0
-        for ds in parts:
-            for name in src.ls(f"ds={ds}"):
-                if name.endswith(".parquet"):
-                    rows += pq.ParquetFile(src.path(f"ds={ds}", name), filesystem=src.fs).metadata.num_rows
+        # the ETL's own strict listing: a folder that is not a valid ds= partition, or a file of
+        # another format, fails here in section 1, naming it
+        parts, rows = _rows_in_partitions(src, spec.data.format, start, end, "data.source")
         available.update(window=[start, end], partitions=len(parts), rows=rows)
         checks.append(
             {
@@ -88,12 +104,8 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
         )
         if spec.data.labels is not None:
             lab = rc.input_store(resolve_source(spec.data.labels.source))
-            lab_parts = [ds for ds in list_partitions(lab) if start <= ds <= end]
-            n_labels = sum(
-                pq.ParquetFile(lab.path(f"ds={ds}", n), filesystem=lab.fs).metadata.num_rows
-                for ds in lab_parts
-                for n in lab.ls(f"ds={ds}")
-                if n.endswith(".parquet")
+            _, n_labels = _rows_in_partitions(
+                lab, spec.data.labels.format, start, end, "data.labels.source", include_end=True
             )
             rate = n_labels / rows if rows else 0.0
             available.update(label_rows=n_labels, approx_base_rate=rate)

@@ -375,10 +375,10 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     if now.date() != today:  # the test crossed midnight: the data ends the day before `today`
         now = dt.datetime(today.year, today.month, today.day, 23, 59, tzinfo=dt.UTC)
     status, manual = api.post(
-        f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": now.isoformat(), "conf": {"lookback_days": 14}}
+        f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": now.isoformat(), "conf": {"lookback_days": 18}}
     )
     assert status == 200, manual
-    assert manual["conf"]["lookback_days"] == 14
+    assert manual["conf"]["lookback_days"] == 18
     assert _answer_and_wait(af, manual["dag_run_id"], "Reject")["state"] == "success"
     assert _task_state(af, manual["dag_run_id"], "deploy_model") == "skipped"
     assert _task_state(af, manual["dag_run_id"], "publish_report") == "success"
@@ -388,7 +388,7 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     assert "rejected by admin" in s1["reason"]
     # @daily is a cron trigger in Airflow 3: a run's data interval ends at its logical date
     assert read_json(manual_dir / "problem_card.json")["data"]["window"] == [
-        (today - dt.timedelta(days=14)).isoformat(),
+        (today - dt.timedelta(days=18)).isoformat(),
         today.isoformat(),
     ]
     assert read_json(af["artifacts"] / "registry" / "champion.json")["version"] == 1
