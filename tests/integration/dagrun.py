@@ -59,3 +59,16 @@ def content_hash(df) -> str:
 
     df = df.sort_values(list(df.columns)).reset_index(drop=True)
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    """Write a problem spec as ``<folder>/<name>.yaml``; the test's own spec must be valid."""
+    import yaml
+
+    from include.lifecycle.spec import load_spec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    load_spec(path)
+    return path

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from include.lifecycle.spec import load_spec
-from tests.integration.dagrun import ROOT, artifacts, read_json, run_dag
+from tests.integration.dagrun import ROOT, artifacts, read_json, run_dag, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -151,14 +149,6 @@ CHURN_SPEC = {
 }
 
 
-def _write_spec(folder: Path, spec: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    load_spec(path)  # the test's own spec must be valid
-    return path
-
-
 @pytest.fixture(scope="module")
 def churn_env(session_tmp):
     csv = session_tmp / "data" / "customers" / "customers.csv"
@@ -169,7 +159,7 @@ def churn_env(session_tmp):
 
 def test_messy_csv_runs_with_yaml_only_and_becomes_champion(airflow_db, churn_env):
     before = churn_env["csv"].read_bytes()
-    _write_spec(churn_env["problems"], CHURN_SPEC)
+    write_spec(churn_env["problems"], CHURN_SPEC)
     state, run_id, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "success"
     assert churn_env["csv"].read_bytes() == before  # input never modified
@@ -210,11 +200,11 @@ def test_candidate_worse_than_champion_is_not_deployed(airflow_db, churn_env):
     # same problem, but this run may only use the weaker service features: it meets the goal,
     # and the champion (all features) is better on the very same test rows
     weaker = {**CHURN_SPEC, "features": {**CHURN_SPEC["features"], "initial": ["service"]}}
-    _write_spec(churn_env["problems"], weaker)
+    write_spec(churn_env["problems"], weaker)
     try:
         state, _, run_dir = run_dag("churn", LOGICAL_DATE, problems_dir=churn_env["problems"], conf={"max_rounds": 1})
     finally:
-        _write_spec(churn_env["problems"], CHURN_SPEC)
+        write_spec(churn_env["problems"], CHURN_SPEC)
     assert state == "success"
     ev = read_json(run_dir / "round_1" / "evaluation.json")
     d = ev["decision"]
@@ -239,7 +229,7 @@ def test_a_goal_that_cannot_be_met_ends_in_goal_not_met_and_deploys_nothing(airf
         "goal": {**CHURN_SPEC["goal"], "target": 0.999},
         "features": {**CHURN_SPEC["features"], "initial": ["service"]},
     }
-    _write_spec(churn_env["problems"], impossible)
+    write_spec(churn_env["problems"], impossible)
     state, _, run_dir = run_dag("churn_impossible", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "success"
     s = read_json(run_dir / "run_summary.json")
@@ -259,7 +249,7 @@ def test_a_goal_that_cannot_be_met_ends_in_goal_not_met_and_deploys_nothing(airf
 def test_unfit_data_stops_the_run_at_the_quality_gate(airflow_db, churn_env):
     # tenure_months and monthly_charges miss 3% and 5% of their values: more than this spec allows
     unfit = {**CHURN_SPEC, "name": "churn_unfit", "quality": {"min_rows": 500, "max_missing_share": 0.02}}
-    _write_spec(churn_env["problems"], unfit)
+    write_spec(churn_env["problems"], unfit)
     state, _, run_dir = run_dag("churn_unfit", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "failed"
     verdict = read_json(run_dir / "eda" / "verdict.json")
@@ -274,7 +264,7 @@ def test_unfit_data_stops_the_run_at_the_quality_gate(airflow_db, churn_env):
 
 def test_too_few_positives_stops_the_run_when_the_problem_is_formulated(airflow_db, churn_env):
     unfit = {**CHURN_SPEC, "name": "churn_rare", "quality": {"min_rows": 500, "min_positives": 100_000}}
-    _write_spec(churn_env["problems"], unfit)
+    write_spec(churn_env["problems"], unfit)
     state, _, run_dir = run_dag("churn_rare", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "failed"
     assert not (run_dir / "collect_summary.json").exists()
@@ -282,7 +272,7 @@ def test_too_few_positives_stops_the_run_when_the_problem_is_formulated(airflow_
 
 def test_a_positive_label_that_matches_no_row_fails_when_the_problem_is_formulated(airflow_db, churn_env):
     wrong = {**CHURN_SPEC, "name": "churn_label", "problem": {**CHURN_SPEC["problem"], "positive_label": "Y"}}
-    _write_spec(churn_env["problems"], wrong)
+    write_spec(churn_env["problems"], wrong)
     state, _, run_dir = run_dag("churn_label", LOGICAL_DATE, problems_dir=churn_env["problems"])
     assert state == "failed"
     s = read_json(run_dir / "run_summary.json")  # the failed run still explains itself
@@ -294,7 +284,7 @@ def test_a_positive_label_that_matches_no_row_fails_when_the_problem_is_formulat
 def test_the_positive_label_is_compared_the_same_way_everywhere(airflow_db, churn_env):
     # "yes" for data holding "Yes": one rule (text without case or blanks) in every section
     lower = {**CHURN_SPEC, "name": "churn_lower", "problem": {**CHURN_SPEC["problem"], "positive_label": " yes"}}
-    _write_spec(churn_env["problems"], lower)
+    write_spec(churn_env["problems"], lower)
     state, _, run_dir = run_dag("churn_lower", LOGICAL_DATE, problems_dir=churn_env["problems"], conf={"max_rounds": 1})
     assert state == "success"
     card = read_json(run_dir / "problem_card.json")

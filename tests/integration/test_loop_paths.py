@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from include.lifecycle.spec import load_spec
-from tests.integration.dagrun import artifacts, read_json, run_dag
+from tests.integration.dagrun import artifacts, read_json, run_dag, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +89,6 @@ def base_spec(name: str, source: str, layout: str) -> dict[str, Any]:
         # neither overfitting nor too few positives: the shortfall decides the remedy
         "diagnosis": {"max_gap": 1.0, "min_train_positives": 0},
     }
-
-
-def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    load_spec(path)  # the test's own spec must be valid
-    return path
 
 
 @pytest.fixture(scope="module")

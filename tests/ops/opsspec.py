@@ -20,7 +20,7 @@ REFERENCE_END = dt.date(2026, 11, 1)
 """The data is always generated for the window ending on this day, then moved in time."""
 
 
-def make_data(data_root: Path, end: dt.date, days: int = 40, per_day: int = 800) -> Path:
+def make_data(data_root: Path, end: dt.date, days: int = 40, per_day: int = 2500) -> Path:
     """``days`` daily partitions of transactions (and their chargebacks) ending the day before ``end``.
 
     The generator seeds each day from its date, so data generated for another ``end`` would be

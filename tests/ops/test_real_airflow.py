@@ -160,7 +160,7 @@ def airflow(postgres) -> Iterator[dict[str, Any]]:
     home, problems, data, artifacts = base / "home", base / "problems", base / "data", base / "artifacts"
     home.mkdir()
     today = dt.datetime.now(dt.UTC).date()
-    make_data(data, end=today, days=40, per_day=800)
+    make_data(data, end=today, days=40)
     write_spec(problems, ops_spec(DAG_ID, deploy={"require_approval": True}))
     port, password = _free_port(), secrets.token_urlsafe(12)
     (home / "passwords.json").write_text(json.dumps({"admin": password}))
