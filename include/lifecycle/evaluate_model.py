@@ -41,7 +41,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from include.lifecycle.spec import LOWER_IS_BETTER, GoalSpec, ValueSpec
+from include.lifecycle.spec import BINARY_METRICS, LOWER_IS_BETTER, GoalSpec, ValueSpec
 
 __all__ = [
     "MetricUndefined",
@@ -324,17 +324,6 @@ def choose_threshold(
 # --------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------
-_BINARY_GOAL_METRICS = (
-    "amount_recall_at_alert_rate",
-    "recall_at_alert_rate",
-    "auprc",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-)
-
-
 def goal_metric(
     metric: str,
     y: np.ndarray,
@@ -373,7 +362,7 @@ def goal_metric(
             raise MetricUndefined(metric, int(yt.shape[0]), None, "r2 needs at least 2 rows")
         return float(r2_score(yt, pred))
 
-    if metric not in _BINARY_GOAL_METRICS:
+    if metric not in BINARY_METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     if metric.endswith("_at_alert_rate") and max_alert_rate is None:
         raise ValueError(f"metric {metric} needs max_alert_rate")
