@@ -632,10 +632,24 @@ class ServingServer(ThreadingHTTPServer):
         except (OSError, ValueError, AttributeError):  # closed socket, or no poll() here
             return False
 
+    def _stopped_during(self, seconds: float) -> bool:
+        """Wait ``seconds`` in short relative sleeps; True as soon as the server stops.
+
+        Not ``Event.wait(seconds)``: CPython turns its timeout into an absolute CLOCK_MONOTONIC
+        deadline (sem_clockwait), which clock-shifting tools such as libfaketime (used to test a
+        moved system date) do not translate, so the poller would sleep for years there."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.1))
+        return True
+
     def _poll(self) -> None:
         if self.holder.registry is None:
             return
-        while not self._stop.wait(self.poll_seconds):
+        while not self._stopped_during(self.poll_seconds):
             c = self.holder.current
             try:
                 wanted = champion_version(self.holder.registry)
