@@ -223,16 +223,21 @@ def read_partition_files(
     return [(source.uri(rel, n), read_file(source, f"{rel}/{n}", fmt, columns)) for n in names]
 
 
-def read_file(store: Store, rel: str, fmt: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """One input file as a frame; an unreadable file is an :class:`InputFileError` naming it."""
+def read_input_bytes(store: Store, rel: str, *, missing: str = "no such file", folder: str = "a folder") -> bytes:
+    """The bytes of one input file; a missing file or a folder is an :class:`InputFileError` naming it."""
     uri = store.uri(rel)
     try:
-        data = store.read_bytes(rel)
+        return store.read_bytes(rel)
     except FileNotFoundError:
-        raise InputFileError(f"{mask_digits(uri)}: no such file") from None
+        raise InputFileError(f"{mask_digits(uri)}: {missing}") from None
     except IsADirectoryError:
-        raise InputFileError(f"{mask_digits(uri)}: a folder, not a {fmt} file") from None
-    return frame_from_bytes(data, uri, fmt, columns)
+        raise InputFileError(f"{mask_digits(uri)}: {folder}") from None
+
+
+def read_file(store: Store, rel: str, fmt: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One input file as a frame; an unreadable file is an :class:`InputFileError` naming it."""
+    data = read_input_bytes(store, rel, folder=f"a folder, not a {fmt} file")
+    return frame_from_bytes(data, store.uri(rel), fmt, columns)
 
 
 @dataclass
@@ -1509,12 +1514,9 @@ def _collect_and_label(
         elif ds == ALL:
             store, fname = _single_store(source_uri)
             uri = store.uri(fname)
-            try:
-                data = store.read_bytes(fname)
-            except FileNotFoundError:
-                raise InputFileError(f"{mask_digits(uri)}: no such file (data.source)") from None
-            except IsADirectoryError:
-                raise InputFileError(f"{mask_digits(uri)}: a folder, but data.layout is single_file") from None
+            data = read_input_bytes(
+                store, fname, missing="no such file (data.source)", folder="a folder, but data.layout is single_file"
+            )
             ids, names = [[uri, len(data), store.content_id(fname, data)]], [uri]
             datas: list[bytes | None] = [data]
         else:
