@@ -67,8 +67,8 @@ SECTIONS = [
     "evaluate_data",
     "round_1.feature_engineering",
     "round_1.plan_trials",
-    "round_1.tuning_trials",
     "round_1.train_model",
+    "round_1.select_model",
     "round_1.evaluate_model",
     "round_1.meets_business_goal",
     "deploy_model|goal_not_met",
@@ -220,7 +220,7 @@ def plain_child(work: Path, spawned_at: float) -> None:
     t0 = time.perf_counter()
     # orchestration: the plain run reaches the sections through the plugin, which imports airflow.sdk
     from ml_lifecycle import sections
-    from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
+    from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator
 
     glue_s = time.perf_counter() - t0
 
@@ -235,19 +235,19 @@ def plain_child(work: Path, spawned_at: float) -> None:
         return out
 
     timed("formulate_problem", sections.formulate_problem, PROBLEM, **ctx)
-    collect = timed("collect_and_label", GlueEtlOperator(task_id="collect_and_label", problem=PROBLEM).execute, ctx)
+    collect = timed("collect_and_label", CollectAndLabelOperator(task_id="collect_and_label", problem=PROBLEM).execute, ctx)
     timed("evaluate_data", sections.evaluate_data, PROBLEM, **ctx)
     fe = timed("round_1.feature_engineering", sections.feature_engineering, PROBLEM, round_no=1, **ctx)
     trials = timed("round_1.plan_trials", sections.plan_trials, PROBLEM, round_no=1, **ctx)
 
     def run_trials():
         return [
-            ScriptModeTrainingOperator(task_id="tuning_trials", problem=PROBLEM, round_no=1, trial=t).execute(ctx)
+            TrainingTrialOperator(task_id="train_model", problem=PROBLEM, round_no=1, trial=t).execute(ctx)
             for t in trials
         ]
 
-    results = timed("round_1.tuning_trials", run_trials)
-    timed("round_1.train_model", sections.train_model, PROBLEM, round_no=1, trials=results, **ctx)
+    results = timed("round_1.train_model", run_trials)
+    timed("round_1.select_model", sections.select_model, PROBLEM, round_no=1, trials=results, **ctx)
     timed("round_1.evaluate_model", sections.evaluate_model, PROBLEM, round_no=1, **ctx)
     branch = timed("round_1.meets_business_goal", sections.meets_business_goal, PROBLEM, round_no=1, **ctx)
     end = sections.deploy_model if branch == "deploy_model" else sections.goal_not_met
@@ -294,15 +294,14 @@ def train_child(work: Path, reps: int) -> None:
     import xgboost as xgb
 
     from include.jobs import train as train_job
-    from include.lifecycle.train import build_model
+    from include.jobs.train import hyperparameter_args
+    from include.lifecycle.models import build_model
     from ml_lifecycle.context import RunContext
-    from ml_lifecycle.operators import hyperparameter_args
 
     rc = RunContext.from_airflow(PROBLEM, _plain_context())
-    rd = rc.round_dir(1)
     trial = json.loads((work / "bench_trial.json").read_text())
-    argv = hyperparameter_args(rc, rc.problem.read_json(f"{rd}/plan.json"), trial)
-    channels = {split: rc.problem.path(f"{rd}/features/{split}") for split in ("train", "validation")}
+    argv = hyperparameter_args(rc.spec, rc.store.read_json(rc.layout.round(1).plan), trial)
+    channels = {split: rc.store.path(rc.layout.round(1).channel(split)) for split in ("train", "validation")}
 
     # the step's training matrix and estimator, built the way the step builds them
     args, params = train_job.parse_args(argv)

@@ -25,7 +25,7 @@ from airflow.sdk import DAG, Param
 
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle.context import task_defaults
-from ml_lifecycle.scoring import BatchScoringOperator
+from ml_lifecycle.operators import BatchScoringOperator
 
 SCHEDULE = "@daily"
 

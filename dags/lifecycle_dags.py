@@ -3,15 +3,16 @@
 Every YAML file in ``include/problems/`` becomes a DAG with the sections as tasks:
 
     formulate_problem -> collect_and_label -> evaluate_data ->
-    round_k: feature_engineering -> plan_trials -> tuning_trials (mapped) -> train_model
-             -> evaluate_model -> meets_business_goal?
+    round_k: feature_engineering -> plan_trials -> train_model (one mapped task per trial)
+             -> select_model -> evaluate_model -> meets_business_goal?
                  yes -> [approve_deployment: a person approves, if deploy.require_approval] -> deploy_model
-                 no  -> diagnose -> tune_model | augment_features | augment_data -> round_k+1
+                 no  -> diagnose -> tune_model | augment_features | augment_data [-> collect_more_data]
+                        -> round_k+1
                  no, last round -> goal_not_met
     -> publish_report (run_summary.json + report.html)
 
-This file only wires tasks: the sections live in ``plugins/ml_lifecycle`` (I/O, operators)
-and ``include/lifecycle`` (pure logic). A spec that does not validate is left out here, so every
+This file only wires tasks: the sections live in ``plugins/ml_lifecycle`` (adapters, operators,
+the backend) and ``include/lifecycle`` (pure logic). A spec that does not validate is left out here, so every
 other problem's DAG still loads; ``dags/problem_spec_errors.py`` reports it as an import error
 naming the file, the field and the rule.
 
@@ -32,12 +33,14 @@ from airflow.sdk import DAG, Label, Param, TaskGroup, TriggerRule, chain
 from include.lifecycle.decide import REMEDIES
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import sections
-from ml_lifecycle.approval import APPROVAL_TASK_ID, DeploymentApprovalOperator
+from ml_lifecycle import task_ids as t
+from ml_lifecycle.approval import DeploymentApprovalOperator
 from ml_lifecycle.assets import champion_model_asset, curated_data_asset
-from ml_lifecycle.context import task_defaults, trial_slots
+from ml_lifecycle.backend import resolve
+from ml_lifecycle.context import task_defaults
 from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
-from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
+from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
 
@@ -110,20 +113,34 @@ def build_dag(path: Path) -> DAG:
     spec = load_spec(path)
     name = spec.name
 
-    def py(task_id: str, fn: object, trigger_rule: str = TriggerRule.ALL_SUCCESS, **kwargs: object) -> PythonOperator:
+    def py(
+        task_id: str,
+        fn: object,
+        trigger_rule: str = TriggerRule.ALL_SUCCESS,
+        round_no: int | None = None,
+        remedy_name: str | None = None,
+        trials: object = None,
+        **operator_args: object,
+    ) -> PythonOperator:
+        """A section as a task: its callable gets the problem (and its round, remedy, trials)."""
+        op_kwargs = {"problem": name, "round_no": round_no, "remedy_name": remedy_name, "trials": trials}
         return PythonOperator(
             task_id=task_id,
             python_callable=fail_fast(fn),
-            op_kwargs={"problem": name, **kwargs},
+            op_kwargs={k: v for k, v in op_kwargs.items() if v is not None},
             trigger_rule=trigger_rule,
+            **operator_args,
         )
 
-    def branch(task_id: str, fn: object, **kwargs: object) -> BranchPythonOperator:
+    def branch(task_id: str, fn: object, round_no: int) -> BranchPythonOperator:
         return BranchPythonOperator(
-            task_id=task_id, python_callable=fail_fast(fn), op_kwargs={"problem": name, **kwargs}
+            task_id=task_id, python_callable=fail_fast(fn), op_kwargs={"problem": name, "round_no": round_no}
         )
 
     record_failure = FailureRecorder(problem=name)
+    # trials of this DAG at once (all its runs together), each with its share of the cores; the
+    # DAG is parsed with the spec's backend (a run's backend param cannot change a task's settings)
+    trial_slots = resolve(spec).trial_concurrency()
 
     with DAG(
         dag_id=name,
@@ -142,22 +159,15 @@ def build_dag(path: Path) -> DAG:
             on_failure_callback=[record_failure, *lifecycle_notifiers(name, "failure", spec.alerts.on_failure)],
         ),
     ) as dag:
-        formulate_problem = py("formulate_problem", sections.formulate_problem)
-        collect_and_label = GlueEtlOperator(
-            task_id="collect_and_label", problem=name, outlets=[curated_data_asset(name)]
+        formulate_problem = py(t.FORMULATE_PROBLEM, sections.formulate_problem)
+        collect_and_label = CollectAndLabelOperator(
+            task_id=t.COLLECT_AND_LABEL, problem=name, outlets=[curated_data_asset(name)]
         )
-        evaluate_data = py("evaluate_data", sections.evaluate_data)
-        deploy_model = PythonOperator(
-            task_id="deploy_model",
-            python_callable=fail_fast(sections.deploy_model),
-            op_kwargs={"problem": name},
-            trigger_rule=JOIN,
-            outlets=[champion_model_asset(name)],
-        )
-        goal_not_met = PythonOperator(
-            task_id="goal_not_met",
-            python_callable=fail_fast(sections.goal_not_met),
-            op_kwargs={"problem": name},
+        evaluate_data = py(t.EVALUATE_DATA, sections.evaluate_data)
+        deploy_model = py(t.DEPLOY_MODEL, sections.deploy_model, trigger_rule=JOIN, outlets=[champion_model_asset(name)])
+        goal_not_met = py(
+            t.GOAL_NOT_MET,
+            sections.goal_not_met,
             trigger_rule=JOIN,
             on_success_callback=lifecycle_notifiers(name, "goal_not_met", spec.alerts.on_goal_not_met),
         )
@@ -166,7 +176,7 @@ def build_dag(path: Path) -> DAG:
         if spec.deploy.require_approval:
             hours = spec.deploy.approval_timeout_hours
             deploy_gate = DeploymentApprovalOperator(
-                task_id=APPROVAL_TASK_ID,
+                task_id=t.APPROVE_DEPLOYMENT,
                 problem=name,
                 trigger_rule=JOIN,
                 response_timeout=dt.timedelta(hours=hours) if hours else None,
@@ -175,10 +185,9 @@ def build_dag(path: Path) -> DAG:
             deploy_gate >> deploy_model
         # runs whatever happened (ALL_DONE); it fails after writing the report of a failed run, and
         # does not alert again (the failed task did), nor retry
-        publish_report = PythonOperator(
-            task_id="publish_report",
-            python_callable=fail_fast(sections.publish_report),
-            op_kwargs={"problem": name},
+        publish_report = py(
+            t.PUBLISH_REPORT,
+            sections.publish_report,
             trigger_rule=TriggerRule.ALL_DONE,
             retries=0,
             on_failure_callback=[record_failure],
@@ -187,34 +196,33 @@ def build_dag(path: Path) -> DAG:
 
         into_round: list = [evaluate_data]
         for k in range(1, spec.max_rounds + 1):
-            with TaskGroup(f"round_{k}", tooltip=f"round {k}: features, training, evaluation, decision"):
-                feature_engineering = py(
-                    "feature_engineering", sections.feature_engineering, round_no=k, trigger_rule=JOIN
-                )
-                plan_trials = py("plan_trials", sections.plan_trials, round_no=k)
-                # at most trial_slots() trials of this DAG at once (all its runs together), each with
-                # its share of the cores: concurrent trials x threads <= cores (backend local)
-                tuning_trials = ScriptModeTrainingOperator.partial(
-                    task_id="tuning_trials",
-                    problem=name,
-                    round_no=k,
-                    max_active_tis_per_dag=trial_slots() if spec.backend == "local" else None,
+            with TaskGroup(t.round_group(k), tooltip=f"round {k}: features, training, evaluation, decision"):
+                feature_engineering = py(t.FEATURE_ENGINEERING, sections.feature_engineering, round_no=k, trigger_rule=JOIN)
+                plan_trials = py(t.PLAN_TRIALS, sections.plan_trials, round_no=k)
+                train_model = TrainingTrialOperator.partial(
+                    task_id=t.TRAIN_MODEL, problem=name, round_no=k, max_active_tis_per_dag=trial_slots
                 ).expand(trial=plan_trials.output)
-                train_model = py("train_model", sections.train_model, round_no=k, trials=tuning_trials.output)
-                evaluate_model = py("evaluate_model", sections.evaluate_model, round_no=k)
-                meets_business_goal = branch("meets_business_goal", sections.meets_business_goal, round_no=k)
-                chain(feature_engineering, plan_trials, tuning_trials, train_model, evaluate_model, meets_business_goal)
+                select_model = py(t.SELECT_MODEL, sections.select_model, round_no=k, trials=train_model.output)
+                evaluate_model = py(t.EVALUATE_MODEL, sections.evaluate_model, round_no=k)
+                meets_business_goal = branch(t.MEETS_BUSINESS_GOAL, sections.meets_business_goal, round_no=k)
+                chain(feature_engineering, plan_trials, train_model, select_model, evaluate_model, meets_business_goal)
                 if k < spec.max_rounds:
-                    diagnose = branch("diagnose", sections.diagnose, round_no=k)
-                    remedies = [py(r, sections.remedy, round_no=k, remedy_name=r) for r in REMEDIES]
-                    meets_business_goal >> Label("goal not met") >> diagnose >> remedies
+                    diagnose = branch(t.DIAGNOSE, sections.diagnose, round_no=k)
+                    remedies = {r: py(r, sections.remedy, round_no=k, remedy_name=r) for r in REMEDIES}
+                    meets_business_goal >> Label("goal not met") >> diagnose >> list(remedies.values())
+                    # more history for the next round: a visible (and on AWS deferrable) Glue job;
+                    # skipped when augment_data only resamples
+                    collect_more_data = CollectAndLabelOperator(
+                        task_id=t.COLLECT_MORE_DATA, problem=name, round_no=k + 1
+                    )
+                    remedies["augment_data"] >> collect_more_data
             for upstream in into_round:
                 upstream >> feature_engineering
             # Label() across a TaskGroup boundary attaches to the group's leaves, so label the edges directly.
             meets_business_goal >> [deploy_gate, goal_not_met]
             dag.set_edge_info(meets_business_goal.task_id, deploy_gate.task_id, {"label": "goal met"})
             dag.set_edge_info(meets_business_goal.task_id, goal_not_met.task_id, {"label": "last round"})
-            into_round = remedies if k < spec.max_rounds else []
+            into_round = [*remedies.values(), collect_more_data] if k < spec.max_rounds else []
         # a rejected deployment skips deploy_model, so the approval itself leads to the report too
         [deploy_model, goal_not_met] >> publish_report
         if deploy_gate is not deploy_model:

@@ -29,19 +29,29 @@ from threadpoolctl import threadpool_limits
 
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.features import apply_resampling
-from include.lifecycle.train import AMOUNT_COL, TARGET_COL, build_model, fit_and_predict, fit_model, predict, save_model
+from include.lifecycle.models import AMOUNT_COL, TARGET_COL, build_model, fit_and_predict, fit_model, predict, save_model
 
-FIXED = {
-    "family",
-    "trial_id",
-    "problem_type",
-    "metric",
-    "max_alert_rate",
-    "seed",
-    "class_weight",
-    "resample",
-    "resample_ratio",
-}
+def hyperparameter_args(spec: Any, plan: Mapping[str, Any], trial: Mapping[str, Any]) -> list[str]:
+    """A trial as this script's arguments (``--name value``), as SageMaker passes hyper-parameters:
+    the fixed options :func:`parse_args` knows, then the trial's model parameters as JSON."""
+    goal = spec.goal
+    args = {
+        "family": trial["family"],
+        "trial_id": trial["trial_id"],
+        "problem_type": spec.problem.type,
+        "metric": goal.metric,
+        "seed": spec.training.seed,
+        "class_weight": spec.training.class_weight,
+        "resample": plan.get("resample", "none"),
+    }
+    if goal.max_alert_rate is not None:
+        args["max_alert_rate"] = goal.max_alert_rate
+    out: list[str] = []
+    for k, v in args.items():
+        out += [f"--{k}", str(v)]
+    for k, v in trial["params"].items():
+        out += [f"--{k}", json.dumps(v)]
+    return out
 
 
 def _value(text: str) -> Any:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from include.lifecycle.features import engineer
 from include.lifecycle.spec import FeatureGroupSpec
-from include.lifecycle.train import load_model, predict
+from include.lifecycle.models import load_model, predict
 
 
 @dataclass

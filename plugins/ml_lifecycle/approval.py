@@ -15,9 +15,8 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 
+from ml_lifecycle import task_ids
 from ml_lifecycle.context import RunContext, try_number
-
-APPROVAL_TASK_ID = "approve_deployment"
 
 
 def _fmt(x: Any) -> str:
@@ -97,7 +96,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
     :param deploy_task_id: the task that deploys; the only task skipped on Reject.
     """
 
-    def __init__(self, *, problem: str, deploy_task_id: str = "deploy_model", **kwargs: Any) -> None:
+    def __init__(self, *, problem: str, deploy_task_id: str = task_ids.DEPLOY_MODEL, **kwargs: Any) -> None:
         kwargs.setdefault("subject", f"Deploy the {problem} model?")
         kwargs.setdefault("defaults", [self.REJECT])  # no answer in time means no deployment
         super().__init__(**kwargs)
@@ -105,11 +104,9 @@ class DeploymentApprovalOperator(ApprovalOperator):
         self.deploy_task_id = deploy_task_id
 
     def execute(self, context: Any) -> Any:
-        from ml_lifecycle.sections import _rounds
-
         rc = RunContext.from_airflow(self.problem, context)
-        subject, body, facts = approval_summary(rc.spec, _rounds(rc))
-        earlier = rc.problem.read_json_or(f"{rc.run_dir}/approval.json")
+        subject, body, facts = approval_summary(rc.spec, rc.rounds())
+        earlier = rc.store.read_json_or(rc.layout.approval)
         if earlier is not None:
             # a retry of this task (e.g. its state update failed after the answer was recorded) must
             # not ask the person again: the recorded answer of this run stands
@@ -125,7 +122,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
             self._record(rc, approved=True, by="skip_approval param", facts=facts)
             self.log.info("approve_deployment: skipped by the run's skip_approval param; deploying")
             return {"chosen_options": [self.APPROVE], "skipped_by_param": True}
-        asked_before = rc.problem.read_json_or(f"{rc.run_dir}/approval_request.json")
+        asked_before = rc.store.read_json_or(rc.layout.approval_request)
         if asked_before is not None and try_number(context) > 1:
             # Airflow 3.3.2 can lose an answer given within about a second of the question: the
             # scheduler requeues the resumed task before it has reaped the worker that parked it,
@@ -142,8 +139,8 @@ class DeploymentApprovalOperator(ApprovalOperator):
                 f"*Asked again: an earlier try of this task asked the same question and recorded no answer.*\n\n{body}"
             )
         self.subject, self.body = subject, body
-        rc.problem.write_json(
-            f"{rc.run_dir}/approval_request.json",
+        rc.store.write_json(
+            rc.layout.approval_request,
             {"summary": body, "asked_at": dt.datetime.now(dt.UTC).isoformat(), "try": try_number(context), **facts},
         )
         self.log.info("approve_deployment: waiting for a person to approve\n%s", body)
@@ -155,14 +152,13 @@ class DeploymentApprovalOperator(ApprovalOperator):
         self.hitl_summary_extra["approved"] = approved
         rc = RunContext.from_airflow(self.problem, context)
         user = (ret.get("responded_by_user") or {}).get("name") or "the timeout default"
-        facts = rc.problem.read_json_or(f"{rc.run_dir}/approval_request.json") or {}
+        facts = rc.store.read_json_or(rc.layout.approval_request) or {}
         self._record(rc, approved=approved, by=user, facts={k: v for k, v in facts.items() if k != "summary"})
         if approved:
             self.log.info("approve_deployment: approved by %s; deploying", user)
             return ret
         reason = f"deployment rejected by {user}; the candidate: {facts.get('reason', '?')}"
-        rc.problem.write_json(
-            f"{rc.run_dir}/outcome.json",
+        rc.record_outcome(
             {
                 "decision": "rejected",
                 "version": None,
@@ -177,7 +173,7 @@ class DeploymentApprovalOperator(ApprovalOperator):
         return ret
 
     def _record(self, rc: RunContext, *, approved: bool, by: str, facts: dict[str, Any]) -> None:
-        rc.problem.write_json(
-            f"{rc.run_dir}/approval.json",
+        rc.store.write_json(
+            rc.layout.approval,
             {"approved": approved, "by": by, "at": dt.datetime.now(dt.UTC).isoformat(), **facts},
         )

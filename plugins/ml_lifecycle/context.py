@@ -7,12 +7,16 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath, Variable
 
+from include.lifecycle.layout import Outcome, RunLayout
 from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, spec_path
-from include.lifecycle.store import Store, safe_run_id
+from include.lifecycle.store import Store
+
+if TYPE_CHECKING:
+    from ml_lifecycle.backend import Backend
 
 ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"
 PII_KEY_VARIABLE = "ml_pii_hash_key"
@@ -68,26 +72,6 @@ def artifact_root() -> ObjectStoragePath:
     return ObjectStoragePath(uri)
 
 
-def problem_store(problem: str, backend: str = "local") -> Store:
-    """The store rooted at ``<root>/<problem>``, with the credentials of the root's connection.
-
-    Backend ``aws`` roots it at ``s3://<aws.conn_id>@<aws.bucket>/<aws.prefix>`` from the spec, and
-    every object written through it is encrypted on the server (SSE-KMS with ``aws.kms_key_id``,
-    else SSE-S3).
-    """
-    if backend == "aws":
-        from ml_lifecycle.aws import s3_problem_store
-
-        return s3_problem_store(spec_for(problem))
-    root = artifact_root() / problem
-    return Store(root.fs, root.path)
-
-
-def backend_of(spec: Spec, params: dict[str, Any]) -> str:
-    """The run's backend: the ``backend`` param of the run, else the spec's."""
-    return str(params.get("backend") or spec.backend)
-
-
 @functools.cache
 def _spec_cached(path: str, mtime: float) -> Spec:
     return load_spec(path)
@@ -113,45 +97,34 @@ def pii_key() -> bytes:
 
 @dataclass
 class RunContext:
+    """A task's view of its run: the spec, the run's backend (resolved once), its store and layout."""
+
     spec: Spec
-    problem: Store
+    backend: Backend
+    store: Store
     run_id: str
     as_of: dt.datetime
     params: dict[str, Any]
 
     @classmethod
-    def from_airflow(cls, problem: str, context: dict[str, Any]) -> RunContext:
+    def from_airflow(cls, problem: str, context: Any) -> RunContext:
+        from ml_lifecycle.backend import resolve
+
         as_of = context.get("data_interval_end") or context.get("logical_date")
         if as_of is None:
             as_of = context["dag_run"].run_after
         spec = spec_for(problem)
         params = dict(context.get("params") or {})
-        return cls(
-            spec=spec,
-            problem=problem_store(problem, backend_of(spec, params)),
-            run_id=context["run_id"],
-            as_of=as_of,
-            params=params,
-        )
+        backend = resolve(spec, params)
+        return cls(spec=spec, backend=backend, store=backend.store(), run_id=context["run_id"], as_of=as_of, params=params)
 
     @property
-    def backend(self) -> str:
-        return backend_of(self.spec, self.params)
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_id)
 
     def input_store(self, uri: str) -> Store:
-        """A read view of an input location; ``s3://`` on backend aws goes through the spec's
-        connection (credentials, endpoint), like the artifact store."""
-        if uri.startswith("s3://") and self.backend == "aws":
-            path = ObjectStoragePath(f"s3://{self.spec.aws.conn_id}@{uri.removeprefix('s3://')}")
-            return Store(path.fs, path.path)
-        return Store.from_uri(uri)
-
-    @property
-    def run_dir(self) -> str:
-        return f"runs/{safe_run_id(self.run_id)}"
-
-    def round_dir(self, k: int) -> str:
-        return f"{self.run_dir}/round_{k}"
+        """A read view of an input location, through the backend (its credentials, its endpoint)."""
+        return self.backend.input_store(uri)
 
     @property
     def lookback_days(self) -> int:
@@ -161,3 +134,26 @@ class RunContext:
     def max_rounds(self) -> int:
         """Rounds are unrolled up to the spec's max_rounds; a run may ask for fewer."""
         return min(int(self.params.get("max_rounds") or self.spec.max_rounds), self.spec.max_rounds)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """The record of each round this run has planned so far: plan, evaluation, diagnosis, split."""
+        out = []
+        for k in range(1, self.spec.max_rounds + 1):
+            rnd = self.layout.round(k)
+            if not self.store.exists(rnd.plan):
+                break
+            out.append(
+                {
+                    "round": k,
+                    "plan": self.store.read_json(rnd.plan),
+                    "evaluation": self.store.read_json_or(rnd.evaluation),
+                    "diagnosis": self.store.read_json_or(rnd.diagnosis),
+                    "splits": self.store.read_json_or(rnd.split),
+                }
+            )
+        return out
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        """How the run ended (``outcome.json``): the one writer, for deploy_model, goal_not_met and a
+        rejected approval."""
+        self.store.write_json(self.layout.outcome, outcome)

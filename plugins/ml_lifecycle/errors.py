@@ -101,10 +101,6 @@ def ti_key(task_id: str, map_index: int | None = None) -> str:
     return task_id if map_index is None or map_index < 0 else f"{task_id}_{map_index}"
 
 
-def failure_rel(run_dir: str, task_id: str, map_index: int | None = None) -> str:
-    return f"{run_dir}/failures/{ti_key(task_id, map_index)}.json"
-
-
 def error_text(exc: BaseException | None) -> str:
     """``Type: message`` of the original error (not of the ``AirflowFailException`` around it)."""
     if exc is None:
@@ -146,4 +142,4 @@ class FailureRecorder(BaseNotifier):
             "error": error_text(exc),
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        rc.problem.write_json(failure_rel(rc.run_dir, task_id, map_index), record)
+        rc.store.write_json(rc.layout.failure(ti_key(task_id, map_index)), record)

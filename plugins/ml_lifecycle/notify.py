@@ -49,11 +49,11 @@ class LifecycleNotifier(BaseNotifier):
         self.problem = problem
         self.event = event
 
-    def _store(self, context: Any) -> Any:
-        """The run's artifact store: the backend of the run (its ``backend`` param, else the spec's)."""
+    def _run(self, context: Any) -> Any:
+        """The run's context: its store is the run's backend's (its ``backend`` param, else the spec's)."""
         from ml_lifecycle.context import RunContext
 
-        return RunContext.from_airflow(self.problem, context).problem
+        return RunContext.from_airflow(self.problem, context)
 
     def _detail(self, context: Any) -> str:
         if self.event == "failure":
@@ -63,21 +63,18 @@ class LifecycleNotifier(BaseNotifier):
             if ti is not None and getattr(ti, "try_number", None):
                 lines.append(f"try: {ti.try_number}")
             return "\n".join(lines)
-        from include.lifecycle.store import safe_run_id
-
-        store = self._store(context)
-        run_dir = f"runs/{safe_run_id(context['run_id'])}"
+        rc = self._run(context)
         if self.event == "goal_not_met":
-            outcome = store.read_json_or(f"{run_dir}/outcome.json") or {}
-            return f"reason: {outcome.get('reason', '(no outcome recorded)')}\nreport: {store.uri(run_dir)}/report.html"
-        approval = store.read_json_or(f"{run_dir}/approval_request.json") or {}
+            outcome = rc.store.read_json_or(rc.layout.outcome) or {}
+            return f"reason: {outcome.get('reason', '(no outcome recorded)')}\nreport: {rc.store.uri(rc.layout.report)}"
+        approval = rc.store.read_json_or(rc.layout.approval_request) or {}
         return (
             approval.get("summary", "")
             + f"\nanswer it in the Airflow UI (Required actions) for run {context['run_id']}"
         )
 
     def notify(self, context: Any) -> None:
-        from include.lifecycle.store import safe_run_id
+        from include.lifecycle.layout import alert_record
         from ml_lifecycle.context import spec_for
 
         alerts = spec_for(self.problem).alerts
@@ -99,7 +96,7 @@ class LifecycleNotifier(BaseNotifier):
             "body": body,
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        self._store(context).write_json(f"alerts/{safe_run_id(run_id)}/{self.event}-{task_id or 'dag'}.json", record)
+        self._run(context).store.write_json(alert_record(run_id, self.event, task_id), record)
         send(alerts, subject, body, context)
 
 

@@ -220,8 +220,8 @@ def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
                 PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {"backend": "aws"}}
             )
             rd = rc.round_dir(1)
-            trial_id = rc.problem.read_json(f"{rd}/evaluation.json")["trial_id"]
-            metrics = rc.problem.read_json(f"{rd}/trials/{trial_id}/output/metrics.json")
+            trial_id = rc.store.read_json(f"{rd}/evaluation.json")["trial_id"]
+            metrics = rc.store.read_json(f"{rd}/trials/{trial_id}/output/metrics.json")
             trial = {k: metrics[k] for k in ("trial_id", "family", "params")}
             log: list[str] = []
             again = run_trial_aws(rc, 1, trial, try_number=2, log=log.append)
@@ -245,7 +245,7 @@ def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
         assert any("re-attaching to Glue job run" in m for m in log), log
         assert len(played["glue"]) == 1
         assert len(glue.get_job_runs(JobName=job_name)["JobRuns"]) == len(runs_before) == 2
-        assert summary["rows_in"] == rc.problem.read_json(f"{rc.run_dir}/collect_summary.json")["rows_in"]
+        assert summary["rows_in"] == rc.store.read_json(f"{rc.run_dir}/collect_summary.json")["rows_in"]
 
         # augment_data re-collects a wider window into the next round's folder: a new Glue job run
         os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
@@ -389,7 +389,7 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     try:
         rc = RunContext.from_airflow(PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {}})
         spec = load_spec(aws_env["problems"] / f"{PROBLEM}.yaml")
-        champion = load_champion(ModelRegistry(rc.problem.sub("registry")), PROBLEM)
+        champion = load_champion(ModelRegistry(rc.store.sub("registry")), PROBLEM)
         local, summary = score_partition(
             spec, champion, source=rc.input_store(spec.data.source), ds=ds, pii_key=pii_key()
         )

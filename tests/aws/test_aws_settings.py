@@ -92,9 +92,9 @@ def test_the_run_param_chooses_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_
             },
         )
 
-    assert rc("fraud_local", {}).problem.is_local
-    assert rc("fraud_aws", {"backend": "local"}).problem.is_local
-    for store in (rc("fraud_aws", {}).problem, rc("fraud_local", {"backend": "aws"}).problem):
+    assert rc("fraud_local", {}).store.is_local
+    assert rc("fraud_aws", {"backend": "local"}).store.is_local
+    for store in (rc("fraud_aws", {}).store, rc("fraud_local", {"backend": "aws"}).store):
         assert store.uri().startswith("s3://ml-artifacts/ml-lifecycle/fraud_")
         assert store.fs.s3_additional_kwargs == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/ml"}
 

@@ -93,15 +93,15 @@ def test_every_section_is_a_task_and_rounds_are_unrolled(dagbag, problem):
         for section in (
             "feature_engineering",
             "plan_trials",
-            "tuning_trials",
             "train_model",
+            "select_model",
             "evaluate_model",
             "meets_business_goal",
         ):
             assert f"round_{k}.{section}" in ids
         last = k == spec.max_rounds
         assert (f"round_{k}.diagnose" in ids) is not last
-        for remedy in ("tune_model", "augment_features", "augment_data"):
+        for remedy in ("tune_model", "augment_features", "augment_data", "collect_more_data"):
             assert (f"round_{k}.{remedy}" in ids) is not last
     assert f"round_{spec.max_rounds + 1}.feature_engineering" not in ids
 
@@ -116,10 +116,17 @@ def test_branches_and_the_loop_edges(dagbag):
     diagnose = dag.get_task("round_1.diagnose")
     assert isinstance(diagnose, BranchPythonOperator)
     assert diagnose.downstream_task_ids == {"round_1.tune_model", "round_1.augment_features", "round_1.augment_data"}
-    for remedy in ("tune_model", "augment_features", "augment_data"):
+    for remedy in ("tune_model", "augment_features"):
         assert dag.get_task(f"round_1.{remedy}").downstream_task_ids == {"round_2.feature_engineering"}
+    # augment_data's wider re-collection is a task of its own, before the next round
+    assert dag.get_task("round_1.augment_data").downstream_task_ids == {
+        "round_2.feature_engineering",
+        "round_1.collect_more_data",
+    }
+    assert dag.get_task("round_1.collect_more_data").downstream_task_ids == {"round_2.feature_engineering"}
+    assert dag.get_task("round_2.feature_engineering").trigger_rule == "none_failed_min_one_success"
     # trials are a mapped task; the joins tolerate skipped branches
-    assert dag.get_task("round_2.tuning_trials").is_mapped
+    assert dag.get_task("round_2.train_model").is_mapped
     assert dag.get_task("deploy_model").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("publish_report").upstream_task_ids == {"deploy_model", "goal_not_met"}
     assert dag.get_edge_info("round_1.meets_business_goal", "deploy_model") == {"label": "goal met"}

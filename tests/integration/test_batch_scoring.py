@@ -124,7 +124,7 @@ def test_batch_scoring_on_aws_without_aws_settings_fails_and_writes_nothing(airf
 
 def test_deploy_notification_makes_the_endpoint_load_the_new_champion(airflow_db, env, monkeypatch) -> None:
     from include.lifecycle.serving import make_server
-    from ml_lifecycle.scoring import notify_serving
+    from ml_lifecycle.endpoint import notify_serving
 
     registry: ModelRegistry = env["registry"]
     server = make_server("card_fraud", artifact_root=str(env["artifacts"].parent), spec=SPEC, port=0, poll_seconds=None)

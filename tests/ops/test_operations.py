@@ -244,7 +244,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
     from ml_lifecycle.context import RunContext
-    from ml_lifecycle.sections import _promote_or_recheck
+    from ml_lifecycle.sections import promote_or_recheck
 
     state, run_id, run_dir = run_dag("ops_auto", LOGICAL_DATE, problems_dir=ops_env)
     assert state == "success"
@@ -252,7 +252,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     store = Store.from_uri(str(artifacts("ops_auto")))
     rc = RunContext(
         spec=load_spec(ops_env / "ops_auto.yaml"),
-        problem=store,
+        store=store,
         run_id=run_id,
         as_of=LOGICAL_DATE,
         params={},
@@ -271,7 +271,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     reg.promote(meanwhile, run_id="other-run", expected_champion=champion)
 
     candidate = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
-    record = _promote_or_recheck(rc, reg, candidate, plan, stale)
+    record = promote_or_recheck(rc, reg, candidate, plan, stale)
     assert record is not None and record["version"] == candidate and record["previous"] == meanwhile
     recheck = read_json(run_dir / "recheck.json")
     assert recheck["champion_version"] == meanwhile and recheck["deploy"] is True
@@ -280,7 +280,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     # a candidate that no longer passes against the new champion is registered, not promoted
     worse = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
     failing = {**stale, "test_score": 0.5, "decision": {**ev["decision"], "forced": False}}
-    assert _promote_or_recheck(rc, reg, worse, plan, failing) is None
+    assert promote_or_recheck(rc, reg, worse, plan, failing) is None
     assert reg.champion()["version"] == candidate
     assert read_json(run_dir / "recheck.json")["deploy"] is False
 

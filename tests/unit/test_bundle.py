@@ -19,7 +19,7 @@ from include.lifecycle.features import engineer, make_preprocessor
 from include.lifecycle.registry import ChecksumError, ModelRegistry
 from include.lifecycle.spec import PROJECT_ROOT, FeatureGroupSpec, Spec, load_spec
 from include.lifecycle.store import Store
-from include.lifecycle.train import build_model, fit_model, predict, save_model
+from include.lifecycle.models import build_model, fit_model, predict, save_model
 
 CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
 CATEGORIES = ["grocery", "fuel", "restaurants", "travel", "gambling", "digital_goods"]

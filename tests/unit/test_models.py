@@ -25,7 +25,7 @@ from include.jobs import train as train_job
 from include.lifecycle.decide import TUNE, initial_plan, next_plan
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
-from include.lifecycle.train import (
+from include.lifecycle.models import (
     AMOUNT_COL,
     TARGET_COL,
     best_trial,

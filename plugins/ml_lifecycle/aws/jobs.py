@@ -266,7 +266,7 @@ def start_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any) -
         _fail(
             f"backend aws runs collect_and_label in AWS Glue: data.source (and labels) must be s3:// URIs, got {remote}"
         )
-    code = stage_code(rc.problem)
+    code = stage_code(rc.store)
     hook = glue_hook(spec, code)
     job_name = glue_job_name(spec)
     run_key = glue_run_key(spec.name, run_dir)
@@ -277,7 +277,7 @@ def start_glue_collect(rc: Any, *, lookback_days: int, run_dir: str, log: Any) -
         return job_name, earlier["Id"]
     args = glue_arguments(
         spec,
-        rc.problem,
+        rc.store,
         run_dir=run_dir,
         as_of=rc.as_of.isoformat(),
         lookback_days=lookback_days,
@@ -303,8 +303,8 @@ def finish_glue_collect(rc: Any, *, run_dir: str, job_name: str, run_id: str, lo
     state = _glue_client_hook(rc.spec).get_job_state(job_name, run_id)
     if state != "SUCCEEDED":
         _fail(f"Glue job run {job_name}/{run_id} ended {state}")
-    summary = rc.problem.read_json(f"{run_dir}/collect_summary.json")
-    register_curated_partitions(rc.problem, rc.spec, [p["ds"] for p in summary["partitions"]], log=log)
+    summary = rc.store.read_json(f"{run_dir}/collect_summary.json")
+    register_curated_partitions(rc.store, rc.spec, [p["ds"] for p in summary["partitions"]], log=log)
     return summary
 
 
@@ -589,23 +589,23 @@ def start_trial_aws(rc: Any, round_no: int, trial: dict[str, Any], *, try_number
     """Start the trial's SageMaker job (a training job, or a hyperparameter tuning job when the trial
     carries ``tuning`` ranges), or re-attach to the one an earlier try started.
     Returns ``(kind, job name)`` with kind ``training`` or ``tuning``."""
-    from ml_lifecycle.operators import hyperparameter_args
+    from include.jobs.train import hyperparameter_args
 
     aws = require_aws(rc.spec)
-    rd = rc.round_dir(round_no)
-    plan = rc.problem.read_json(f"{rd}/plan.json")
-    code = stage_code(rc.problem)
-    hps = hyperparameter_args(rc, plan, trial)
+    rd = rc.layout.round(round_no).dir
+    plan = rc.store.read_json(rc.layout.round(round_no).plan)
+    code = stage_code(rc.store)
+    hps = hyperparameter_args(rc.spec, plan, trial)
     kind = "tuning" if trial.get("tuning") else "training"
 
     def config_for(name: str) -> dict[str, Any]:
         if kind == "tuning":
             return tuning_config(
-                rc.spec, rc.problem, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code,
+                rc.spec, rc.store, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code,
                 tuning=trial["tuning"],
             )  # fmt: skip
         return training_config(
-            rc.spec, rc.problem, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code
+            rc.spec, rc.store, name=name, run_id=rc.run_id, round_dir=rd, hyperparameters=hps, code=code
         )
 
     names = _trial_job_names(rc, round_no, trial, try_number)
@@ -637,9 +637,9 @@ def _completed(hook: Any, kind: str, name: str) -> dict[str, Any]:
 
 def _keep_trial(rc: Any, trial_rel: str, model: dict[str, bytes], output: dict[str, bytes]) -> None:
     for fname, data in model.items():
-        rc.problem.write_bytes(f"{trial_rel}/model/{fname}", data)
+        rc.store.write_bytes(f"{trial_rel}/model/{fname}", data)
     for fname, data in output.items():
-        rc.problem.write_bytes(f"{trial_rel}/output/{fname}", data)
+        rc.store.write_bytes(f"{trial_rel}/output/{fname}", data)
 
 
 def finish_trial_aws(
@@ -651,8 +651,8 @@ def finish_trial_aws(
         return finish_tuning_aws(rc, round_no, trial, name, log=log)
     hook = sagemaker_hook(require_aws(rc.spec))
     model_uri = _completed(hook, "training", name)["ModelArtifacts"]["S3ModelArtifacts"]
-    trial_rel = f"{rc.round_dir(round_no)}/trials/{trial['trial_id']}"
-    model, output = _job_outputs(rc.problem, model_uri)
+    trial_rel = f"{rc.layout.round(round_no).dir}/trials/{trial['trial_id']}"
+    model, output = _job_outputs(rc.store, model_uri)
     if "metrics.json" not in output:
         _fail(f"training job {name} wrote no metrics.json to SM_OUTPUT_DATA_DIR ({sorted(output)})")
     _keep_trial(rc, trial_rel, model, output)
@@ -758,7 +758,7 @@ def tuning_training_jobs(hook: Any, name: str) -> list[dict[str, Any]]:
 def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, *, log: Any) -> dict[str, Any]:
     """After the tuning job ended: read every completed training job's metrics, keep the best on
     validation (the project's own score, not the log-scraped objective) as the trial's model."""
-    from include.lifecycle.train import best_trial
+    from include.lifecycle.models import best_trial
 
     aws = require_aws(rc.spec)
     hook = sagemaker_hook(aws)
@@ -771,7 +771,7 @@ def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, 
             log(f"{trial['trial_id']}: tuning job {name}: training job {job} ended {summary.get('TrainingJobStatus')}")
             continue
         model_uri = _completed(hook, "training", job)["ModelArtifacts"]["S3ModelArtifacts"]
-        model, output = _job_outputs(rc.problem, model_uri)
+        model, output = _job_outputs(rc.store, model_uri)
         if "metrics.json" not in output:
             _fail(f"training job {job} of tuning job {name} wrote no metrics.json ({sorted(output)})")
         result = json.loads(output["metrics.json"]) | {"training_job_name": job, "model_uri": model_uri}
@@ -784,9 +784,9 @@ def finish_tuning_aws(rc: Any, round_no: int, trial: dict[str, Any], name: str, 
     if not results:
         _fail(f"SageMaker tuning job {name} completed no training job")
     best = best_trial(results, higher_is_better=rc.spec.goal.higher_is_better)
-    trial_rel = f"{rc.round_dir(round_no)}/trials/{trial['trial_id']}"
+    trial_rel = f"{rc.layout.round(round_no).dir}/trials/{trial['trial_id']}"
     _keep_trial(rc, trial_rel, *models[best["training_job_name"]])
-    rc.problem.write_json(f"{trial_rel}/tuning.json", {"tuning_job_name": name, "training_jobs": results})
+    rc.store.write_json(f"{trial_rel}/tuning.json", {"tuning_job_name": name, "training_jobs": results})
     best = dict(best) | {
         "trial_id": trial["trial_id"],
         "model_rel": f"{trial_rel}/model",
@@ -936,11 +936,11 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
 
     spec = rc.spec
     folder = transform_folder(rc.run_id, ds)
-    if rc.problem.exists(f"{folder}/prepare.json"):
-        log(f"score_new_data: re-using the transform input of this run ({rc.problem.uri(folder)})")
-        return rc.problem.read_json(f"{folder}/prepare.json")
+    if rc.store.exists(f"{folder}/prepare.json"):
+        log(f"score_new_data: re-using the transform input of this run ({rc.store.uri(folder)})")
+        return rc.store.read_json(f"{folder}/prepare.json")
     try:
-        champion = load_champion(ModelRegistry(rc.problem.sub("registry")), spec.name)
+        champion = load_champion(ModelRegistry(rc.store.sub("registry")), spec.name)
     except NoChampion as exc:
         _fail(f"cannot score ds={ds}: {exc}")
     model = champion_model_name(spec, champion.version)
@@ -975,8 +975,8 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         part = rows.loc[day_shard == i, columns]
         if ctx_shard is not None and context is not None:
             part = pd.concat([context.loc[ctx_shard == i], part], ignore_index=True)
-        rc.problem.write_bytes(f"{folder}/input/part-{i:04d}.csv", part.to_csv(index=False).encode())
-    rc.problem.write_parquet(f"{folder}/rows.parquet", rows[[c for c in (key, time_col) if c]])
+        rc.store.write_bytes(f"{folder}/input/part-{i:04d}.csv", part.to_csv(index=False).encode())
+    rc.store.write_parquet(f"{folder}/rows.parquet", rows[[c for c in (key, time_col) if c]])
     prepared = {
         "ds": ds,
         "model_name": model,
@@ -990,7 +990,7 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         "champion_deployed_at": champion.record.get("deployed_at"),
         "source_uri": source.uri(f"ds={ds}"),
     }
-    rc.problem.write_json(f"{folder}/prepare.json", prepared)
+    rc.store.write_json(f"{folder}/prepare.json", prepared)
     log(
         f"score_new_data: ds={ds}: {len(rows)} rows (+ {prepared['context_rows']} earlier rows of their entities) in "
         f"{shards} transform input files for model {model}"
@@ -1055,7 +1055,7 @@ def start_transform(rc: Any, ds: str, *, try_number: int, pii_key: bytes, log: A
 
     def config_for(name: str) -> dict[str, Any]:
         return transform_config(
-            rc.spec, rc.problem, name=name, model=prepared["model_name"], folder=folder, run_id=rc.run_id
+            rc.spec, rc.store, name=name, model=prepared["model_name"], folder=folder, run_id=rc.run_id
         )
 
     return start_or_attach(sagemaker_hook(require_aws(rc.spec)), "transform", config_for, names, log)
@@ -1071,15 +1071,15 @@ def finish_transform(rc: Any, ds: str, name: str, *, log: Any) -> tuple[Any, dic
 
     _completed(sagemaker_hook(require_aws(rc.spec)), "transform", name)
     folder = transform_folder(rc.run_id, ds)
-    prepared = rc.problem.read_json(f"{folder}/prepare.json")
+    prepared = rc.store.read_json(f"{folder}/prepare.json")
     key = rc.spec.data.key
-    rows = rc.problem.read_parquet(f"{folder}/rows.parquet")
+    rows = rc.store.read_parquet(f"{folder}/rows.parquet")
     preds = []
     for i in range(prepared["shards"]):
         out = f"{folder}/output/part-{i:04d}.csv.out"
-        if not rc.problem.exists(out):
-            _fail(f"transform job {name} wrote no {rc.problem.uri(out)}")
-        preds.append(pd.read_csv(io.BytesIO(rc.problem.read_bytes(out)), dtype={"id": str}))
+        if not rc.store.exists(out):
+            _fail(f"transform job {name} wrote no {rc.store.uri(out)}")
+        preds.append(pd.read_csv(io.BytesIO(rc.store.read_bytes(out)), dtype={"id": str}))
     pred = pd.concat(preds, ignore_index=True).drop_duplicates("id", keep="last").set_index("id")
     ids = rows[key].astype(str)
     missing = int((~ids.isin(pred.index)).sum())

@@ -1,0 +1,34 @@
+"""The lifecycle DAG's task ids: the sections of the seed note, named once.
+
+The DAG file wires them and the branch callables return them, so a rename cannot leave a branch
+pointing at a task that no longer exists.
+"""
+
+from __future__ import annotations
+
+FORMULATE_PROBLEM = "formulate_problem"
+COLLECT_AND_LABEL = "collect_and_label"
+EVALUATE_DATA = "evaluate_data"
+# inside each round_<k> group
+FEATURE_ENGINEERING = "feature_engineering"
+PLAN_TRIALS = "plan_trials"
+TRAIN_MODEL = "train_model"  # the training trials, mapped over the round's plan
+SELECT_MODEL = "select_model"  # the best trial on the validation split
+EVALUATE_MODEL = "evaluate_model"
+MEETS_BUSINESS_GOAL = "meets_business_goal"
+DIAGNOSE = "diagnose"
+COLLECT_MORE_DATA = "collect_more_data"  # augment_data's wider re-collection, for the next round
+# after the rounds
+APPROVE_DEPLOYMENT = "approve_deployment"
+DEPLOY_MODEL = "deploy_model"
+GOAL_NOT_MET = "goal_not_met"
+PUBLISH_REPORT = "publish_report"
+
+
+def round_group(k: int) -> str:
+    return f"round_{k}"
+
+
+def in_round(k: int, task_id: str) -> str:
+    """The full id of a task inside round ``k``'s task group."""
+    return f"{round_group(k)}.{task_id}"
