@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="*", default=[400_000, 1_000_000, 2_000_000])
     args = p.parse_args(argv)
-    print(f"{'rows':>10} {'generate s':>11} {'rows/s':>10} {'features s':>11} {'rows/s':>10} {'cols':>5} {'peak MB':>8}")
+    print(
+        f"{'rows':>10} {'generate s':>11} {'rows/s':>10} {'features s':>11} {'rows/s':>10} {'cols':>5} {'peak MB':>8}"
+    )
     for n in args.rows:
         r = run(n)
         print(

@@ -235,7 +235,9 @@ def plain_child(work: Path, spawned_at: float) -> None:
         return out
 
     timed("formulate_problem", sections.formulate_problem, PROBLEM, **ctx)
-    collect = timed("collect_and_label", CollectAndLabelOperator(task_id="collect_and_label", problem=PROBLEM).execute, ctx)
+    collect = timed(
+        "collect_and_label", CollectAndLabelOperator(task_id="collect_and_label", problem=PROBLEM).execute, ctx
+    )
     timed("evaluate_data", sections.evaluate_data, PROBLEM, **ctx)
     fe = timed("round_1.feature_engineering", sections.feature_engineering, PROBLEM, round_no=1, **ctx)
     trials = timed("round_1.plan_trials", sections.plan_trials, PROBLEM, round_no=1, **ctx)

@@ -164,7 +164,9 @@ def build_dag(path: Path) -> DAG:
             task_id=t.COLLECT_AND_LABEL, problem=name, outlets=[curated_data_asset(name)]
         )
         evaluate_data = py(t.EVALUATE_DATA, sections.evaluate_data)
-        deploy_model = py(t.DEPLOY_MODEL, sections.deploy_model, trigger_rule=JOIN, outlets=[champion_model_asset(name)])
+        deploy_model = py(
+            t.DEPLOY_MODEL, sections.deploy_model, trigger_rule=JOIN, outlets=[champion_model_asset(name)]
+        )
         goal_not_met = py(
             t.GOAL_NOT_MET,
             sections.goal_not_met,
@@ -197,7 +199,9 @@ def build_dag(path: Path) -> DAG:
         into_round: list = [evaluate_data]
         for k in range(1, spec.max_rounds + 1):
             with TaskGroup(t.round_group(k), tooltip=f"round {k}: features, training, evaluation, decision"):
-                feature_engineering = py(t.FEATURE_ENGINEERING, sections.feature_engineering, round_no=k, trigger_rule=JOIN)
+                feature_engineering = py(
+                    t.FEATURE_ENGINEERING, sections.feature_engineering, round_no=k, trigger_rule=JOIN
+                )
                 plan_trials = py(t.PLAN_TRIALS, sections.plan_trials, round_no=k)
                 train_model = TrainingTrialOperator.partial(
                     task_id=t.TRAIN_MODEL, problem=name, round_no=k, max_active_tis_per_dag=trial_slots

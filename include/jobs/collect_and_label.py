@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from include.lifecycle.collect import collect_and_label
+from include.lifecycle.layout import RunLayout
 from include.lifecycle.spec import load_spec, parse_spec, resolve_source
 from include.lifecycle.store import Store, to_json
 
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None, *, pii_key: bytes | None = None, log
         labels_uri=labels,
         log=log,
     )
-    problem.write_json(f"{args.run_dir}/collect_summary.json", summary)
+    problem.write_json(RunLayout.collect_summary_in(args.run_dir), summary)
     return summary
 
 

@@ -29,7 +29,16 @@ from threadpoolctl import threadpool_limits
 
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.features import apply_resampling
-from include.lifecycle.models import AMOUNT_COL, TARGET_COL, build_model, fit_and_predict, fit_model, predict, save_model
+from include.lifecycle.models import (
+    AMOUNT_COL,
+    TARGET_COL,
+    build_model,
+    fit_and_predict,
+    fit_model,
+    predict,
+    save_model,
+)
+
 
 def hyperparameter_args(spec: Any, plan: Mapping[str, Any], trial: Mapping[str, Any]) -> list[str]:
     """A trial as this script's arguments (``--name value``), as SageMaker passes hyper-parameters:

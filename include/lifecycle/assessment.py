@@ -24,7 +24,14 @@ class Split:
 
 
 def assess(
-    spec: Spec, model: Any, feature_names: list[str], best: dict[str, Any], *, validation: Split, test: Split, train_mean: float | None
+    spec: Spec,
+    model: Any,
+    feature_names: list[str],
+    best: dict[str, Any],
+    *,
+    validation: Split,
+    test: Split,
+    train_mean: float | None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The candidate's evaluation (without the champion comparison) and its plots (PNG bytes)."""
     from include.lifecycle import evaluate_model as em
@@ -58,7 +65,9 @@ def assess(
         tp_te, fp_te, fn_te = em.outcome_values(goal.value, len(y_te), cols_te)
         flagged = s_te >= threshold
         test_value = float(
-            tp_te[flagged & (y_te == 1)].sum() + fp_te[flagged & (y_te == 0)].sum() + fn_te[~flagged & (y_te == 1)].sum()
+            tp_te[flagged & (y_te == 1)].sum()
+            + fp_te[flagged & (y_te == 0)].sum()
+            + fn_te[~flagged & (y_te == 1)].sum()
         )
         calib = em.calibration_table(y_te, s_te)
         result.update(
@@ -128,9 +137,7 @@ def champion_test_score(spec: Spec, bundle: Any, df: Any, *, as_of: dt.datetime)
     return float(value), None
 
 
-def gate(
-    spec: Spec, test_score: float, *, champion: float | None, note: str | None, force: bool
-) -> dict[str, Any]:
+def gate(spec: Spec, test_score: float, *, champion: float | None, note: str | None, force: bool) -> dict[str, Any]:
     """The "meets the business goal?" decision: the goal, and no worse than the champion; a forced
     deployment (the run's force_deploy param) is recorded as such."""
     from include.lifecycle.decide import goal_decision
@@ -139,5 +146,7 @@ def gate(
     if note:
         decision["reason"] += f"; {note}"
     if force and not decision["deploy"]:
-        decision.update(deploy=True, forced=True, reason=decision["reason"] + "; FORCED by the run's force_deploy param")
+        decision.update(
+            deploy=True, forced=True, reason=decision["reason"] + "; FORCED by the run's force_deploy param"
+        )
     return decision

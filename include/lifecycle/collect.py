@@ -57,6 +57,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from include.lifecycle.dataset import positive_mask
+from include.lifecycle.layout import RunLayout
 from include.lifecycle.spec import ColumnSpec, SchemaSpec, Spec
 from include.lifecycle.store import Store, concat_tables
 
@@ -1638,7 +1639,7 @@ def _collect_and_label(
         if found is not None:
             drop, dup_qua, per_ds = found
             rows = rows.filter(pa.array(~drop))
-            qrel = f"{run_dir}/quarantine/cross_partition.parquet"
+            qrel = RunLayout.quarantine_in(run_dir, "cross_partition")
             writer.submit(problem.write_parquet, qrel, dup_qua)
             n_dup = int(drop.sum())
             cross.update(duplicate_key=n_dup, quarantine_rel=qrel)
@@ -1687,7 +1688,7 @@ def _collect_and_label(
         label_positions = result.positions
         qrel = None
         if len(result.quarantined):
-            qrel = f"{run_dir}/quarantine/labels.parquet"
+            qrel = RunLayout.quarantine_in(run_dir, "labels")
             writer.submit(problem.write_parquet, qrel, result.quarantined)
         label_summary = {
             "label_rows_read": result.counts["rows_read"],
@@ -1729,7 +1730,7 @@ def _collect_and_label(
                 f"{label_summary['label_rows_quarantined']} label rows quarantined {label_summary['label_by_rule']} "
                 f"-> {problem.uri(label_summary['label_quarantine_rel'])}"
             )
-    dataset_rel = f"{run_dir}/dataset.parquet"
+    dataset_rel = RunLayout.dataset_in(run_dir)
     writer.submit(problem.write_parquet, dataset_rel, dataset)  # after the partitions, as before
     outcomes: dict[str, dict[str, int]] = {}
     for f in files:

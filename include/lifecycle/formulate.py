@@ -55,7 +55,9 @@ def check_partitioned(
     detail = f"{len(parts)} partitions, {rows} rows in [{start}, {end}) under {source.uri()}"
     checks = [_check("data in window", bool(parts), detail)]
     if labels is not None and spec.data.labels is not None:
-        _, n_labels = rows_in_partitions(labels, spec.data.labels.format, start, end, "data.labels.source", include_end=True)
+        _, n_labels = rows_in_partitions(
+            labels, spec.data.labels.format, start, end, "data.labels.source", include_end=True
+        )
         rate = n_labels / rows if rows else 0.0
         available.update(label_rows=n_labels, approx_base_rate=rate)
         checks.append(

@@ -75,6 +75,7 @@ CATALOG: dict[str, Artifact] = {
 }
 
 # problem-scoped (shared by all runs of the problem)
+RUNS = "runs"
 EDA_LATEST = "eda/latest.json"
 REGISTRY = "registry"
 CURATED = "curated"
@@ -84,7 +85,8 @@ ALERTS = "alerts"
 
 
 def run_folder(run_id: str) -> str:
-    return f"runs/{safe_run_id(run_id)}"
+    """``runs/<run id as one path segment>`` (a folder name passes through unchanged)."""
+    return f"{RUNS}/{safe_run_id(run_id)}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,11 @@ class RunLayout:
     @property
     def dataset(self) -> str:
         return self.dataset_in(self.dir)
+
+    @staticmethod
+    def quarantine_in(folder: str, name: str) -> str:
+        """Rows a collection rejected across partitions (duplicates, labels): ``<folder>/quarantine/``."""
+        return f"{folder}/quarantine/{name}.parquet"
 
     @property
     def eda_dir(self) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from include.lifecycle.layout import RUNS, RunLayout
 from include.lifecycle.store import Store, safe_run_id
 
 # the last line of a traceback: `ValueError: ...`, `airflow.sdk.exceptions.AirflowFailException: ...`
@@ -73,9 +74,9 @@ def summarise(
     failed task and its error from ``run_summary.json`` when ``publish_report`` wrote one with
     decision ``failed``, else each failed task with its error lines from the log.
     """
-    rd = f"runs/{run}"
+    layout = RunLayout(run)
     lines = [f"run {run}"]
-    collect = problem.read_json_or(f"{rd}/collect_summary.json")
+    collect = problem.read_json_or(layout.collect_summary)
     if collect:
         positives = collect.get("positives")  # none for a regression
         lines.append(
@@ -84,15 +85,15 @@ def summarise(
             f"{collect['dataset_rows']} rows in the labelled data set"
             + (f", {positives} positives" if positives is not None else "")
         )
-    verdict = problem.read_json_or(f"{rd}/eda/verdict.json")
+    verdict = problem.read_json_or(layout.eda_verdict)
     if verdict:
         failed_checks = [c["name"] for c in verdict["checks"] if not c["passed"]]
         lines.append(
             f"  data quality: {verdict['verdict']}"
             + (f" (failed: {', '.join(failed_checks)})" if failed_checks else "")
         )
-        lines.append(f"  EDA report: {problem.uri(rd, 'eda/eda_report.html')}")
-    summary = problem.read_json_or(f"{rd}/run_summary.json")
+        lines.append(f"  EDA report: {problem.uri(layout.eda_report)}")
+    summary = problem.read_json_or(layout.run_summary)
     reported_failure = False
     if summary:
         g = summary.get("goal") or {}
@@ -133,7 +134,7 @@ def summarise(
             lines.append(f"  reason: {summary.get('reason')}")
         if summary.get("report_uri"):
             lines.append(f"  report: {summary['report_uri']}")
-        lines.append(f"  summary: {problem.uri(rd, 'run_summary.json')}")
+        lines.append(f"  summary: {problem.uri(layout.run_summary)}")
     if state is not None and state != "success":
         # what run_summary.json does not say: the tasks that failed and their errors from the log
         said = set()
@@ -170,25 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     log_text = args.log.read_text(errors="replace") if args.log and args.log.is_file() else None
     if args.run_id:
         run = safe_run_id(args.run_id)
-        if not problem.exists(f"runs/{run}"):
-            print(f"run {args.run_id} of {args.problem}: no artifacts under {problem.uri('runs', run)}")
+        if not problem.exists(RunLayout(run).dir):
+            print(f"run {args.run_id} of {args.problem}: no artifacts under {problem.uri(RunLayout(run).dir)}")
             return 1
         print(summarise(problem, run, log_text=log_text))
         return 0
-    runs = problem.ls("runs")
+    runs = problem.ls(RUNS)
     if args.run_date:
         # run ids of manual runs carry the wall-clock time; the problem card records the data date
         runs = [
             r
             for r in runs
-            if str((problem.read_json_or(f"runs/{r}/problem_card.json") or {}).get("as_of", "")).startswith(
-                args.run_date
-            )
+            if str((problem.read_json_or(RunLayout(r).problem_card) or {}).get("as_of", "")).startswith(args.run_date)
         ]
     if not runs:
         print(f"no runs of {args.problem} under {problem.uri()}")
         return 1
-    best = max(runs, key=lambda r: problem.fs.modified(problem.path("runs", r)).timestamp())
+    best = max(runs, key=lambda r: problem.fs.modified(problem.path(RunLayout(r).dir)).timestamp())
     print(summarise(problem, best, log_text=log_text))
     return 0
 

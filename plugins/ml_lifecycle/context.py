@@ -116,7 +116,9 @@ class RunContext:
         spec = spec_for(problem)
         params = dict(context.get("params") or {})
         backend = resolve(spec, params)
-        return cls(spec=spec, backend=backend, store=backend.store(), run_id=context["run_id"], as_of=as_of, params=params)
+        return cls(
+            spec=spec, backend=backend, store=backend.store(), run_id=context["run_id"], as_of=as_of, params=params
+        )
 
     @property
     def layout(self) -> RunLayout:

@@ -111,7 +111,11 @@ class TrainingTrialOperator(_BackendOperator):
         rc = self._run(context)
         if "k" in self.trial:  # progress in the task log: which of the round's trials this is
             self.log.info(
-                "round %s: trial %s of %s (%s)", self.round_no, self.trial["k"], self.trial["of"], self.trial["trial_id"]
+                "round %s: trial %s of %s (%s)",
+                self.round_no,
+                self.trial["k"],
+                self.trial["of"],
+                self.trial["trial_id"],
             )
         return rc.backend.train_trial(self, rc, context, self.round_no, self.trial)
 
@@ -157,7 +161,9 @@ class BatchScoringOperator(_BackendOperator):
         ds = scoring_date(rc)
         return self._write(rc, ds, *rc.backend.score_batch_complete(self, rc, ds, event))
 
-    def _write(self, rc: RunContext, ds: str, scores: Any, summary: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    def _write(
+        self, rc: RunContext, ds: str, scores: Any, summary: dict[str, Any], extra: dict[str, Any]
+    ) -> dict[str, Any]:
         from include.lifecycle.layout import scores_dir
 
         rel = scores_dir(ds)

@@ -221,7 +221,9 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     spec = rc.spec
     rnd = rc.layout.round(round_no)
     plan = rc.store.read_json(rnd.plan)
-    log.info("round %d plan: %s", round_no, json.dumps({k: plan[k] for k in ("feature_groups", "lookback_days", "resample")}))
+    log.info(
+        "round %d plan: %s", round_no, json.dumps({k: plan[k] for k in ("feature_groups", "lookback_days", "resample")})
+    )
     dataset_columns = rc.store.parquet_columns(plan["dataset_rel"])
     input_columns = [c for c in dataset_columns if c != spec.problem.target]
     groups = [spec.group(g) for g in plan["feature_groups"]]
@@ -241,9 +243,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         exclude=_exclude(rc),
         log=log.info,
     )
-    pre = make_preprocessor(
-        cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed
-    )
+    pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
     train_mask = splits == TRAIN
     amount = df[spec.data.amount_column].to_numpy(dtype="float64") if spec.data.amount_column else None
     del df  # the features and the vectors above are all that is used from here on
@@ -305,7 +305,11 @@ def plan_trials(problem: str, round_no: int, **context: Any) -> list[dict[str, A
     rc = RunContext.from_airflow(problem, context)
     p = rc.store.read_json(rc.layout.round(round_no).plan)
     trials = plan(
-        rc.spec, families=p["families"], trials_per_family=p["trials_per_family"], wide=p["wide_search"], round_no=round_no
+        rc.spec,
+        families=p["families"],
+        trials_per_family=p["trials_per_family"],
+        wide=p["wide_search"],
+        round_no=round_no,
     )
     trials = rc.backend.plan_trials(trials, wide=p["wide_search"], round_no=round_no, log=log.info)
     log.info("round %d: %d trials: %s", round_no, len(trials), [t["trial_id"] for t in trials])
@@ -556,7 +560,13 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     if version is None:
         version = reg.register(
             files,
-            {"problem": rc.spec.name, "metric": ev["metric"], "test_score": ev["test_score"], "run_id": rc.run_id, "round": k},
+            {
+                "problem": rc.spec.name,
+                "metric": ev["metric"],
+                "test_score": ev["test_score"],
+                "run_id": rc.run_id,
+                "round": k,
+            },
             claim={"run_id": rc.run_id, "round": k},  # a retry after a kill reuses the half-written version
         )
     else:
@@ -618,9 +628,7 @@ def _failed_tasks(rc: RunContext, context: dict[str, Any]) -> list[dict[str, Any
     from ml_lifecycle.errors import ti_key
 
     folder = rc.layout.failures_dir
-    records = (
-        [rc.store.read_json(f"{folder}/{n}") for n in rc.store.ls(folder)] if rc.store.exists(folder) else []
-    )
+    records = [rc.store.read_json(f"{folder}/{n}") for n in rc.store.ls(folder)] if rc.store.exists(folder) else []
     states: dict[str, str] | None = None
     ti = context.get("ti")
     try:
@@ -690,8 +698,7 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
     )
     plots = {
         r["round"]: {
-            n: rc.store.read_bytes(layout.round(r["round"]).plot(n))
-            for n in (r["evaluation"] or {}).get("plots", [])
+            n: rc.store.read_bytes(layout.round(r["round"]).plot(n)) for n in (r["evaluation"] or {}).get("plots", [])
         }
         for r in rounds
     }

@@ -24,7 +24,6 @@ from sklearn.metrics import average_precision_score
 from include.jobs import train as train_job
 from include.lifecycle.decide import TUNE, initial_plan, next_plan
 from include.lifecycle.evaluate_model import goal_metric
-from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
 from include.lifecycle.models import (
     AMOUNT_COL,
     TARGET_COL,
@@ -37,6 +36,7 @@ from include.lifecycle.models import (
     predict,
     save_model,
 )
+from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
 from include.lifecycle.tuning import WIDE_SEARCH
 
 CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
