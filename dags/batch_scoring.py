@@ -24,8 +24,8 @@ import datetime as dt
 from airflow.sdk import DAG, Param
 
 from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
-from ml_lifecycle.context import task_defaults
 from ml_lifecycle.operators import BatchScoringOperator
+from ml_lifecycle.settings import task_defaults
 
 SCHEDULE = "@daily"
 

@@ -37,10 +37,10 @@ from ml_lifecycle import task_ids as t
 from ml_lifecycle.approval import DeploymentApprovalOperator
 from ml_lifecycle.assets import champion_model_asset, curated_data_asset
 from ml_lifecycle.backend import resolve
-from ml_lifecycle.context import task_defaults
 from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator
+from ml_lifecycle.settings import task_defaults
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
 

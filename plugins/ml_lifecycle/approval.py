@@ -16,7 +16,8 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 
 from ml_lifecycle import task_ids
-from ml_lifecycle.context import RunContext, try_number
+from ml_lifecycle.context import RunContext
+from ml_lifecycle.settings import try_number
 
 
 def _fmt(x: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from include.lifecycle.layout import CollectSummary
 from include.lifecycle.store import Store
 from ml_lifecycle.backend import Backend
-from ml_lifecycle.context import artifact_root, pii_key, trial_slots, trial_threads
+from ml_lifecycle.settings import artifact_root, pii_key, trial_slots, trial_threads
 
 
 class LocalBackend(Backend):

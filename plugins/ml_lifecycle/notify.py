@@ -75,7 +75,7 @@ class LifecycleNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         from include.lifecycle.layout import alert_record
-        from ml_lifecycle.context import spec_for
+        from ml_lifecycle.settings import spec_for
 
         alerts = spec_for(self.problem).alerts
         ti = context.get("ti") or context.get("task_instance")

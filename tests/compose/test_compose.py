@@ -97,9 +97,9 @@ def test_environment_the_project_needs(service):
 
 def test_plugin_variables_match_the_code():
     """The names in compose are the ones the tasks read."""
-    context = (ROOT / "plugins" / "ml_lifecycle" / "context.py").read_text()
-    assert 'ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"' in context
-    assert 'PII_KEY_VARIABLE = "ml_pii_hash_key"' in context
+    settings = (ROOT / "plugins" / "ml_lifecycle" / "settings.py").read_text()
+    assert 'ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"' in settings
+    assert 'PII_KEY_VARIABLE = "ml_pii_hash_key"' in settings
 
 
 def test_image_versions_match_requirements():

@@ -7,7 +7,7 @@ from typing import Any
 from include.lifecycle.layout import CollectSummary
 from include.lifecycle.store import Store
 from ml_lifecycle.backend import Backend
-from ml_lifecycle.context import pii_key, try_number
+from ml_lifecycle.settings import pii_key, try_number
 
 
 class AwsBackend(Backend):
