@@ -1,4 +1,4 @@
-"""Unit tests for section 7, "Evaluate model" (include/lifecycle/evaluate_model.py)."""
+"""Unit tests for section 7, "Evaluate model" (include/lifecycle/evaluate_model/)."""
 
 from __future__ import annotations
 

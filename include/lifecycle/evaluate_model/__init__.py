@@ -1,0 +1,57 @@
+"""Section 7 of the lifecycle: evaluate a trained model against the business goal.
+
+Everything here is plain numpy / scikit-learn / matplotlib and never imports airflow, so the
+same code runs in a DAG task, a Glue job or a SageMaker processing script.
+
+Conventions used throughout:
+
+* ``y`` for binary problems holds 0/1 (or bool) labels, 1 being the positive class;
+  ``scores`` are finite model scores where higher means "more likely positive"
+  (usually ``predict_proba(X)[:, 1]``).
+* A row is *flagged* when ``score >= threshold``.
+* Every metric is computed from one sort (or one partition) plus cumulative sums, so a
+  million rows take well under a second; nothing loops over thresholds in Python.
+* Every returned number is a plain Python ``float`` / ``int`` / ``None`` so results can be
+  written to JSON as they are.
+* A score that cannot be judged on the rows given (no positives, one class only for ROC AUC /
+  AUPRC, fewer than 2 rows for r2) is never reported as 0.0: the scoring functions raise
+  :class:`MetricUndefined`; :func:`binary_metrics` and :func:`regression_metrics` (descriptive
+  tables) give None for it.
+
+Modules by concern: :mod:`.metrics` (the goal metric and the metric tables), :mod:`.threshold`
+(business value and the decision threshold), :mod:`.calibration`, :mod:`.importance` (feature
+importance), :mod:`.figures` (plots) and :mod:`.arrays` (the input checks they share). Import the
+names from this package.
+"""
+
+from __future__ import annotations
+
+from include.lifecycle.evaluate_model.calibration import calibration_table
+from include.lifecycle.evaluate_model.figures import plots_binary, plots_regression
+from include.lifecycle.evaluate_model.importance import feature_importance
+from include.lifecycle.evaluate_model.metrics import (
+    MetricUndefined,
+    binary_metrics,
+    compare_with_champion,
+    goal_metric,
+    meets_goal,
+    metric_at_alert_rate,
+    regression_metrics,
+)
+from include.lifecycle.evaluate_model.threshold import choose_threshold, outcome_values
+
+__all__ = [
+    "MetricUndefined",
+    "binary_metrics",
+    "calibration_table",
+    "choose_threshold",
+    "compare_with_champion",
+    "feature_importance",
+    "goal_metric",
+    "meets_goal",
+    "metric_at_alert_rate",
+    "outcome_values",
+    "plots_binary",
+    "plots_regression",
+    "regression_metrics",
+]

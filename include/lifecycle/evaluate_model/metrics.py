@@ -1,0 +1,257 @@
+"""Metrics: the goal metric named in the spec, recall at an alert rate, and the descriptive
+binary and regression tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from include.lifecycle.evaluate_model.arrays import (
+    _binary_inputs,
+    _floats,
+    _k_for_rate,
+    _safe_div,
+)
+from include.lifecycle.spec import BINARY_METRICS, LOWER_IS_BETTER, GoalSpec
+
+_LOG_LOSS_EPS = 1e-15
+
+
+class MetricUndefined(ValueError):
+    """A metric has no value on these rows (e.g. recall without positives): it is not a score of 0.0."""
+
+    def __init__(self, metric: str, rows: int, positives: int | None, why: str) -> None:
+        self.metric, self.rows, self.positives = metric, rows, positives
+        counts = f"{rows} rows" + ("" if positives is None else f" with {positives} positives")
+        super().__init__(f"metric {metric} is undefined on {counts}: {why}")
+
+
+def metric_at_alert_rate(
+    y: np.ndarray, scores: np.ndarray, *, max_alert_rate: float, weights: np.ndarray | None = None
+) -> float:
+    """Share of the positive weight caught when only the top ``max_alert_rate`` of rows can be reviewed.
+
+    Flags the top ``k = floor(max_alert_rate * n)`` rows by score and returns
+    ``sum(w[flagged & y == 1]) / sum(w[y == 1])``; with ``weights=None`` every row weighs 1, so
+    this is recall at the alert rate ("recall_at_alert_rate"); with ``weights=amount`` it is the
+    share of the positive amount caught ("amount_recall_at_alert_rate").
+
+    Exactly ``k`` rows are flagged: rows tied on score at the boundary are taken in row order
+    (earlier row first), i.e. the same result as a stable descending sort. Runs in O(n) with a
+    partition, no full sort.
+
+    Raises :class:`MetricUndefined` when there are no positives (or their total weight is not
+    positive): nothing can be shown to be caught, and 0.0 would read as a score.
+    """
+    yb, s = _binary_inputs(y, scores)
+    n = yb.shape[0]
+    w = np.ones(n) if weights is None else _floats(weights, "weights", n)
+    total = float(w[yb].sum())
+    if n == 0 or total <= 0:
+        name = "recall_at_alert_rate" if weights is None else "amount_recall_at_alert_rate"
+        positives = int(yb.sum())
+        why = (
+            "no positives, so nothing can be caught"
+            if positives == 0
+            else f"the positives' total weight is {total:g}, not positive"
+        )
+        raise MetricUndefined(name, n, positives, why)
+    k = _k_for_rate(max_alert_rate, n)
+    if k == 0:
+        return 0.0
+    if k >= n:
+        flagged = np.ones(n, dtype=bool)
+    else:
+        kth = np.partition(s, n - k)[n - k]  # k-th largest score
+        flagged = s > kth
+        need = k - int(flagged.sum())
+        if need > 0:
+            flagged[np.flatnonzero(s == kth)[:need]] = True
+    return _safe_div(float(w[flagged & yb].sum()), total)
+
+
+def goal_metric(
+    metric: str,
+    y: np.ndarray,
+    scores_or_pred: np.ndarray,
+    *,
+    amount: np.ndarray | None = None,
+    max_alert_rate: float | None = None,
+    threshold: float | None = None,
+) -> float:
+    """Value of the goal metric named in the spec (``GoalSpec.metric``).
+
+    * ``amount_recall_at_alert_rate``: needs ``amount`` and ``max_alert_rate``
+      (see :func:`metric_at_alert_rate`).
+    * ``recall_at_alert_rate``: needs ``max_alert_rate``.
+    * ``auprc`` (average precision) and ``roc_auc``: threshold-free, on scores.
+    * ``f1``, ``precision``, ``recall``: at ``threshold`` (flag ``score >= threshold``), needed;
+      precision is 0.0 when nothing is flagged (e.g. the "flag nothing" baseline).
+    * ``rmse``, ``mae``, ``r2``: regression, on predictions.
+
+    Raises :class:`MetricUndefined` (a ``ValueError``) when the metric has no value on these
+    rows instead of reporting 0.0: any binary metric without positives (or with zero positive
+    amount), ``roc_auc`` and ``auprc`` without negatives too, a regression metric on zero rows,
+    ``r2`` on fewer than 2 rows. Where the metric is defined the value is as before.
+    Raises ``ValueError`` for an unknown metric or a missing argument.
+    """
+    if metric in ("rmse", "mae", "r2"):
+        yt = _floats(y, "y")
+        pred = _floats(scores_or_pred, "pred", yt.shape[0])
+        if yt.shape[0] == 0:
+            raise MetricUndefined(metric, 0, None, "cannot compute a regression metric on zero rows")
+        if metric == "rmse":
+            return float(np.sqrt(mean_squared_error(yt, pred)))
+        if metric == "mae":
+            return float(mean_absolute_error(yt, pred))
+        if yt.shape[0] < 2:
+            raise MetricUndefined(metric, int(yt.shape[0]), None, "r2 needs at least 2 rows")
+        return float(r2_score(yt, pred))
+
+    if metric not in BINARY_METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    if metric.endswith("_at_alert_rate") and max_alert_rate is None:
+        raise ValueError(f"metric {metric} needs max_alert_rate")
+    if metric == "amount_recall_at_alert_rate" and amount is None:
+        raise ValueError("metric amount_recall_at_alert_rate needs amount")
+    if metric in ("f1", "precision", "recall") and threshold is None:
+        raise ValueError(f"metric {metric} needs a threshold")
+    yb, s = _binary_inputs(y, scores_or_pred)
+    n, positives = int(yb.shape[0]), int(yb.sum())
+    if positives == 0:
+        raise MetricUndefined(metric, n, 0, "no positives, so nothing can be shown to be caught")
+    if metric == "amount_recall_at_alert_rate":
+        return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate, weights=amount)  # type: ignore[arg-type]
+    if metric == "recall_at_alert_rate":
+        return metric_at_alert_rate(yb, s, max_alert_rate=max_alert_rate)  # type: ignore[arg-type]
+    if metric in ("auprc", "roc_auc"):
+        if positives == n:
+            raise MetricUndefined(metric, n, positives, "no negatives, so the ranking cannot be judged")
+        return float((average_precision_score if metric == "auprc" else roc_auc_score)(yb, s))
+    pred = s >= threshold  # type: ignore[operator]
+    fn = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[metric]
+    return float(fn(yb, pred, zero_division=0))
+
+
+def binary_metrics(
+    y: np.ndarray, scores: np.ndarray, *, threshold: float, amount: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Standard binary classification metrics at a decision threshold (flag ``score >= threshold``).
+
+    Keys: ``roc_auc``, ``auprc`` (None when ``y`` holds one class only), ``precision`` (0.0
+    when nothing is flagged), ``recall``, ``f1`` (None without positives: undefined, not 0.0),
+    ``alert_rate``, ``brier``, ``log_loss`` (scores clipped to [1e-15, 1 - 1e-15]; both None
+    when scores are not probabilities in [0, 1]), ``threshold``, ``tp``, ``fp``, ``fn``, ``tn``,
+    ``positives``, ``n`` and, when ``amount`` is given, ``amount_caught_share`` (share of the
+    positive amount flagged at this threshold, None when the positives' amount is not positive).
+    """
+    yb, s = _binary_inputs(y, scores)
+    n = yb.shape[0]
+    pred = s >= threshold
+    tp = int((pred & yb).sum())
+    fp = int((pred & ~yb).sum())
+    fn = int((~pred & yb).sum())
+    tn = n - tp - fp - fn
+    positives = tp + fn
+    one_class = positives == 0 or positives == n
+    precision = _safe_div(tp, tp + fp)
+    recall = _safe_div(tp, positives)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    out: dict[str, Any] = {
+        "roc_auc": None if one_class else float(roc_auc_score(yb, s)),
+        "auprc": None if one_class else float(average_precision_score(yb, s)),
+        "precision": precision,
+        "recall": recall if positives else None,
+        "f1": f1 if positives else None,
+        "alert_rate": _safe_div(tp + fp, n),
+        "brier": None,
+        "log_loss": None,
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "positives": positives,
+        "n": int(n),
+    }
+    if n and s.min() >= 0.0 and s.max() <= 1.0:
+        yf = yb.astype(np.float64)
+        out["brier"] = float(np.mean((s - yf) ** 2))
+        p = np.clip(s, _LOG_LOSS_EPS, 1.0 - _LOG_LOSS_EPS)
+        out["log_loss"] = float(-np.mean(yf * np.log(p) + (1.0 - yf) * np.log1p(-p)))
+    if amount is not None:
+        a = _floats(amount, "amount", n)
+        total = float(a[yb].sum())
+        out["amount_caught_share"] = _safe_div(float(a[pred & yb].sum()), total) if total > 0 else None
+    return out
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """``rmse``, ``mae``, ``r2`` (None with fewer than 2 rows), ``bias`` (mean of pred - y) and ``n``."""
+    yt = _floats(y, "y")
+    p = _floats(pred, "pred", yt.shape[0])
+    n = yt.shape[0]
+    if n == 0:
+        return {"rmse": None, "mae": None, "r2": None, "bias": None, "n": 0}
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(yt, p))),
+        "mae": float(mean_absolute_error(yt, p)),
+        "r2": float(r2_score(yt, p)) if n >= 2 else None,
+        "bias": float(np.mean(p - yt)),
+        "n": int(n),
+    }
+
+
+def _is_number(value: float | None) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def meets_goal(value: float, goal: GoalSpec) -> bool:
+    """True when ``value`` reaches ``goal.target`` (``<=`` for rmse/mae, ``>=`` otherwise); False for None/NaN."""
+    if not _is_number(value):
+        return False
+    if goal.metric in LOWER_IS_BETTER:
+        return bool(value <= goal.target)
+    return bool(value >= goal.target)
+
+
+def compare_with_champion(candidate: float, champion: float | None, goal: GoalSpec) -> dict[str, Any]:
+    """Is the candidate no worse than the serving champion, within ``goal.champion_margin``?
+
+    Returns ``{"champion", "candidate", "no_worse", "delta", "margin", "higher_is_better"}``;
+    ``delta`` is ``candidate - champion`` (raw, not sign-adjusted; 0.0 when there is no
+    champion). ``no_worse`` is True without a champion, else
+    ``candidate >= champion - margin`` (higher is better) or ``candidate <= champion + margin``
+    (rmse/mae). A None/NaN candidate is never no_worse.
+    """
+    margin = float(goal.champion_margin)
+    higher = goal.metric not in LOWER_IS_BETTER
+    if champion is None or not _is_number(champion):
+        no_worse = _is_number(candidate)
+        delta = 0.0
+    elif not _is_number(candidate):
+        no_worse, delta = False, float("nan")
+    else:
+        delta = float(candidate) - float(champion)
+        no_worse = candidate >= champion - margin if higher else candidate <= champion + margin
+    return {
+        "champion": None if champion is None else float(champion),
+        "candidate": None if candidate is None else float(candidate),
+        "no_worse": bool(no_worse),
+        "delta": delta,
+        "margin": margin,
+        "higher_is_better": higher,
+    }
