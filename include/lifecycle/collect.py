@@ -1269,14 +1269,6 @@ def _label_quarantine(rows: pd.DataFrame, spec: Spec, rule: str, column: str, re
     return out
 
 
-def read_labels(
-    spec: Spec, labels_source: Store, start: str, end_exclusive: str, as_of: dt.datetime, log: Log = _noop
-) -> pd.DataFrame:
-    """Valid label rows that had arrived before ``as_of`` (partitions ds in [start, end)), one per
-    key: :func:`collect_labels` without the rows to check their times against."""
-    return collect_labels(spec, labels_source, start, end_exclusive, as_of, log=log).usable
-
-
 def join_labels(curated: pd.DataFrame, labels: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Positive where the key appears in the label feed, negative otherwise."""
     lab = spec.data.labels
@@ -1318,11 +1310,6 @@ class _Prepared:
     old: dict[str, Any] | None
     frames: list[tuple[str, pd.DataFrame]] | None
     names: list[str]
-
-
-def manifest_matches(problem: Store, ds: str, fingerprint: dict[str, Any]) -> bool:
-    old = problem.read_json_or(f"curated/ds={ds}/_manifest.json")
-    return bool(old) and old.get("fingerprint") == fingerprint
 
 
 def _checks(spec: Spec, as_of: dt.datetime) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,10 +221,3 @@ def best_trial(results: list[dict[str, Any]], *, higher_is_better: bool) -> dict
         return (-s if higher_is_better else s, rank.get(r["family"], 99), r["trial_id"])
 
     return sorted(ok, key=key)[0]
-
-
-def progress_logger(total: int, log: Callable[[str], None]) -> Callable[[int, str], None]:
-    def _log(k: int, what: str) -> None:
-        log(f"trial {k} of {total}: {what}")
-
-    return _log

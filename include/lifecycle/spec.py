@@ -13,7 +13,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -57,16 +57,8 @@ METRIC_RANGE: dict[str, tuple[float, float]] = {
     "rmse": (0.0, math.inf),
     "mae": (0.0, math.inf),
 }
-BINARY_METRICS = {
-    "amount_recall_at_alert_rate",
-    "recall_at_alert_rate",
-    "auprc",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-}
 REGRESSION_METRICS = {"rmse", "mae", "r2"}
+BINARY_METRICS = set(get_args(MetricName)) - REGRESSION_METRICS
 FeatureKind = Literal["raw", "time_parts", "velocity", "history", "target_encoding", "interactions"]
 ModelFamily = Literal["logistic", "linear", "random_forest", "xgboost"]
 

@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -51,6 +51,20 @@ def _json_default(obj: Any) -> Any:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _write_local_atomically(target: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file next to ``target``, then rename it into place.
+
+    A failed write leaves neither a half-written target nor a stray temp file."""
+    os.makedirs(posixpath.dirname(target), exist_ok=True)
+    tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class Store:
@@ -95,17 +109,14 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> str:
         target = self.path(rel)
         if self.is_local:
-            os.makedirs(posixpath.dirname(target), exist_ok=True)
-            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            try:
+
+            def write(tmp: str) -> None:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            finally:  # a failed write leaves neither a half-written target nor a stray temp file
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+
+            _write_local_atomically(target, write)
         else:
             self.fs.pipe_file(target, data)
         return target
@@ -151,14 +162,7 @@ class Store:
         }
         target = self.path(rel)
         if self.is_local:
-            os.makedirs(posixpath.dirname(target), exist_ok=True)
-            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            try:
-                pq.write_table(table, tmp, **options)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            _write_local_atomically(target, lambda tmp: pq.write_table(table, tmp, **options))
         else:
             buf = io.BytesIO()
             pq.write_table(table, buf, **options)
@@ -181,9 +185,6 @@ class Store:
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(self.path(rel), filesystem=None if self.is_local else self.fs).names)
-
-    def file_sha256(self, rel: str) -> str:
-        return sha256_bytes(self.read_bytes(rel))
 
     # --- listing, content identity, removal (helpers of the ETL's input accounting) ----------
     def entries(self, *parts: str) -> list[tuple[str, bool]]:

@@ -221,11 +221,6 @@ class Population:
         """Number of merchants."""
         return len(self.merchant_category)
 
-    @property
-    def risky_merchant_ids(self) -> list[str]:
-        """Ids of the risky merchants (where fraud is several times more frequent)."""
-        return [self.merchant_ids[int(i)].as_py() for i in self.risky_idx]
-
 
 def default_n_cards(tx_per_day: int) -> int:
     """Default card population: about 0.2 transactions per card and day."""

@@ -25,11 +25,11 @@ from include.lifecycle.collect import (
     SchemaError,
     cast_and_validate,
     collect_and_label,
+    collect_labels,
     curate_partition,
     join_labels,
     key_fingerprint,
     list_partitions,
-    read_labels,
     read_single_source,
     sort_curated,
     tokenise,
@@ -853,13 +853,13 @@ def mini_landing(tmp_path: Path) -> Path:
     return tmp_path / "landing"
 
 
-def test_read_labels_reads_only_the_key_and_arrival_columns(tmp_path: Path) -> None:
+def test_collect_labels_reads_only_the_key_and_arrival_columns(tmp_path: Path) -> None:
     src = Store.from_uri(str(tmp_path))
     feed = pd.DataFrame(
         {"tx": ["a", "b"], "reported_at": pd.to_datetime(["2026-10-30", "2026-11-02"], utc=True), "note": ["x", "y"]}
     )
     src.write_parquet("ds=2026-10-30/part-0.parquet", feed)
-    labels = read_labels(_mini_spec(), src, "2026-10-01", "2026-11-05", AS_OF)
+    labels = collect_labels(_mini_spec(), src, "2026-10-01", "2026-11-05", AS_OF).usable
     assert list(labels.columns) == ["tx", "reported_at"] and labels["tx"].tolist() == ["a"]
 
 
@@ -919,7 +919,7 @@ def test_a_label_feed_without_its_key_column_is_a_named_error(mini_landing: Path
         "ds=2026-10-30/part-0.parquet", pd.DataFrame({"transaction": ["a1"], "reported_at": ["2026-10-30"]})
     )
     with pytest.raises(SchemaError) as err:
-        read_labels(spec, bad, "2026-10-29", "2026-11-02", AS_OF)
+        collect_labels(spec, bad, "2026-10-29", "2026-11-02", AS_OF)
     msg = str(err.value)
     assert str(tmp_path / "badcb") in msg and "'tx'" in msg and "rule: labels.key" in msg
 

@@ -155,6 +155,52 @@ def test_goal_decision_formats_scores_in_the_reason(spec: Spec) -> None:
     assert "margin 0.01" in d["reason"]
 
 
+def test_goal_decision_a_nan_candidate_never_meets_the_goal_nor_deploys(spec: Spec, rmse_spec: Spec) -> None:
+    for s in (spec, rmse_spec):
+        d = goal_decision(s, candidate=float("nan"), champion=None)
+        assert (d["meets_goal"], d["deploy"]) == (False, False)
+        assert "misses the goal" in d["reason"]
+        against = goal_decision(s, candidate=float("nan"), champion=0.5)
+        assert (against["no_worse_than_champion"], against["deploy"]) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("metric", "target", "margin", "candidate", "champion", "meets", "no_worse"),
+    [
+        ("auprc", 0.5, 0.01, 0.5, None, True, True),  # the goal is inclusive; no champion is never worse
+        ("auprc", 0.5, 0.01, 0.49, None, False, True),
+        ("auprc", 0.5, 0.01, 0.595, 0.60, True, True),  # 0.005 below the champion, within the margin
+        ("auprc", 0.5, 0.01, 0.65, 0.60, True, True),
+        ("auprc", 0.5, 0.01, 0.58, 0.60, True, False),  # 0.02 below: a regression
+        ("rmse", 12.0, 0.5, 10.4, 10.0, True, True),  # 0.4 worse, within the margin
+        ("rmse", 12.0, 0.5, 9.0, 10.0, True, True),
+        ("rmse", 12.0, 0.5, 10.6, 10.0, True, False),  # 0.6 worse: a regression
+        ("rmse", 12.0, 0.5, 12.0, None, True, True),  # rmse == target meets the goal
+        ("rmse", 12.0, 0.5, 25.0, None, False, True),
+    ],
+)
+def test_goal_decision_direction_and_margin_follow_the_metric(
+    rmse_spec: Spec,
+    metric: str,
+    target: float,
+    margin: float,
+    candidate: float,
+    champion: float | None,
+    meets: bool,
+    no_worse: bool,
+) -> None:
+    """The cases of the former evaluate_model.meets_goal / compare_with_champion, on the one gate."""
+
+    def edit(d: dict[str, Any]) -> None:
+        if metric == "rmse":
+            _as_regression(d)
+        d["goal"].update(metric=metric, target=target, champion_margin=margin)
+
+    s = _variant(edit)
+    d = goal_decision(s, candidate=candidate, champion=champion)
+    assert (d["meets_goal"], d["no_worse_than_champion"], d["deploy"]) == (meets, no_worse, meets and no_worse)
+
+
 # --------------------------------------------------------------------------------------
 # diagnose
 # --------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_drift_detects_shift() -> None:
     json.dumps(dc, allow_nan=False)
 
 
-def test_drift_without_previous_and_drift_psi() -> None:
+def test_drift_without_previous_and_psi_of_bin_shares() -> None:
     assert ed.drift(_profile(_frame(200)), None) == {
         "columns": {},
         "max_psi": 0.0,
@@ -146,8 +146,8 @@ def test_drift_without_previous_and_drift_psi() -> None:
     values = np.random.default_rng(0).normal(size=10_000)
     edges = ed.quantile_edges(values, 10)
     shares = ed.bin_shares(values, edges)
-    assert ed.drift_psi(values, edges, shares) == pytest.approx(0.0, abs=1e-12)
-    assert ed.drift_psi(values + 1.5, edges, shares) > 0.25
+    assert ed.psi(shares, ed.bin_shares(values, edges)) == pytest.approx(0.0, abs=1e-12)
+    assert ed.psi(shares, ed.bin_shares(values + 1.5, edges)) > 0.25
 
 
 # --- quality gate ----------------------------------------------------------------------------

@@ -30,29 +30,17 @@ from include.lifecycle.evaluate_model import (
     binary_metrics,
     calibration_table,
     choose_threshold,
-    compare_with_champion,
     feature_importance,
     goal_metric,
-    meets_goal,
     metric_at_alert_rate,
     outcome_values,
     plots_binary,
     plots_regression,
     regression_metrics,
 )
-from include.lifecycle.spec import GoalSpec, ValueSpec
+from include.lifecycle.spec import ValueSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _goal(metric: str, target: float, margin: float = 0.0, max_alert_rate: float | None = None) -> GoalSpec:
-    return GoalSpec(
-        statement="a goal stated in words for the test",
-        metric=metric,
-        target=target,
-        champion_margin=margin,
-        max_alert_rate=max_alert_rate,
-    )
 
 
 def _reference_at_rate(y, scores, rate, weights=None):
@@ -395,47 +383,6 @@ def test_calibration_table_quantile_bins():
     assert sum(r["count"] for r in table) == 100
     assert table[0]["observed_rate"] == 0.0 and table[0]["count"] == 90
     assert table[-1]["observed_rate"] == 1.0
-
-
-# --------------------------------------------------------------------------------------
-# meets_goal, compare_with_champion
-# --------------------------------------------------------------------------------------
-def test_meets_goal_respects_direction():
-    higher = _goal("amount_recall_at_alert_rate", 0.55, max_alert_rate=0.005)
-    assert meets_goal(0.55, higher) and meets_goal(0.6, higher)
-    assert not meets_goal(0.54, higher)
-    assert not meets_goal(float("nan"), higher)
-    lower = _goal("rmse", 10.0)
-    assert meets_goal(9.5, lower) and meets_goal(10.0, lower)
-    assert not meets_goal(10.5, lower)
-
-
-def test_compare_with_champion_higher_is_better_with_margin():
-    goal = _goal("auprc", 0.5, margin=0.01)
-    assert compare_with_champion(0.70, None, goal) == {
-        "champion": None,
-        "candidate": 0.70,
-        "no_worse": True,
-        "delta": 0.0,
-        "margin": 0.01,
-        "higher_is_better": True,
-    }
-    within = compare_with_champion(0.595, 0.60, goal)
-    assert within["no_worse"] and within["delta"] == pytest.approx(-0.005)
-    assert compare_with_champion(0.65, 0.60, goal)["no_worse"]
-    worse = compare_with_champion(0.58, 0.60, goal)
-    assert not worse["no_worse"] and worse["delta"] == pytest.approx(-0.02)
-
-
-def test_compare_with_champion_lower_is_better_with_margin():
-    goal = _goal("rmse", 12.0, margin=0.5)
-    assert compare_with_champion(10.4, 10.0, goal)["no_worse"]
-    assert compare_with_champion(9.0, 10.0, goal)["no_worse"]
-    worse = compare_with_champion(10.6, 10.0, goal)
-    assert not worse["no_worse"]
-    assert worse["delta"] == pytest.approx(0.6)
-    assert worse["higher_is_better"] is False
-    assert compare_with_champion(25.0, None, goal)["no_worse"]
 
 
 # --------------------------------------------------------------------------------------

@@ -147,10 +147,10 @@ def test_atomic_writes_leave_no_temp_files(local: Store) -> None:
 def test_overwrite_with_the_same_content_is_idempotent(local: Store) -> None:
     local.write_parquet("d/part-0.parquet", FRAME)
     local.write_json("d/m.json", {"k": [1, 2]})
-    first = {rel: local.file_sha256(rel) for rel in ("d/part-0.parquet", "d/m.json")}
+    first = {rel: sha256_bytes(local.read_bytes(rel)) for rel in ("d/part-0.parquet", "d/m.json")}
     local.write_parquet("d/part-0.parquet", FRAME)
     local.write_json("d/m.json", {"k": [1, 2]})
-    again = {rel: local.file_sha256(rel) for rel in ("d/part-0.parquet", "d/m.json")}
+    again = {rel: sha256_bytes(local.read_bytes(rel)) for rel in ("d/part-0.parquet", "d/m.json")}
     assert again == first
     assert _all_files(Path(local.root)) == ["d/m.json", "d/part-0.parquet"]
 
@@ -250,7 +250,7 @@ def test_copy_in_download_and_checksums(local: Store, tmp_path: Path) -> None:
     src.write_bytes(b"model-bytes" * 1000)
     local.copy_in(str(src), "models/1/model.bin")
     expected = hashlib.sha256(src.read_bytes()).hexdigest()
-    assert local.file_sha256("models/1/model.bin") == expected == sha256_bytes(src.read_bytes())
+    assert sha256_bytes(local.read_bytes("models/1/model.bin")) == expected == sha256_bytes(src.read_bytes())
     out = tmp_path / "dl" / "nested" / "model.bin"
     local.download("models/1/model.bin", str(out))
     assert out.read_bytes() == src.read_bytes()

@@ -34,13 +34,12 @@ from include.lifecycle.evaluate_data.figures import plots
 from include.lifecycle.evaluate_data.gate import DataQualityError, quality_gate, raise_if_unfit
 from include.lifecycle.evaluate_data.profiling import profile
 from include.lifecycle.evaluate_data.render import eda_sections, render_eda_html, render_eda_section
-from include.lifecycle.evaluate_data.stability import bin_shares, drift, drift_psi, psi, quantile_edges, reference_bins
+from include.lifecycle.evaluate_data.stability import bin_shares, drift, psi, quantile_edges, reference_bins
 
 __all__ = [
     "DataQualityError",
     "bin_shares",
     "drift",
-    "drift_psi",
     "eda_sections",
     "plots",
     "profile",

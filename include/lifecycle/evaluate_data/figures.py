@@ -10,12 +10,7 @@ import numpy as np
 import pandas as pd
 
 from include.lifecycle import report
-from include.lifecycle.evaluate_data.columns import (
-    TOP_CATEGORIES,
-    _as_datetime,
-    _as_float,
-    _target_info,
-)
+from include.lifecycle.evaluate_data.columns import TOP_CATEGORIES, _as_datetime, _as_float, _target_info
 
 _KEY_UNSAFE = re.compile(r"[^0-9A-Za-z_]+")
 

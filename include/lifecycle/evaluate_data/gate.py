@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from include.lifecycle.evaluate_data.columns import (
-    _clean,
-)
+from include.lifecycle.evaluate_data.columns import _clean
 from include.lifecycle.spec import QualitySpec
 
 

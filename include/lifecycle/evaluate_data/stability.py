@@ -8,12 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from include.lifecycle.evaluate_data.columns import (
-    _as_float,
-    _clean,
-)
+from include.lifecycle.evaluate_data.columns import _clean
 
 PSI_EPS = 1e-4
 
@@ -58,27 +54,6 @@ def psi(expected: Sequence[float], actual: Sequence[float], eps: float = PSI_EPS
 def _with_missing(shares: Sequence[float], missing_share: float | None) -> list[float]:
     m = float(missing_share or 0.0)
     return [m] + [(1.0 - m) * float(s) for s in shares]
-
-
-def drift_psi(
-    values: pd.Series | np.ndarray,
-    edges: Sequence[float],
-    ref_shares: Sequence[float],
-    *,
-    ref_missing_share: float | None = None,
-) -> float:
-    """PSI of raw values against a reference histogram (``edges`` and ``ref_shares`` from an older profile).
-
-    With ``ref_missing_share`` the missing values form one more bucket, so a jump in missingness
-    counts as drift too.
-    """
-    arr = _as_float(values) if isinstance(values, pd.Series) else np.asarray(values, dtype="float64")
-    finite = np.isfinite(arr)
-    cur = bin_shares(arr, edges)
-    if ref_missing_share is None:
-        return psi(ref_shares, cur)
-    cur_missing = 1.0 - finite.mean() if arr.size else 0.0
-    return psi(_with_missing(ref_shares, ref_missing_share), _with_missing(cur, cur_missing))
 
 
 def reference_bins(previous: Mapping[str, Any] | None) -> dict[str, Any]:

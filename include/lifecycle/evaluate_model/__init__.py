@@ -32,9 +32,7 @@ from include.lifecycle.evaluate_model.importance import feature_importance
 from include.lifecycle.evaluate_model.metrics import (
     MetricUndefined,
     binary_metrics,
-    compare_with_champion,
     goal_metric,
-    meets_goal,
     metric_at_alert_rate,
     regression_metrics,
 )
@@ -45,10 +43,8 @@ __all__ = [
     "binary_metrics",
     "calibration_table",
     "choose_threshold",
-    "compare_with_champion",
     "feature_importance",
     "goal_metric",
-    "meets_goal",
     "metric_at_alert_rate",
     "outcome_values",
     "plots_binary",

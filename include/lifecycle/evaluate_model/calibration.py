@@ -6,9 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from include.lifecycle.evaluate_model.arrays import (
-    _binary_inputs,
-)
+from include.lifecycle.evaluate_model.arrays import _binary_inputs
 
 
 def calibration_table(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:

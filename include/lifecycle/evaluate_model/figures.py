@@ -4,39 +4,20 @@ calibration; predicted vs actual and residuals for regression.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
-from sklearn.metrics import (
-    roc_auc_score,
-)
+from sklearn.metrics import roc_auc_score
 
-from include.lifecycle.evaluate_model.arrays import (
-    _RATE_EPS,
-    _binary_inputs,
-    _descending_cuts,
-    _floats,
-)
+from include.lifecycle import report
+from include.lifecycle.evaluate_model.arrays import _RATE_EPS, _binary_inputs, _descending_cuts, _floats
 
 # Largest number of points drawn in a PR / ROC curve or a scatter plot.
 _MAX_PLOT_POINTS = 2000
-
 _MAX_SCATTER_POINTS = 20_000
-
 _DPI = 90
-
-
-def _png(fig: Figure) -> bytes:
-    """Render a figure to PNG bytes and release it."""
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    finally:
-        fig.clear()
-    return buf.getvalue()
 
 
 def _message(ax: Any, text: str) -> None:
@@ -80,7 +61,7 @@ def _importance_plot(importance: list[dict[str, Any]], title: str) -> bytes:
         ax.set_xlabel("importance")
         ax.tick_params(axis="y", labelsize=8)
     ax.set_title(title)
-    return _png(fig)
+    return report.fig_to_png(fig, dpi=_DPI)
 
 
 def _value_plot(value_curve: dict[str, Any], threshold: float, max_alert_rate: float | None) -> bytes:
@@ -93,7 +74,7 @@ def _value_plot(value_curve: dict[str, Any], threshold: float, max_alert_rate: f
     if val.size == 0:
         _message(ax_rate, "no value curve")
         _message(ax_thr, "no value curve")
-        return _png(fig)
+        return report.fig_to_png(fig, dpi=_DPI)
     if "value" in value_curve and "alert_rate" in value_curve and "curve" in value_curve:
         chosen_rate, chosen_val = float(value_curve["alert_rate"]), float(value_curve["value"])
     else:
@@ -128,7 +109,7 @@ def _value_plot(value_curve: dict[str, Any], threshold: float, max_alert_rate: f
     ax_thr.set_ylabel("total value")
     ax_thr.set_title("Value vs threshold")
     ax_thr.legend(loc="best", fontsize=8)
-    return _png(fig)
+    return report.fig_to_png(fig, dpi=_DPI)
 
 
 def plots_binary(
@@ -183,7 +164,7 @@ def plots_binary(
         ax.set_ylabel("precision")
         ax.legend(loc="best", fontsize=8)
     ax.set_title("Precision-recall curve")
-    out["pr_curve"] = _png(fig)
+    out["pr_curve"] = report.fig_to_png(fig, dpi=_DPI)
 
     # ROC
     fig = Figure(figsize=(6, 5), dpi=_DPI)
@@ -200,7 +181,7 @@ def plots_binary(
         ax.set_ylabel("true positive rate")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title("ROC curve")
-    out["roc_curve"] = _png(fig)
+    out["roc_curve"] = report.fig_to_png(fig, dpi=_DPI)
 
     # confusion matrix
     matrix = np.array([[negatives - fp_at, fp_at], [positives - tp_at, tp_at]])
@@ -216,7 +197,7 @@ def plots_binary(
     ax.set_xlabel("prediction")
     ax.set_ylabel("actual")
     ax.set_title(f"Confusion matrix at threshold {threshold:.4g}")
-    out["confusion_matrix"] = _png(fig)
+    out["confusion_matrix"] = report.fig_to_png(fig, dpi=_DPI)
 
     out["value_vs_threshold"] = _value_plot(value_curve, threshold, max_alert_rate)
     out["feature_importance"] = _importance_plot(importance, "Feature importance")
@@ -238,7 +219,7 @@ def plots_binary(
         ax.set_ylabel("observed positive rate")
         ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Calibration (reliability diagram)")
-    out["calibration"] = _png(fig)
+    out["calibration"] = report.fig_to_png(fig, dpi=_DPI)
     return out
 
 
@@ -269,7 +250,7 @@ def plots_regression(y: np.ndarray, pred: np.ndarray, *, importance: list[dict[s
         ax.set_ylabel("predicted")
         ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Predicted vs actual")
-    out["predicted_vs_actual"] = _png(fig)
+    out["predicted_vs_actual"] = report.fig_to_png(fig, dpi=_DPI)
 
     fig = Figure(figsize=(11, 4), dpi=_DPI)
     ax_scatter, ax_hist = fig.subplots(1, 2)
@@ -287,6 +268,6 @@ def plots_regression(y: np.ndarray, pred: np.ndarray, *, importance: list[dict[s
         ax_hist.set_xlabel("residual (predicted - actual)")
         ax_hist.set_ylabel("rows")
         ax_hist.set_title("Residual distribution")
-    out["residuals"] = _png(fig)
+    out["residuals"] = report.fig_to_png(fig, dpi=_DPI)
     out["feature_importance"] = _importance_plot(importance, "Feature importance")
     return out

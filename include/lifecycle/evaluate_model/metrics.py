@@ -4,7 +4,6 @@ binary and regression tables.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -19,13 +18,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from include.lifecycle.evaluate_model.arrays import (
-    _binary_inputs,
-    _floats,
-    _k_for_rate,
-    _safe_div,
-)
-from include.lifecycle.spec import BINARY_METRICS, LOWER_IS_BETTER, GoalSpec
+from include.lifecycle.evaluate_model.arrays import _binary_inputs, _floats, _k_for_rate, _safe_div
+from include.lifecycle.spec import BINARY_METRICS
 
 _LOG_LOSS_EPS = 1e-15
 
@@ -212,46 +206,4 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         "r2": float(r2_score(yt, p)) if n >= 2 else None,
         "bias": float(np.mean(p - yt)),
         "n": int(n),
-    }
-
-
-def _is_number(value: float | None) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def meets_goal(value: float, goal: GoalSpec) -> bool:
-    """True when ``value`` reaches ``goal.target`` (``<=`` for rmse/mae, ``>=`` otherwise); False for None/NaN."""
-    if not _is_number(value):
-        return False
-    if goal.metric in LOWER_IS_BETTER:
-        return bool(value <= goal.target)
-    return bool(value >= goal.target)
-
-
-def compare_with_champion(candidate: float, champion: float | None, goal: GoalSpec) -> dict[str, Any]:
-    """Is the candidate no worse than the serving champion, within ``goal.champion_margin``?
-
-    Returns ``{"champion", "candidate", "no_worse", "delta", "margin", "higher_is_better"}``;
-    ``delta`` is ``candidate - champion`` (raw, not sign-adjusted; 0.0 when there is no
-    champion). ``no_worse`` is True without a champion, else
-    ``candidate >= champion - margin`` (higher is better) or ``candidate <= champion + margin``
-    (rmse/mae). A None/NaN candidate is never no_worse.
-    """
-    margin = float(goal.champion_margin)
-    higher = goal.metric not in LOWER_IS_BETTER
-    if champion is None or not _is_number(champion):
-        no_worse = _is_number(candidate)
-        delta = 0.0
-    elif not _is_number(candidate):
-        no_worse, delta = False, float("nan")
-    else:
-        delta = float(candidate) - float(champion)
-        no_worse = candidate >= champion - margin if higher else candidate <= champion + margin
-    return {
-        "champion": None if champion is None else float(champion),
-        "candidate": None if candidate is None else float(candidate),
-        "no_worse": bool(no_worse),
-        "delta": delta,
-        "margin": margin,
-        "higher_is_better": higher,
     }

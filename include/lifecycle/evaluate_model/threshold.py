@@ -9,13 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from include.lifecycle.evaluate_model.arrays import (
-    _binary_inputs,
-    _descending_cuts,
-    _floats,
-    _k_for_rate,
-    _per_row,
-)
+from include.lifecycle.evaluate_model.arrays import _binary_inputs, _descending_cuts, _floats, _k_for_rate, _per_row
 from include.lifecycle.spec import ValueSpec
 
 # Largest number of points kept in a curve returned for plotting / JSON.
