@@ -244,7 +244,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
     from ml_lifecycle.context import RunContext
-    from ml_lifecycle.sections import promote_or_recheck
+    from ml_lifecycle.sections.deploy import promote_or_recheck
 
     state, run_id, run_dir = run_dag("ops_auto", LOGICAL_DATE, problems_dir=ops_env)
     assert state == "success"

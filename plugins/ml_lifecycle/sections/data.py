@@ -1,0 +1,284 @@
+"""Sections 1-4: formulate the problem, evaluate the data, engineer the round's features."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from ml_lifecycle.context import RunContext
+
+log = logging.getLogger("airflow.task")
+
+
+# --- section 1 -----------------------------------------------------------------------------
+def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
+    """Check the spec against the data that is actually there; write the problem card and round 1's plan."""
+    from include.lifecycle import formulate
+    from include.lifecycle.decide import initial_plan
+    from include.lifecycle.spec import resolve_source
+
+    rc = RunContext.from_airflow(problem, context)
+    spec, layout = rc.spec, rc.layout
+    try:
+        if spec.data.layout == "partitioned":
+            labels = rc.input_store(resolve_source(spec.data.labels.source)) if spec.data.labels else None
+            source = rc.input_store(resolve_source(spec.data.source))
+            available, checks = formulate.check_partitioned(
+                spec, source, labels, as_of=rc.as_of, lookback_days=rc.lookback_days
+            )
+        else:
+            available, checks = formulate.check_single_file(spec, resolve_source(spec.data.source))
+    except formulate.FormulationError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    card = formulate.problem_card(
+        spec,
+        available=available,
+        checks=checks,
+        as_of=rc.as_of.isoformat(),
+        run_id=rc.run_id,
+        backend=rc.backend.name,
+        max_rounds=rc.max_rounds,
+    )
+    rc.store.write_json(layout.problem_card, card)
+    for c in checks:
+        log.info("formulate_problem: %s %s: %s", "ok  " if c["passed"] else "FAIL", c["check"], c["detail"])
+    why = formulate.failed_checks(checks)
+    if why:
+        raise AirflowFailException(why)
+    plan = initial_plan(spec, dataset_rel=layout.dataset, lookback_days=rc.lookback_days)
+    rc.store.write_json(layout.round(1).plan, plan)
+    return {
+        "problem_card_uri": rc.store.uri(layout.problem_card),
+        "checks_passed": len(checks),
+        **{k: v for k, v in available.items() if k in ("rows", "partitions", "approx_base_rate")},
+    }
+
+
+# --- section 3 -----------------------------------------------------------------------------
+def _column_roles(rc: RunContext, df: Any) -> tuple[list[str], list[str]]:
+    import pandas as pd
+
+    spec = rc.spec
+    skip = {spec.problem.target, spec.data.key, spec.data.time_column, *spec.pii_columns} - {None}
+    numeric, categorical = [], []
+    for col in df.columns:
+        if col in skip:
+            continue
+        if pd.api.types.is_bool_dtype(df[col]) or pd.api.types.is_numeric_dtype(df[col]):
+            numeric.append(col)
+        elif not pd.api.types.is_datetime64_any_dtype(df[col]):
+            categorical.append(col)
+    return numeric, categorical
+
+
+def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
+    """Dtypes, descriptive statistics, plots, drift against the previous run, quality gate."""
+    from include.lifecycle import evaluate_data as eda
+    from include.lifecycle.layout import EDA_LATEST
+
+    rc = RunContext.from_airflow(problem, context)
+    spec = rc.spec
+    layout = rc.layout
+    collect = rc.store.read_json(layout.collect_summary)
+    df = rc.store.read_parquet(collect["dataset_rel"])
+    numeric, categorical = _column_roles(rc, df)
+    target_type = "binary" if spec.is_binary else "continuous"
+    log.info("evaluate_data: %d rows, %d numeric and %d categorical columns", len(df), len(numeric), len(categorical))
+    previous_ptr = rc.store.read_json_or(EDA_LATEST)
+    previous = None
+    if previous_ptr and previous_ptr.get("run_id") != rc.run_id and rc.store.exists(previous_ptr["profile_rel"]):
+        previous = rc.store.read_json(previous_ptr["profile_rel"])
+    ref = eda.reference_bins(previous)
+    prof = eda.profile(
+        df,
+        target=spec.problem.target,
+        time_column=spec.data.time_column,
+        numeric=numeric,
+        categorical=categorical,
+        positive_label=spec.problem.positive_label,
+        target_type=target_type,
+        reference_edges=ref.get("edges"),
+        reference_categories=ref.get("categories"),
+    )
+    drift_result = eda.drift(prof, previous)
+    if previous is not None:
+        drift_result["reference"] = f"run {previous_ptr['run_id']}"
+    rows_in = collect["rows_in"] or 1
+    expected = [*spec.schema_.names, spec.problem.target]
+    if spec.schema_.extra_columns == "keep":  # undeclared columns were kept on purpose: not drift
+        expected += [c for c in df.columns if c not in expected]
+    verdict = eda.quality_gate(
+        prof,
+        quality=spec.quality,
+        expected_columns=expected,
+        drift_result=drift_result,
+        quarantine_share=collect["rows_quarantined"] / rows_in,
+        max_quarantine_share=spec.schema_.max_quarantine_share,
+        ignore_columns=spec.pii_columns,
+    )
+    pngs = eda.plots(
+        df,
+        target=spec.problem.target,
+        time_column=spec.data.time_column,
+        numeric=numeric,
+        categorical=categorical,
+        positive_label=spec.problem.positive_label,
+        target_type=target_type,
+        seed=spec.training.seed,
+    )
+    etl = {k: collect[k] for k in ("rows_in", "rows_curated", "rows_quarantined", "by_rule", "dataset_rows")}
+    rc.store.write_json(layout.eda_profile, prof)
+    rc.store.write_json(layout.eda_verdict, {**verdict, "drift": drift_result})
+    rc.store.write_text(layout.eda_section, eda.render_eda_section(prof, pngs, verdict, drift_result, etl))
+    html = eda.render_eda_html(f"{spec.title}: data evaluation", prof, pngs, verdict, drift_result, etl)
+    rc.store.write_text(layout.eda_report, html)
+    for c in verdict["checks"]:
+        log.info("quality gate: %s %s: %s", "ok  " if c["passed"] else "FAIL", c["name"], c["detail"])
+    if not verdict["passed"]:
+        try:
+            eda.raise_if_unfit(verdict)
+        except eda.DataQualityError as exc:
+            raise AirflowFailException(f"data quality gate: data unfit for training\n{exc}") from exc
+    rc.store.write_json(EDA_LATEST, {"run_id": rc.run_id, "profile_rel": layout.eda_profile})
+    return {
+        "verdict": verdict["verdict"],
+        "rows": len(df),
+        "eda_report_uri": rc.store.uri(layout.eda_report),
+        "max_psi": drift_result.get("max_psi"),
+    }
+
+
+# --- section 4 -----------------------------------------------------------------------------
+def _exclude(rc: RunContext) -> list[str]:
+    spec = rc.spec
+    return sorted(
+        {spec.problem.target, spec.data.key, spec.data.time_column, spec.data.entity_column, *spec.pii_columns} - {None}
+    )
+
+
+def _feature_inputs(spec: Any, groups: list[Any], columns: list[str]) -> list[str]:
+    """The data set's columns feature engineering reads: all but the key and the PII columns,
+    unless they are the time or entity column or a feature group names them (then its check
+    reports them). The per-row unique key is the costliest column to read and never a feature."""
+    keep = {spec.problem.target, spec.data.time_column, spec.data.entity_column, spec.data.amount_column}
+    keep |= {c for g in groups for c in g.columns}
+    skip = ({spec.data.key, *spec.pii_columns} - {None}) - keep
+    return [c for c in columns if c not in skip]
+
+
+def _write_channel(store: Any, rel: str, X: Any, names: list[str], target: Any, amount: Any) -> None:
+    """One split's channel: the float32 feature columns, the target and the amount, as Parquet.
+
+    Built as an Arrow table straight from the matrix: one transposing copy makes every feature
+    column contiguous, and Arrow takes the columns without copying them again."""
+    import numpy as np
+    import pyarrow as pa
+
+    from include.lifecycle.models import AMOUNT_COL, TARGET_COL
+
+    columns = np.ascontiguousarray(np.asarray(X, dtype=np.float32).T)
+    if columns.shape[0] != len(names):
+        raise ValueError(f"{columns.shape[0]} feature columns but {len(names)} names")
+    arrays = [pa.array(column) for column in columns]
+    arrays.append(pa.array(np.asarray(target)))
+    names = [*names, TARGET_COL]
+    if amount is not None:
+        arrays.append(pa.array(np.asarray(amount, dtype=np.float64)))
+        names.append(AMOUNT_COL)
+    store.write_parquet(rel, pa.Table.from_arrays(arrays, names=names))
+
+
+def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str, Any]:
+    """Engineer the round's feature groups, fit the preprocessing on train, write the channels."""
+    import joblib
+    import numpy as np
+
+    from include.lifecycle.bundle import features_config
+    from include.lifecycle.dataset import SPLITS, TRAIN, MissingTargetError, SplitError, make_split, target_vector
+    from include.lifecycle.features import engineer
+    from include.lifecycle.preprocess import make_preprocessor
+
+    rc = RunContext.from_airflow(problem, context)
+    spec = rc.spec
+    rnd = rc.layout.round(round_no)
+    plan = rc.store.read_json(rnd.plan)
+    log.info(
+        "round %d plan: %s", round_no, json.dumps({k: plan[k] for k in ("feature_groups", "lookback_days", "resample")})
+    )
+    dataset_columns = rc.store.parquet_columns(plan["dataset_rel"])
+    input_columns = [c for c in dataset_columns if c != spec.problem.target]
+    groups = [spec.group(g) for g in plan["feature_groups"]]
+    df = rc.store.read_parquet(plan["dataset_rel"], columns=_feature_inputs(spec, groups, dataset_columns))
+    try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
+        y = target_vector(df[spec.problem.target], spec)
+        made = make_split(df, spec, y, as_of=rc.as_of)
+    except (SplitError, MissingTargetError) as exc:
+        raise AirflowFailException(f"feature_engineering round {round_no}: {exc}") from exc
+    splits = made.assignment
+    rc.store.write_json(rnd.split, made.windows)
+    feats, cols = engineer(
+        df,
+        groups,
+        time_column=spec.data.time_column,
+        entity_column=spec.data.entity_column,
+        exclude=_exclude(rc),
+        log=log.info,
+    )
+    pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
+    train_mask = splits == TRAIN
+    amount = df[spec.data.amount_column].to_numpy(dtype="float64") if spec.data.amount_column else None
+    del df  # the features and the vectors above are all that is used from here on
+    rows, positives = {}, {}
+
+    def write(split: str, Xs: Any, mask: np.ndarray) -> None:
+        _write_channel(rc.store, rnd.channel_file(split), Xs, names, y[mask], None if amount is None else amount[mask])
+
+    # each split is written in the background while the next one goes through the preprocessor
+    # (Parquet encoding releases the GIL)
+    with ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer:
+        X_train = pre.fit_transform(feats[train_mask], y[train_mask])
+        names = [str(n) for n in pre.get_feature_names_out()]
+        pending = [writer.submit(write, TRAIN, X_train, train_mask)]
+        del X_train
+        for split in SPLITS:
+            mask = train_mask if split == TRAIN else splits == split
+            if split != TRAIN:
+                pending.append(writer.submit(write, split, pre.transform(feats[mask]), mask))
+            rows[split] = int(mask.sum())
+            if spec.is_binary:
+                positives[split] = int(y[mask].sum())
+        del feats
+        for job in pending:
+            job.result()
+    with tempfile.TemporaryDirectory() as tmp:
+        joblib.dump(pre, Path(tmp, "preprocessor.joblib"))
+        rc.store.copy_in(str(Path(tmp, "preprocessor.joblib")), rnd.preprocessor)
+    rc.store.write_json(
+        rnd.features,
+        features_config(
+            groups=groups,
+            columns=cols.to_dict(),
+            names=names,
+            exclude=_exclude(rc),
+            time_column=spec.data.time_column,
+            entity_column=spec.data.entity_column,
+            problem_type=spec.problem.type,
+            input_columns=input_columns,
+        ),
+    )
+    log.info("feature_engineering: %d features; rows %s; positives %s", len(names), rows, positives)
+    log.info("feature_engineering: split %s", json.dumps(made.windows))
+    return {
+        "round": round_no,
+        "n_features": len(names),
+        "rows": rows,
+        "positives": positives,
+        "feature_groups": plan["feature_groups"],
+        "split": made.windows,
+    }

@@ -1,0 +1,139 @@
+"""Deploy the winning round's model, or record that the goal was not met."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from ml_lifecycle.context import RunContext
+from ml_lifecycle.sections.evaluation import champion_score
+
+log = logging.getLogger("airflow.task")
+
+
+# --- deploy / end states ---------------------------------------------------------------------
+def promote_or_recheck(
+    rc: RunContext, reg: Any, version: int, plan: dict[str, Any], ev: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Promote ``version``; if another run (a concurrent run or backfill) promoted a champion since
+    this run compared against it, compare again with the new champion on this run's test rows and
+    promote only if the candidate still passes the gate (None: it does not; recorded in recheck.json)."""
+    from include.lifecycle.decide import goal_decision
+    from include.lifecycle.registry import ChampionChanged
+
+    forced = bool(ev["decision"].get("forced", False))
+    details = {"metric": ev["metric"], "test_score": ev["test_score"], "forced": forced}
+    expected = ev["champion_version"]
+    for _ in range(10):
+        try:
+            return reg.promote(version, run_id=rc.run_id, expected_champion=expected, details=details)
+        except ChampionChanged as exc:
+            expected, champ_value, note = champion_score(rc, plan)
+            again = goal_decision(rc.spec, candidate=ev["test_score"], champion=champ_value)
+            reason = f"the champion changed during this run ({exc}); against version {expected}: {again['reason']}"
+            if note:
+                reason += f"; {note}"
+            rc.store.write_json(rc.layout.recheck, {**again, "champion_version": expected, "reason": reason})
+            log.info("deploy_model: %s", reason)
+            if not (again["deploy"] or forced):
+                return None
+    raise AirflowFailException(
+        "deploy_model: the champion kept changing under this run; giving up after 10 comparisons"
+    )
+    return None
+
+
+def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
+    """Register the winning round's bundle as a new version, make it the champion and serve it."""
+    from include.lifecycle import deploy
+    from include.lifecycle.layout import REGISTRY
+    from include.lifecycle.registry import ModelRegistry
+
+    rc = RunContext.from_airflow(problem, context)
+    win = deploy.winning_round(rc.rounds())
+    if win is None:
+        raise AirflowFailException("deploy_model ran but no round met the goal: refusing to deploy")
+    k, ev = win["round"], win["evaluation"]
+    files = deploy.bundle_files(rc.store, rc.layout.round(k), ev)
+    # the data the winning round trained on: this run's collection, or a wider one from augment_data
+    source = rc.store.read_json(win["plan"].get("collect_rel") or rc.layout.collect_summary)
+    try:
+        lineage = deploy.lineage(
+            run_id=rc.run_id,
+            win=win,
+            source=source,
+            dataset_uri=rc.store.uri(win["plan"]["dataset_rel"]),
+            spec_digest=rc.spec.digest(),
+        )
+    except ValueError as exc:
+        raise AirflowFailException(f"deploy_model: {exc}") from exc
+    files["lineage.json"] = json.dumps(lineage, indent=2, sort_keys=True).encode()
+    reg = ModelRegistry(rc.store.sub(REGISTRY))
+    # idempotent on retry: a version this run and round already registered is re-used, not duplicated
+    version = next(
+        (v for v in reg.versions() if (reg.metadata(v).get("run_id"), reg.metadata(v).get("round")) == (rc.run_id, k)),
+        None,
+    )
+    if version is None:
+        version = reg.register(
+            files,
+            {
+                "problem": rc.spec.name,
+                "metric": ev["metric"],
+                "test_score": ev["test_score"],
+                "run_id": rc.run_id,
+                "round": k,
+            },
+            claim={"run_id": rc.run_id, "round": k},  # a retry after a kill reuses the half-written version
+        )
+    else:
+        log.info("deploy_model: re-using version %s, registered by an earlier try of this run", version)
+    current = reg.champion()
+    if current and current["version"] == version:  # an earlier try already promoted it
+        record = current
+    else:
+        record = promote_or_recheck(rc, reg, version, win["plan"], ev)
+    if record is None:
+        out = {
+            "decision": "not_promoted",
+            "version": None,
+            "registered_version": version,
+            "round": k,
+            "test_score": ev["test_score"],
+            "reason": rc.store.read_json(rc.layout.recheck)["reason"],
+        }
+        rc.record_outcome(out)
+        log.info("deploy_model: version %s registered, not promoted - %s", version, out["reason"])
+        return out
+    out = {
+        "decision": "deployed",
+        "version": version,
+        "round": k,
+        "previous_champion": record["previous"],
+        "test_score": ev["test_score"],
+        "reason": ev["decision"]["reason"],
+        **rc.backend.publish_champion(rc, version, log=log.info),
+    }
+    rc.record_outcome(out)
+    log.info("deploy_model: version %s is the champion (was %s)", version, record["previous"])
+    return out
+
+
+def goal_not_met(problem: str, **context: Any) -> dict[str, Any]:
+    """The last round missed: deploy nothing, keep the champion, record why."""
+    rc = RunContext.from_airflow(problem, context)
+    rounds = rc.rounds()
+    last = rounds[-1]["evaluation"]
+    out = {
+        "decision": "goal_not_met",
+        "version": None,
+        "round": len(rounds),
+        "test_score": last["test_score"],
+        "reason": f"after {len(rounds)} round(s) the goal is not met: {last['decision']['reason']}",
+    }
+    rc.record_outcome(out)
+    log.info("goal_not_met: %s", out["reason"])
+    return out
