@@ -535,16 +535,18 @@ def _features_frame(data: dict[str, Any], index: pd.Index) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------
 # preprocessor
 # --------------------------------------------------------------------------------------
-def _to_float32(X: Any) -> np.ndarray:
-    """Cast a transformer's output to dense float32 (module level so the model pickles)."""
-    if hasattr(X, "toarray"):
-        X = X.toarray()
-    return np.asarray(X, dtype=np.float32)
-
-
-# the preprocessor itself (sklearn) lives in include.lifecycle.preprocess, imported on first use so that
-# computing features, resampling and scoring rows do not pay for importing sklearn
-_PREPROCESS_NAMES = ("make_preprocessor", "_float32", "_ColumnsInOut", "_MedianImputer", "_CategoryCodes", "_OneHot")
+# the preprocessor (sklearn) lives in include.lifecycle.preprocess, imported on first use so that
+# computing features, resampling and scoring rows do not pay for importing sklearn; preprocessors
+# pickled before it moved there name its classes and ``_to_float32`` in this module
+_PREPROCESS_NAMES = (
+    "make_preprocessor",
+    "_to_float32",
+    "_float32",
+    "_ColumnsInOut",
+    "_MedianImputer",
+    "_CategoryCodes",
+    "_OneHot",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,12 +2,13 @@
 features :func:`include.lifecycle.features.engineer` computes (see that module's docstring).
 
 Kept apart from ``features`` so that computing features does not import sklearn; ``features``
-re-exports :func:`make_preprocessor` and the classes (old pickles name them there).
+re-exports :func:`make_preprocessor`, the classes and ``_to_float32`` (old pickles name them there).
+This module needs ``features`` only for a type hint, so the two do not import each other.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,15 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler, TargetEncoder
 
-from include.lifecycle.features import FeatureColumns, _to_float32
+if TYPE_CHECKING:  # features imports this module on first use of make_preprocessor: no import back at run time
+    from include.lifecycle.features import FeatureColumns
+
+
+def _to_float32(X: Any) -> np.ndarray:
+    """Cast a transformer's output to dense float32 (module level so the model pickles)."""
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.asarray(X, dtype=np.float32)
 
 
 def _float32() -> FunctionTransformer:

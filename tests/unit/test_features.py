@@ -665,7 +665,7 @@ def test_computing_features_does_not_import_sklearn_and_old_pickle_names_resolve
         "F.make_preprocessor; assert 'sklearn' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=120)
-    for name in ("_MedianImputer", "_CategoryCodes", "_OneHot", "make_preprocessor"):
+    for name in ("_MedianImputer", "_CategoryCodes", "_OneHot", "make_preprocessor", "_to_float32"):
         old = pickle.loads(f"cinclude.lifecycle.features\n{name}\n.".encode())  # a global as old pickles name it
         assert old is getattr(preprocess, name)
     with pytest.raises(AttributeError):
