@@ -12,11 +12,15 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:  # pandas loads when a frame is profiled, not when a DAG file reads its spec
+    import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where the problem specs are, and what relative data paths in them are relative to;
@@ -502,6 +506,49 @@ class Spec(_Strict):
     @property
     def is_binary(self) -> bool:
         return self.problem.type == "binary_classification"
+
+    # --- column roles: what each column of the data set is for ------------------------
+    @property
+    def target_type(self) -> Literal["binary", "continuous"]:
+        """The target as the data profile describes it: ``binary`` or ``continuous`` (regression)."""
+        return "binary" if self.is_binary else "continuous"
+
+    @property
+    def excluded_from_features(self) -> list[str]:
+        """Columns no feature group may use, sorted: the target, the key, the time, the entity and
+        the PII columns (the time and entity columns feed the per-entity groups, never as values)."""
+        d = self.data
+        return sorted({self.problem.target, d.key, d.time_column, d.entity_column, *self.pii_columns} - {None})
+
+    def feature_inputs(self, groups: Iterable[FeatureGroupSpec], columns: Iterable[str]) -> list[str]:
+        """The data set's columns feature engineering reads, in data set order: all but the key and
+        the PII columns, unless they are the target, time, entity or amount column or a feature group
+        names them (then that group's check reports them). The per-row unique key is the costliest
+        column to read and never a feature."""
+        d = self.data
+        keep = {self.problem.target, d.time_column, d.entity_column, d.amount_column}
+        keep |= {c for g in groups for c in g.columns}
+        skip = ({d.key, *self.pii_columns} - {None}) - keep
+        return [c for c in columns if c not in skip]
+
+    def profile_roles(self, df: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """``(numeric, categorical)``: the columns of ``df`` the data profile describes, in frame order.
+
+        The target, key, time and PII columns are left out (the profile treats the target and the
+        time apart); bool and numeric columns are numeric, timestamps are skipped, the rest is
+        categorical."""
+        from pandas.api import types as ptypes
+
+        skip = {self.problem.target, self.data.key, self.data.time_column, *self.pii_columns} - {None}
+        numeric, categorical = [], []
+        for col in df.columns:
+            if col in skip:
+                continue
+            if ptypes.is_bool_dtype(df[col]) or ptypes.is_numeric_dtype(df[col]):
+                numeric.append(col)
+            elif not ptypes.is_datetime64_any_dtype(df[col]):
+                categorical.append(col)
+        return numeric, categorical
 
     def digest(self) -> str:
         """A stable hash of the validated spec, recorded in every model's lineage."""

@@ -483,3 +483,69 @@ def test_goal_target_must_be_reachable_by_its_metric(metric, target, ok):
     else:
         with pytest.raises(SpecError, match=f"goal.target {target} is out of range for {metric}"):
             parse_spec(data, f"{name}.yaml")
+
+
+# --- column roles ------------------------------------------------------------------------------------
+DATASET_COLUMNS = [
+    "transaction_id", "ts", "card_number", "merchant_id", "merchant_category", "amount", "channel", "country", "is_fraud"
+]  # fmt: skip
+
+
+def test_excluded_from_features_are_target_key_time_entity_and_pii() -> None:
+    spec = parse_spec(_card_fraud())
+    assert spec.excluded_from_features == ["card_number", "is_fraud", "transaction_id", "ts"]
+    assert parse_spec(_minimal_regression()).excluded_from_features == ["price"]  # no key, time, entity or PII
+    data = _minimal_regression()
+    data["schema"]["columns"].append({"name": "owner", "dtype": "string", "pii": True})
+    assert parse_spec(data).excluded_from_features == ["owner", "price"]
+
+
+def test_feature_inputs_leave_out_the_key_and_pii_unless_a_role_or_a_group_needs_them() -> None:
+    spec = parse_spec(_card_fraud())
+    groups = [spec.group("transaction")]
+    # the key goes; card_number is PII but the entity column (per-entity groups read it): kept
+    assert spec.feature_inputs(groups, DATASET_COLUMNS) == [c for c in DATASET_COLUMNS if c != "transaction_id"]
+    # a group that names the key keeps it (and engineer() then reports it as excluded)
+    naming_key = spec.group("transaction").model_copy(update={"columns": ["amount", "transaction_id"]})
+    assert spec.feature_inputs([naming_key], DATASET_COLUMNS) == DATASET_COLUMNS
+    # data set order, whatever order the columns come in; unknown columns pass through
+    assert spec.feature_inputs(groups, ["x", "transaction_id", "amount"]) == ["x", "amount"]
+
+    data = _card_fraud()
+    data["data"].pop("entity_column")
+    data["features"]["groups"] = [g for g in data["features"]["groups"] if g["kind"] not in ("velocity", "history")]
+    data["features"]["initial"] = [data["features"]["groups"][0]["name"]]
+    no_entity = parse_spec(data)
+    assert "card_number" not in no_entity.feature_inputs(no_entity.features.groups, DATASET_COLUMNS)
+
+
+def test_profile_roles_split_numeric_and_categorical_and_skip_target_key_time_pii() -> None:
+    import pandas as pd
+
+    spec = parse_spec(_card_fraud())
+    df = pd.DataFrame(
+        {
+            "transaction_id": ["t1", "t2"],
+            "ts": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True),
+            "card_number": ["c1", "c2"],
+            "amount": [1.5, 2.0],
+            "flag": [True, False],
+            "n": pd.array([1, None], dtype="Int64"),
+            "channel": pd.Categorical(["pos", "ecom"]),
+            "merchant_id": ["m1", "m2"],
+            "seen_at": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "is_fraud": [0, 1],
+        }
+    )
+    assert spec.profile_roles(df) == (["amount", "flag", "n"], ["channel", "merchant_id"])
+    assert spec.profile_roles(df.iloc[:, ::-1]) == (["n", "flag", "amount"], ["merchant_id", "channel"])
+    data = _card_fraud()
+    for col in data["schema"]["columns"]:
+        col["pii"] = False
+    not_pii = parse_spec(data)  # the entity column is profiled like any other (it is not a feature)
+    assert not_pii.profile_roles(df)[1] == ["card_number", "channel", "merchant_id"]
+
+
+def test_target_type_follows_the_problem_type() -> None:
+    assert parse_spec(_card_fraud()).target_type == "binary"
+    assert parse_spec(_minimal_regression()).target_type == "continuous"
