@@ -110,7 +110,7 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
     if previous is not None:
         drift_result["reference"] = f"run {previous_ptr['run_id']}"
     rows_in = collect["rows_in"] or 1
-    expected = [*spec.schema_.names, spec.problem.target]
+    expected = list(dict.fromkeys([*spec.schema_.names, spec.problem.target]))  # the target may be declared too
     if spec.schema_.extra_columns == "keep":  # undeclared columns were kept on purpose: not drift
         expected += [c for c in df.columns if c not in expected]
     verdict = eda.quality_gate(

@@ -43,7 +43,6 @@ def promote_or_recheck(
     raise AirflowFailException(
         "deploy_model: the champion kept changing under this run; giving up after 10 comparisons"
     )
-    return None
 
 
 def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
