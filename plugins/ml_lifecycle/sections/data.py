@@ -61,22 +61,6 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
 
 
 # --- section 3 -----------------------------------------------------------------------------
-def _column_roles(rc: RunContext, df: Any) -> tuple[list[str], list[str]]:
-    import pandas as pd
-
-    spec = rc.spec
-    skip = {spec.problem.target, spec.data.key, spec.data.time_column, *spec.pii_columns} - {None}
-    numeric, categorical = [], []
-    for col in df.columns:
-        if col in skip:
-            continue
-        if pd.api.types.is_bool_dtype(df[col]) or pd.api.types.is_numeric_dtype(df[col]):
-            numeric.append(col)
-        elif not pd.api.types.is_datetime64_any_dtype(df[col]):
-            categorical.append(col)
-    return numeric, categorical
-
-
 def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
     """Dtypes, descriptive statistics, plots, drift against the previous run, quality gate."""
     from include.lifecycle import evaluate_data as eda
@@ -87,8 +71,8 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
     layout = rc.layout
     collect = rc.store.read_json(layout.collect_summary)
     df = rc.store.read_parquet(collect["dataset_rel"])
-    numeric, categorical = _column_roles(rc, df)
-    target_type = "binary" if spec.is_binary else "continuous"
+    numeric, categorical = spec.profile_roles(df)
+    target_type = spec.target_type
     log.info("evaluate_data: %d rows, %d numeric and %d categorical columns", len(df), len(numeric), len(categorical))
     previous_ptr = rc.store.read_json_or(EDA_LATEST)
     previous = None
@@ -155,23 +139,6 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
 
 
 # --- section 4 -----------------------------------------------------------------------------
-def _exclude(rc: RunContext) -> list[str]:
-    spec = rc.spec
-    return sorted(
-        {spec.problem.target, spec.data.key, spec.data.time_column, spec.data.entity_column, *spec.pii_columns} - {None}
-    )
-
-
-def _feature_inputs(spec: Any, groups: list[Any], columns: list[str]) -> list[str]:
-    """The data set's columns feature engineering reads: all but the key and the PII columns,
-    unless they are the time or entity column or a feature group names them (then its check
-    reports them). The per-row unique key is the costliest column to read and never a feature."""
-    keep = {spec.problem.target, spec.data.time_column, spec.data.entity_column, spec.data.amount_column}
-    keep |= {c for g in groups for c in g.columns}
-    skip = ({spec.data.key, *spec.pii_columns} - {None}) - keep
-    return [c for c in columns if c not in skip]
-
-
 def _write_channel(store: Any, rel: str, X: Any, names: list[str], target: Any, amount: Any) -> None:
     """One split's channel: the float32 feature columns, the target and the amount, as Parquet.
 
@@ -214,7 +181,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     dataset_columns = rc.store.parquet_columns(plan["dataset_rel"])
     input_columns = [c for c in dataset_columns if c != spec.problem.target]
     groups = [spec.group(g) for g in plan["feature_groups"]]
-    df = rc.store.read_parquet(plan["dataset_rel"], columns=_feature_inputs(spec, groups, dataset_columns))
+    df = rc.store.read_parquet(plan["dataset_rel"], columns=spec.feature_inputs(groups, dataset_columns))
     try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
         y = target_vector(df[spec.problem.target], spec)
         made = make_split(df, spec, y, as_of=rc.as_of)
@@ -227,7 +194,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         groups,
         time_column=spec.data.time_column,
         entity_column=spec.data.entity_column,
-        exclude=_exclude(rc),
+        exclude=spec.excluded_from_features,
         log=log.info,
     )
     pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
@@ -265,7 +232,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
             groups=groups,
             columns=cols.to_dict(),
             names=names,
-            exclude=_exclude(rc),
+            exclude=spec.excluded_from_features,
             time_column=spec.data.time_column,
             entity_column=spec.data.entity_column,
             problem_type=spec.problem.type,
