@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.lifecycle.features import engineer
-from include.lifecycle.spec import FeatureGroupSpec
+from include.lifecycle.features import FeaturePipeline
 from include.lifecycle.models import load_model, predict
+from include.lifecycle.spec import FeatureGroupSpec
 
 
 @dataclass
@@ -52,15 +52,15 @@ class ModelBundle:
     def input_columns(self) -> list[str]:
         return list(self.features["input_columns"])
 
+    @property
+    def pipeline(self) -> FeaturePipeline:
+        """The feature pipeline the model was trained with (from ``features.json``)."""
+        return FeaturePipeline.from_config(self.features)
+
     def transform(self, raw: pd.DataFrame) -> np.ndarray:
-        groups = [FeatureGroupSpec(**g) for g in self.features["groups"]]
-        feats, _ = engineer(
-            raw,
-            groups,
-            time_column=self.features.get("time_column"),
-            entity_column=self.features.get("entity_column"),
-            exclude=self.features["exclude"],
-        )
+        """The model's input matrix for raw curated rows: the training pipeline's features, then
+        the fitted preprocessor."""
+        feats, _ = self.pipeline.engineer(raw)
         return np.asarray(self.preprocessor.transform(feats), dtype="float32")
 
     def score(self, raw: pd.DataFrame) -> np.ndarray:
@@ -70,22 +70,33 @@ class ModelBundle:
 
 def features_config(
     *,
-    groups: list[FeatureGroupSpec],
+    pipeline: FeaturePipeline | None = None,
     columns: dict[str, Any],
     names: list[str],
-    exclude: list[str],
-    time_column: str | None,
-    entity_column: str | None,
     problem_type: str,
     input_columns: list[str],
+    groups: list[FeatureGroupSpec] | None = None,
+    exclude: list[str] | None = None,
+    time_column: str | None = None,
+    entity_column: str | None = None,
 ) -> dict[str, Any]:
+    """The ``features.json`` of a model: its :class:`FeaturePipeline` (``to_config()``), the
+    engineered columns by type, the preprocessor's output names, the problem type and the data
+    set columns a row to score must carry.
+
+    Pass the ``pipeline`` training engineered with; ``groups``, ``exclude``, ``time_column`` and
+    ``entity_column`` are the older spelling of the same pipeline, for callers not passing it yet.
+    """
+    if pipeline is None:
+        if groups is None or exclude is None:
+            raise TypeError("features_config needs pipeline= (or groups= and exclude=)")
+        pipeline = FeaturePipeline(tuple(groups), time_column, entity_column, tuple(exclude))
+    elif groups is not None or exclude is not None or time_column is not None or entity_column is not None:
+        raise TypeError("features_config takes pipeline= or groups/exclude/time_column/entity_column, not both")
     return {
-        "groups": [g.model_dump() for g in groups],
+        **pipeline.to_config(),
         "columns": columns,
         "feature_names": names,
-        "exclude": sorted(exclude),
-        "time_column": time_column,
-        "entity_column": entity_column,
         "problem_type": problem_type,
         "input_columns": input_columns,
     }

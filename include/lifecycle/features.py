@@ -4,8 +4,11 @@ Section 4 of the lifecycle ("engineer features") lives here. Nothing in this mod
 imports airflow: the same code runs in a DAG task, a Glue job, a SageMaker training
 script and when a champion's features are recomputed for scoring.
 
-Three pieces:
+Four pieces:
 
+* :class:`FeaturePipeline` is the one path from rows to features that training and
+  scoring share: the groups and columns of a model, built from the spec for training and
+  from the model's ``features.json`` for scoring, engineered with the same call.
 * :func:`engineer` turns a raw frame into a frame of features, one feature group
   (:class:`~include.lifecycle.spec.FeatureGroupSpec`) at a time. It is deterministic and
   stateless: it fits nothing, so features of a row depend only on that row and, for the
@@ -30,15 +33,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
 from include.lifecycle.spec import FeatureGroupSpec
+
+if TYPE_CHECKING:
+    from include.lifecycle.spec import Spec
 
 DEFAULT_WINDOWS: tuple[str, ...] = ("1h", "24h", "7d")
 """Velocity windows used when a ``velocity`` group gives no ``params.windows``."""
@@ -530,6 +536,69 @@ def _features_frame(data: dict[str, Any], index: pd.Index) -> pd.DataFrame:
             values = values.copy()
         columns[name] = values
     return pd.DataFrame(columns, index=index, copy=False)
+
+
+# --------------------------------------------------------------------------------------
+# the one path from rows to features, for training and for scoring
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeaturePipeline:
+    """How a model's features are built from data set rows: the groups, the time and entity
+    columns and the columns no group may use.
+
+    Training builds it from the spec and the round's feature groups (:meth:`from_spec`),
+    engineers the data set with :meth:`engineer` and records :meth:`to_config` in the model's
+    ``features.json``; scoring rebuilds it from that file (:meth:`from_config`) and engineers
+    the rows to score with the same call, so both get the same features for the same rows.
+    """
+
+    groups: tuple[FeatureGroupSpec, ...]
+    time_column: str | None
+    entity_column: str | None
+    exclude: tuple[str, ...]
+
+    @classmethod
+    def from_spec(cls, spec: Spec, groups: Sequence[str | FeatureGroupSpec]) -> FeaturePipeline:
+        """The pipeline of ``groups`` (names of the spec's feature groups, e.g. a plan's
+        ``feature_groups``, or the groups themselves) for the spec's data."""
+        return cls(
+            groups=tuple(spec.group(g) if isinstance(g, str) else g for g in groups),
+            time_column=spec.data.time_column,
+            entity_column=spec.data.entity_column,
+            exclude=tuple(spec.excluded_from_features),
+        )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FeaturePipeline:
+        """The pipeline a model was trained with, from its ``features.json`` (see :meth:`to_config`)."""
+        return cls(
+            groups=tuple(FeatureGroupSpec(**g) for g in config["groups"]),
+            time_column=config.get("time_column"),
+            entity_column=config.get("entity_column"),
+            exclude=tuple(config["exclude"]),
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-ready keys of ``features.json`` that :meth:`from_config` reads back."""
+        return {
+            "groups": [g.model_dump() for g in self.groups],
+            "exclude": sorted(self.exclude),
+            "time_column": self.time_column,
+            "entity_column": self.entity_column,
+        }
+
+    def engineer(
+        self, df: pd.DataFrame, log: Callable[[str], None] | None = None
+    ) -> tuple[pd.DataFrame, FeatureColumns]:
+        """The features of every row of ``df``: :func:`engineer` with this pipeline's settings."""
+        return engineer(
+            df,
+            self.groups,
+            time_column=self.time_column,
+            entity_column=self.entity_column,
+            exclude=self.exclude,
+            log=log,
+        )
 
 
 # --------------------------------------------------------------------------------------

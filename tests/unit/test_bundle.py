@@ -4,6 +4,7 @@ and used to score raw rows exactly as in training."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,18 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from include.lifecycle.bundle import ModelBundle, features_config
-from include.lifecycle.features import engineer, make_preprocessor
+from include.lifecycle.dataset import TEST, TRAIN, make_split, target_vector
+from include.lifecycle.features import FeaturePipeline, engineer, make_preprocessor
+from include.lifecycle.models import build_model, fit_model, predict, save_model
 from include.lifecycle.registry import ChecksumError, ModelRegistry
 from include.lifecycle.spec import PROJECT_ROOT, FeatureGroupSpec, Spec, load_spec
 from include.lifecycle.store import Store
-from include.lifecycle.models import build_model, fit_model, predict, save_model
 
 CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
 CATEGORIES = ["grocery", "fuel", "restaurants", "travel", "gambling", "digital_goods"]
 CHANNELS = ["pos", "ecom", "contactless"]
 EXCLUDE = ["is_fraud", "transaction_id", "ts", "card_number"]
+GROUPS = ("transaction", "card_velocity", "merchant_risk")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,8 @@ def _build_bundle_files(
     spec: Spec, train: pd.DataFrame, family: str, params: dict[str, Any], tmp: Path, *, threshold: float | None
 ) -> tuple[dict[str, bytes], Any, Any]:
     """What feature_engineering + train + deploy_model write: the bundle's files as bytes."""
-    groups: list[FeatureGroupSpec] = [spec.group(g) for g in ("transaction", "card_velocity", "merchant_risk")]
-    feats, cols = engineer(train, groups, time_column="ts", entity_column="card_number", exclude=EXCLUDE)
+    pipeline = FeaturePipeline.from_spec(spec, GROUPS)
+    feats, cols = pipeline.engineer(train)
     y = train["is_fraud"].to_numpy()
     pre = make_preprocessor(cols, problem_type=spec.problem.type, seed=spec.training.seed)
     X = pre.fit_transform(feats, y)
@@ -71,12 +74,9 @@ def _build_bundle_files(
     names = save_model(model, family, folder)
     joblib.dump(pre, folder / "preprocessor.joblib")
     config = features_config(
-        groups=groups,
+        pipeline=pipeline,
         columns=cols.to_dict(),
         names=[str(n) for n in pre.get_feature_names_out()],
-        exclude=EXCLUDE,
-        time_column="ts",
-        entity_column="card_number",
         problem_type=spec.problem.type,
         input_columns=[c for c in train.columns if c != "is_fraud"],
     )
@@ -87,7 +87,7 @@ def _build_bundle_files(
 
 
 def _expected_scores(raw: pd.DataFrame, spec: Spec, pre: Any, model: Any) -> np.ndarray:
-    groups = [spec.group(g) for g in ("transaction", "card_velocity", "merchant_risk")]
+    groups = [spec.group(g) for g in GROUPS]
     feats, _ = engineer(raw, groups, time_column="ts", entity_column="card_number", exclude=EXCLUDE)
     return predict(model, np.asarray(pre.transform(feats), dtype="float32"), binary=True)
 
@@ -123,6 +123,71 @@ def test_bundle_round_trip_through_the_registry(
     base_rate = test["is_fraud"].mean()
     assert 0.01 < base_rate < 0.3
     assert average_precision_score(test["is_fraud"], scores) > 2 * base_rate
+
+
+def test_the_bundle_builds_the_features_training_built_for_the_same_rows(
+    tmp_path: Path, spec: Spec, data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """Training (as the feature_engineering section does it) and scoring go through one
+    FeaturePipeline: the bundle's matrix for any rows is the matrix training wrote for them."""
+    df = pd.concat(data, ignore_index=True)
+    # training: the spec's pipeline on the columns feature engineering reads, the preprocessor fitted on train
+    pipeline = FeaturePipeline.from_spec(spec, list(GROUPS))
+    assert pipeline.exclude == tuple(sorted(EXCLUDE)) == tuple(spec.excluded_from_features)
+    read = df[spec.feature_inputs(pipeline.groups, list(df.columns))]
+    assert "transaction_id" not in read.columns  # the key is never read for features
+    y = target_vector(read["is_fraud"], spec)
+    splits = make_split(read, spec, y, as_of=dt.datetime(2024, 4, 1, tzinfo=dt.UTC)).assignment
+    feats, cols = pipeline.engineer(read)
+    pre = make_preprocessor(cols, problem_type=spec.problem.type, seed=spec.training.seed)
+    train, test = splits == TRAIN, splits == TEST
+    assert train.any() and test.any()
+    X_train = pre.fit_transform(feats[train], y[train])
+    X_test = pre.transform(feats[test])
+    store = Store.from_uri(f"file://{tmp_path}")
+    store.write_json(
+        "features.json",
+        features_config(
+            pipeline=pipeline,
+            columns=cols.to_dict(),
+            names=[str(n) for n in pre.get_feature_names_out()],
+            problem_type=spec.problem.type,
+            input_columns=[c for c in df.columns if c != "is_fraud"],
+        ),
+    )
+    # scoring: the bundle rebuilds the pipeline from features.json and gets every column of the rows
+    bundle = ModelBundle(store.read_json("features.json"), pre, model=None, threshold=None, binary=True)
+    assert bundle.pipeline == pipeline
+    again, again_cols = bundle.pipeline.engineer(df.drop(columns=["is_fraud"]))
+    pd.testing.assert_frame_equal(again, feats, check_exact=True)
+    assert again_cols == cols
+    X = bundle.transform(df)
+    np.testing.assert_array_equal(X[test], X_test)
+    np.testing.assert_array_equal(X[train], pre.transform(feats[train]))
+    assert X_train.shape == X[train].shape
+
+
+def test_features_config_takes_the_pipeline_or_its_older_spelling(spec: Spec) -> None:
+    pipeline = FeaturePipeline.from_spec(spec, list(GROUPS))
+    common = {"columns": {"numeric": ["amount"]}, "names": ["amount"], "problem_type": "binary_classification"}
+    new = features_config(pipeline=pipeline, input_columns=["amount"], **common)
+    old = features_config(
+        groups=[spec.group(g) for g in GROUPS],
+        exclude=list(reversed(EXCLUDE)),
+        time_column="ts",
+        entity_column="card_number",
+        input_columns=["amount"],
+        **common,
+    )
+    assert new == old
+    assert set(new) == {
+        "groups", "columns", "feature_names", "exclude", "time_column", "entity_column", "problem_type", "input_columns"
+    }  # fmt: skip
+    assert FeaturePipeline.from_config(json.loads(json.dumps(new))) == pipeline
+    with pytest.raises(TypeError, match="not both"):
+        features_config(pipeline=pipeline, exclude=EXCLUDE, input_columns=[], **common)
+    with pytest.raises(TypeError, match="needs pipeline"):
+        features_config(input_columns=[], **common)
 
 
 def test_bundle_scores_do_not_depend_on_column_order_or_extra_columns(
