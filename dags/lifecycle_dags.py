@@ -36,7 +36,7 @@ from ml_lifecycle import sections
 from ml_lifecycle import task_ids as t
 from ml_lifecycle.approval import DeploymentApprovalOperator
 from ml_lifecycle.assets import champion_model_asset, curated_data_asset
-from ml_lifecycle.backend import resolve
+from ml_lifecycle.context import resolve
 from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator

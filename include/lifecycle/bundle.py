@@ -21,7 +21,6 @@ import pandas as pd
 
 from include.lifecycle.features import FeaturePipeline
 from include.lifecycle.models import load_model, predict
-from include.lifecycle.spec import FeatureGroupSpec
 
 
 @dataclass
@@ -69,30 +68,11 @@ class ModelBundle:
 
 
 def features_config(
-    *,
-    pipeline: FeaturePipeline | None = None,
-    columns: dict[str, Any],
-    names: list[str],
-    problem_type: str,
-    input_columns: list[str],
-    groups: list[FeatureGroupSpec] | None = None,
-    exclude: list[str] | None = None,
-    time_column: str | None = None,
-    entity_column: str | None = None,
+    *, pipeline: FeaturePipeline, columns: dict[str, Any], names: list[str], problem_type: str, input_columns: list[str]
 ) -> dict[str, Any]:
     """The ``features.json`` of a model: its :class:`FeaturePipeline` (``to_config()``), the
     engineered columns by type, the preprocessor's output names, the problem type and the data
-    set columns a row to score must carry.
-
-    Pass the ``pipeline`` training engineered with; ``groups``, ``exclude``, ``time_column`` and
-    ``entity_column`` are the older spelling of the same pipeline, for callers not passing it yet.
-    """
-    if pipeline is None:
-        if groups is None or exclude is None:
-            raise TypeError("features_config needs pipeline= (or groups= and exclude=)")
-        pipeline = FeaturePipeline(tuple(groups), time_column, entity_column, tuple(exclude))
-    elif groups is not None or exclude is not None or time_column is not None or entity_column is not None:
-        raise TypeError("features_config takes pipeline= or groups/exclude/time_column/entity_column, not both")
+    set columns a row to score must carry."""
     return {
         **pipeline.to_config(),
         "columns": columns,

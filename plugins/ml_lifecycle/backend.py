@@ -1,7 +1,8 @@
-"""Where the heavy work of a run happens: the ONE place that knows ``local`` from ``aws``.
+"""Where the heavy work of a run happens: the verbs every backend implements.
 
-A run's backend is resolved once, from the run's ``backend`` param (the trigger form) or else the
-spec's ``backend``, into an object with the few verbs the lifecycle needs:
+A run's backend is resolved once (``ml_lifecycle.context.resolve``, the one place that knows
+``local`` from ``aws``), from the run's ``backend`` param (the trigger form) or else the spec's
+``backend``, into an object with the few verbs the lifecycle needs:
 
     store / input_store       the artifact store and read views of input locations
     trial_concurrency         how many training trials of a DAG may run at once
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from include.lifecycle.layout import CollectSummary
     from include.lifecycle.spec import Spec
     from include.lifecycle.store import Store
-
-BACKENDS = ("local", "aws")
 
 
 class Backend(ABC):
@@ -90,25 +89,3 @@ class Backend(ABC):
 
     def stop(self, op: Any) -> None:  # noqa: B027 - nothing to stop by default
         """Stop the remote job ``op`` started, if any (the task's ``on_kill``)."""
-
-
-def backend_name(spec: Spec, params: dict[str, Any] | None = None) -> str:
-    """The run's backend name: the ``backend`` param of the run, else the spec's; checked."""
-    name = str((params or {}).get("backend") or spec.backend)
-    if name not in BACKENDS:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
-    return name
-
-
-def resolve(spec: Spec, params: dict[str, Any] | None = None) -> Backend:
-    """The backend object of a run (or, without params, of the spec: what the DAG is parsed with)."""
-    name = backend_name(spec, params)
-    if name == "aws":
-        from ml_lifecycle.aws import AwsBackend
-
-        return AwsBackend(spec)
-    from ml_lifecycle.local import LocalBackend
-
-    return LocalBackend(spec)

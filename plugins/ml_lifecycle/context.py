@@ -9,8 +9,32 @@ from typing import Any
 from include.lifecycle.layout import Outcome, RunLayout
 from include.lifecycle.spec import Spec
 from include.lifecycle.store import Store
-from ml_lifecycle.backend import Backend, resolve
+from ml_lifecycle.backend import Backend
 from ml_lifecycle.settings import spec_for
+
+BACKENDS = ("local", "aws")
+
+
+def backend_name(spec: Spec, params: dict[str, Any] | None = None) -> str:
+    """The run's backend name: the ``backend`` param of the run, else the spec's; checked."""
+    name = str((params or {}).get("backend") or spec.backend)
+    if name not in BACKENDS:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def resolve(spec: Spec, params: dict[str, Any] | None = None) -> Backend:
+    """The backend object of a run (or, without params, of the spec: what the DAG is parsed with)."""
+    name = backend_name(spec, params)
+    if name == "aws":
+        from ml_lifecycle.aws import AwsBackend
+
+        return AwsBackend(spec)
+    from ml_lifecycle.local import LocalBackend
+
+    return LocalBackend(spec)
 
 
 @dataclass

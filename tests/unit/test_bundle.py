@@ -167,27 +167,14 @@ def test_the_bundle_builds_the_features_training_built_for_the_same_rows(
     assert X_train.shape == X[train].shape
 
 
-def test_features_config_takes_the_pipeline_or_its_older_spelling(spec: Spec) -> None:
+def test_features_config_round_trips_the_pipeline(spec: Spec) -> None:
     pipeline = FeaturePipeline.from_spec(spec, list(GROUPS))
     common = {"columns": {"numeric": ["amount"]}, "names": ["amount"], "problem_type": "binary_classification"}
-    new = features_config(pipeline=pipeline, input_columns=["amount"], **common)
-    old = features_config(
-        groups=[spec.group(g) for g in GROUPS],
-        exclude=list(reversed(EXCLUDE)),
-        time_column="ts",
-        entity_column="card_number",
-        input_columns=["amount"],
-        **common,
-    )
-    assert new == old
-    assert set(new) == {
+    config = features_config(pipeline=pipeline, input_columns=["amount"], **common)
+    assert set(config) == {
         "groups", "columns", "feature_names", "exclude", "time_column", "entity_column", "problem_type", "input_columns"
     }  # fmt: skip
-    assert FeaturePipeline.from_config(json.loads(json.dumps(new))) == pipeline
-    with pytest.raises(TypeError, match="not both"):
-        features_config(pipeline=pipeline, exclude=EXCLUDE, input_columns=[], **common)
-    with pytest.raises(TypeError, match="needs pipeline"):
-        features_config(input_columns=[], **common)
+    assert FeaturePipeline.from_config(json.loads(json.dumps(config))) == pipeline
 
 
 def test_bundle_scores_do_not_depend_on_column_order_or_extra_columns(
@@ -250,12 +237,9 @@ def test_regression_bundle_returns_predictions(tmp_path: Path) -> None:
     save_model(model, "linear", folder)
     joblib.dump(pre, folder / "preprocessor.joblib")
     config = features_config(
-        groups=groups,
+        pipeline=FeaturePipeline(tuple(groups), None, None, ("target",)),
         columns=cols.to_dict(),
         names=[str(n) for n in pre.get_feature_names_out()],
-        exclude=["target"],
-        time_column=None,
-        entity_column=None,
         problem_type="regression",
         input_columns=["age", "bmi"],
     )

@@ -5,7 +5,7 @@
   a function runs is still a cycle), and so does ``importlib.import_module("literal")``; imports
   under ``if TYPE_CHECKING:`` never run and do not count.
 * Nothing under ``include/`` imports airflow (the same code runs in Glue and SageMaker jobs).
-* Only ``plugins/ml_lifecycle/backend.py`` picks the AWS backend: no other module outside
+* Only ``plugins/ml_lifecycle/context.py`` (``resolve``) picks the AWS backend: no other module outside
   ``plugins/ml_lifecycle/aws/`` and ``tests/aws/`` imports ``ml_lifecycle.aws``.
 """
 
@@ -22,7 +22,7 @@ from include.lifecycle.spec import PROJECT_ROOT
 GRAPH_ROOTS = ((PROJECT_ROOT / "include", "include"), (PROJECT_ROOT / "plugins" / "ml_lifecycle", "ml_lifecycle"))
 SOURCE_FOLDERS = ("include", "plugins", "dags", "tests", "bench")
 AWS_PACKAGE = "ml_lifecycle.aws"
-AWS_ALLOWED = ("plugins/ml_lifecycle/aws/", "tests/aws/", "plugins/ml_lifecycle/backend.py")
+AWS_ALLOWED = ("plugins/ml_lifecycle/aws/", "tests/aws/", "plugins/ml_lifecycle/context.py")
 
 
 @dataclass(frozen=True)

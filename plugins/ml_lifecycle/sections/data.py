@@ -168,7 +168,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
 
     from include.lifecycle.bundle import features_config
     from include.lifecycle.dataset import SPLITS, TRAIN, MissingTargetError, SplitError, make_split, target_vector
-    from include.lifecycle.features import engineer
+    from include.lifecycle.features import FeaturePipeline
     from include.lifecycle.preprocess import make_preprocessor
 
     rc = RunContext.from_airflow(problem, context)
@@ -180,8 +180,8 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     )
     dataset_columns = rc.store.parquet_columns(plan["dataset_rel"])
     input_columns = [c for c in dataset_columns if c != spec.problem.target]
-    groups = [spec.group(g) for g in plan["feature_groups"]]
-    df = rc.store.read_parquet(plan["dataset_rel"], columns=spec.feature_inputs(groups, dataset_columns))
+    pipeline = FeaturePipeline.from_spec(spec, plan["feature_groups"])
+    df = rc.store.read_parquet(plan["dataset_rel"], columns=spec.feature_inputs(pipeline.groups, dataset_columns))
     try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
         y = target_vector(df[spec.problem.target], spec)
         made = make_split(df, spec, y, as_of=rc.as_of)
@@ -189,14 +189,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         raise AirflowFailException(f"feature_engineering round {round_no}: {exc}") from exc
     splits = made.assignment
     rc.store.write_json(rnd.split, made.windows)
-    feats, cols = engineer(
-        df,
-        groups,
-        time_column=spec.data.time_column,
-        entity_column=spec.data.entity_column,
-        exclude=spec.excluded_from_features,
-        log=log.info,
-    )
+    feats, cols = pipeline.engineer(df, log=log.info)
     pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
     train_mask = splits == TRAIN
     amount = df[spec.data.amount_column].to_numpy(dtype="float64") if spec.data.amount_column else None
@@ -229,12 +222,9 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     rc.store.write_json(
         rnd.features,
         features_config(
-            groups=groups,
+            pipeline=pipeline,
             columns=cols.to_dict(),
             names=names,
-            exclude=spec.excluded_from_features,
-            time_column=spec.data.time_column,
-            entity_column=spec.data.entity_column,
             problem_type=spec.problem.type,
             input_columns=input_columns,
         ),
