@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -26,19 +28,28 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
 from include.lifecycle.evaluate_model import (
+    Calibrator,
     MetricUndefined,
     binary_metrics,
+    brier_score,
+    calibration_check,
+    calibration_plot,
     calibration_table,
     choose_threshold,
     feature_importance,
+    fit_calibrator,
     goal_metric,
+    importance_plot,
     metric_at_alert_rate,
     outcome_values,
+    permutation_importance,
     plots_binary,
     plots_regression,
+    raw_column_groups,
     regression_metrics,
+    rounds_plot,
 )
-from include.lifecycle.spec import ValueSpec
+from include.lifecycle.spec import FeatureGroupSpec, ValueSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -484,3 +495,277 @@ def test_plots_regression_return_png_bytes():
     plots = plots_regression(y, y + rng.normal(0, 0.2, 300), importance=[{"feature": "x", "importance": 1.0}])
     assert set(plots) == {"predicted_vs_actual", "residuals", "feature_importance"}
     assert all(b.startswith(PNG_MAGIC) for b in plots.values())
+
+
+def test_plots_binary_draws_permutation_importance_and_a_calibration_record(binary_data):
+    y, scores, amount = binary_data
+    choice = choose_threshold(y, scores, tp_value=amount, fp_value=-4.0, fn_value=0.0, max_alert_rate=0.05)
+    importance = [
+        {"feature": "amount", "mean": 0.3, "std": 0.02, "columns": 4},
+        {"feature": "channel", "mean": -0.01, "std": 0.01, "columns": 4},
+    ]
+    calibration = calibration_check(y, np.clip(scores, 0, 1))
+    plots = plots_binary(
+        y, scores, threshold=choice["threshold"], value_curve=choice, importance=importance, calibration=calibration
+    )
+    assert plots["feature_importance"].startswith(PNG_MAGIC) and plots["calibration"].startswith(PNG_MAGIC)
+    assert (
+        plots["feature_importance"]
+        != plots_binary(
+            y, scores, threshold=choice["threshold"], value_curve=choice, importance=[], calibration=calibration
+        )["feature_importance"]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# permutation importance
+# --------------------------------------------------------------------------------------
+def _auc(y, s):
+    return goal_metric("roc_auc", y, s)
+
+
+def test_permutation_importance_ranks_the_column_that_carries_the_signal_first():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3))
+    y = (X[:, 1] + 0.1 * rng.normal(size=500) > 0).astype(int)
+    result = permutation_importance(
+        lambda M: M[:, 1], X, y, groups={"a": [0], "signal": [1], "c": [2]}, metric=_auc, n_repeats=4, seed=3
+    )
+    assert [r["feature"] for r in result] == ["signal", "a", "c"]  # ties (0.0) by name
+    top = result[0]
+    assert 0.4 < top["mean"] < 0.55  # AUC about 0.98 -> about 0.5 once the column is noise
+    assert top["std"] > 0 and top["columns"] == 1
+    # columns the model does not read lose nothing, exactly
+    assert [(r["mean"], r["std"]) for r in result[1:]] == [(0.0, 0.0), (0.0, 0.0)]
+    assert set(result[0]) == {"feature", "mean", "std", "columns"}
+    again = permutation_importance(
+        lambda M: M[:, 1], X, y, groups={"a": [0], "signal": [1], "c": [2]}, metric=_auc, n_repeats=4, seed=3
+    )
+    assert again == result  # seeded
+
+
+def test_permutation_importance_shuffles_a_group_jointly():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=400)
+    X = np.column_stack([z, z, z])  # columns 1 and 2 are one-hot-like siblings: always equal
+    y = (z > 0).astype(int)
+
+    def score(M):  # a model that only works when the siblings agree
+        return np.where(M[:, 1] == M[:, 2], M[:, 0], 0.0)
+
+    joint = permutation_importance(score, X, y, groups={"pair": [1, 2]}, metric=_auc, n_repeats=3, seed=0)
+    assert joint[0]["mean"] == 0.0 and joint[0]["columns"] == 2  # rows moved together: nothing broken
+    apart = permutation_importance(score, X, y, groups={"one": [1]}, metric=_auc, n_repeats=3, seed=0)
+    assert apart[0]["mean"] > 0.4  # shuffled apart from its sibling, the model breaks
+
+
+def test_permutation_importance_known_answer_and_direction_of_lower_is_better_metrics():
+    X = np.arange(8, dtype=float).reshape(-1, 1)
+    y = X[:, 0].copy()
+    rmse = lambda t, p: goal_metric("rmse", t, p)  # noqa: E731
+    result = permutation_importance(lambda M: M[:, 0], X, y, groups={"x": [0]}, metric=rmse, higher_is_better=False)
+    rng = np.random.default_rng(0)  # the permutations of seed 0, the same for every group
+    perms = [rng.permutation(8) for _ in range(5)]
+    drops = [float(np.sqrt(np.mean((X[p, 0] - y) ** 2))) for p in perms]  # baseline rmse is 0
+    assert result[0]["mean"] == pytest.approx(np.mean(drops))
+    assert result[0]["std"] == pytest.approx(np.std(drops))
+    assert result[0]["mean"] > 0  # a larger error is a positive drop
+
+
+def test_permutation_importance_with_a_fitted_model_sample_of_rows_and_bad_input():
+    rng = np.random.default_rng(4)
+    n = 2000
+    X = np.column_stack([rng.normal(size=n), rng.normal(size=n), rng.integers(0, 2, n), 1 - rng.integers(0, 2, n)])
+    y = (1.5 * X[:, 0] + rng.normal(0, 0.5, n) > 1.0).astype(int)
+    model = LogisticRegression().fit(X[:1000], y[:1000])
+    groups = {"amount": [0], "noise": [1], "channel": [2, 3]}
+    result = permutation_importance(
+        lambda M: model.predict_proba(M)[:, 1], X[1000:], y[1000:], groups=groups, metric=_auc, seed=1, max_rows=500
+    )
+    assert result[0]["feature"] == "amount" and result[0]["mean"] > 0.2
+    assert all(abs(r["mean"]) < 0.02 for r in result[1:])
+    with pytest.raises(ValueError, match="outside the 4 columns"):
+        permutation_importance(lambda M: M[:, 0], X, y, groups={"x": [4]}, metric=_auc)
+    with pytest.raises(ValueError, match="n_repeats"):
+        permutation_importance(lambda M: M[:, 0], X, y, groups={"x": [0]}, metric=_auc, n_repeats=0)
+    with pytest.raises(MetricUndefined):  # the metric's own errors propagate
+        permutation_importance(lambda M: M[:, 0], X, np.zeros(n), groups={"x": [0]}, metric=_auc)
+    assert permutation_importance(lambda M: M[:, 0], X, y, groups={"none": []}, metric=_auc)[0]["mean"] == 0.0
+
+
+def _fitted_features_json(groups, df, *, time_column="ts", entity_column="card"):
+    from include.lifecycle.bundle import features_config
+    from include.lifecycle.features import FeaturePipeline
+    from include.lifecycle.preprocess import make_preprocessor
+
+    exclude = ("card", "ts", "target")
+    pipeline = FeaturePipeline(tuple(groups), time_column, entity_column, exclude)
+    frame, columns = pipeline.engineer(df)
+    pre = make_preprocessor(columns, problem_type="binary_classification", min_frequency=1)
+    pre.fit_transform(frame, df["target"])
+    return features_config(
+        pipeline=pipeline,
+        columns=columns.to_dict(),
+        names=[str(n) for n in pre.get_feature_names_out()],
+        problem_type="binary_classification",
+        input_columns=[c for c in df.columns if c != "target"],
+    )
+
+
+@pytest.fixture
+def transactions():
+    rng = np.random.default_rng(5)
+    n = 300
+    return pd.DataFrame(
+        {
+            "ts": pd.Timestamp("2026-01-01") + pd.to_timedelta(np.sort(rng.integers(0, 86400 * 20, n)), unit="s"),
+            "card": rng.choice(["c1", "c2", "c3", "c4"], n),
+            "amount": rng.gamma(2.0, 30.0, n),
+            "fee": rng.normal(1.0, 0.1, n),
+            "category": rng.choice(["grocery", "fuel", "travel"], n),
+            "channel_type": rng.choice(["pos", "ecom"], n),
+            "merchant": rng.choice(["m1", "m2", "m3", "m4", "m5"], n),
+            "target": rng.integers(0, 2, n),
+        }
+    )
+
+
+def test_raw_column_groups_trace_every_preprocessed_column_to_the_declared_columns(transactions):
+    groups = [
+        FeatureGroupSpec(name="txn", kind="raw", columns=["amount", "category", "channel_type"]),
+        FeatureGroupSpec(name="vel", kind="velocity", columns=["amount"], params={"windows": ["1h", "7d"]}),
+        FeatureGroupSpec(name="hist", kind="history", columns=["amount", "category"]),
+        FeatureGroupSpec(name="risk", kind="target_encoding", columns=["merchant"]),
+        FeatureGroupSpec(name="tod", kind="time_parts"),
+        FeatureGroupSpec(name="mix", kind="interactions", columns=["amount", "fee"]),
+    ]
+    features = _fitted_features_json(groups, transactions)
+    names = features["feature_names"]
+    result = raw_column_groups(features)
+    by_name = {raw: sorted(names[i] for i in idx) for raw, idx in result.items()}
+    assert by_name == {
+        "amount": sorted(["amount", "vel_sum_1h", "vel_sum_7d", "hist_amount_ratio", "amount_x_fee"]),
+        "category": ["category_fuel", "category_grocery", "category_travel", "hist_new_category"],
+        "channel_type": ["channel_type_ecom", "channel_type_pos"],
+        "card": sorted(["vel_cnt_1h", "vel_cnt_7d", "vel_log_secs_since_prev", "hist_n_prior"]),
+        "merchant": ["te_merchant"],
+        "ts": sorted(["time_hour_sin", "time_hour_cos", "time_day_of_week", "time_is_night"]),
+        "fee": ["amount_x_fee"],
+    }
+    covered = sorted({i for idx in result.values() for i in idx})
+    assert covered == list(range(len(names)))  # every column of the matrix is in a group
+
+
+def test_raw_column_groups_without_column_lists_and_with_a_category_prefixing_another(transactions):
+    df = transactions.rename(columns={"channel_type": "category_code"})
+    groups = [
+        FeatureGroupSpec(name="all", kind="raw"),  # every column not excluded, as it is
+        FeatureGroupSpec(name="mix", kind="interactions", params={"max_columns": 2}),
+    ]
+    features = _fitted_features_json(groups, df, time_column=None, entity_column=None)
+    names = features["feature_names"]
+    by_name = {raw: sorted(names[i] for i in idx) for raw, idx in raw_column_groups(features).items()}
+    assert by_name["category"] == ["category_fuel", "category_grocery", "category_travel"]
+    assert by_name["category_code"] == ["category_code_ecom", "category_code_pos"]
+    assert by_name["amount"] == ["amount", "amount_x_fee"] and by_name["fee"] == ["amount_x_fee", "fee"]
+    assert by_name["merchant"] == [f"merchant_m{i}" for i in range(1, 6)]
+    # an output nothing explains is a group of its own, never dropped
+    odd = {**features, "feature_names": [*names, "mystery"]}
+    assert raw_column_groups(odd)["mystery"] == [len(names)]
+
+
+# --------------------------------------------------------------------------------------
+# calibration
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def overconfident():
+    """True probabilities p in (0, 0.2); the scores say sqrt(p): ranked right, far too high."""
+    rng = np.random.default_rng(6)
+    n = 8000
+    p = rng.uniform(0.0, 0.2, n)
+    y = (rng.uniform(size=n) < p).astype(int)
+    return y, np.sqrt(p), p
+
+
+def test_isotonic_and_platt_calibration_lower_the_brier_score(overconfident):
+    y, s, p = overconfident
+    val, test = slice(0, 4000), slice(4000, None)
+    before = brier_score(y[test], s[test])
+    assert before == pytest.approx(brier_score_loss(y[test], s[test]))
+    for method in ("isotonic", "sigmoid"):
+        cal = fit_calibrator(y[val], s[val], method)
+        assert isinstance(cal, Calibrator) and cal.method == method
+        after = cal.transform(s[test])
+        assert after.min() >= 0 and after.max() <= 1
+        assert np.all(np.diff(after[np.argsort(s[test])]) >= -1e-12)  # monotone: the ranking is kept
+        assert brier_score(y[test], after) < before - 0.01
+        assert abs(after.mean() - y[test].mean()) < 0.01
+        again = pickle.loads(pickle.dumps(cal))
+        np.testing.assert_array_equal(again.transform(s[test]), after)
+
+
+def test_calibration_check_says_when_scores_are_not_probabilities(overconfident):
+    y, s, p = overconfident
+    cal = fit_calibrator(y[:4000], s[:4000], "isotonic")
+    check = calibration_check(y[4000:], s[4000:], calibrated=cal.transform(s[4000:]), method="isotonic")
+    assert check["method"] == "isotonic" and check["rows"] == 4000
+    assert check["calibrated_before"] is False and check["calibrated_after"] is True
+    assert check["brier_after"] < check["brier_before"]
+    assert check["observed_rate"] == pytest.approx(y[4000:].mean())
+    assert check["mean_predicted"] == pytest.approx(cal.transform(s[4000:]).mean())  # the scores used
+    assert len(check["curve_before"]["mean_predicted"]) == 10 and sum(check["curve_after"]["count"]) == 4000
+    assert (
+        "before: scores are not calibrated" in check["note"]
+        and "after isotonic: scores are calibrated" in (check["note"])
+    )
+    json.dumps(check)  # JSON-ready
+    # the true probabilities are calibrated; no calibrator: no "after"
+    honest = calibration_check(y, p)
+    assert honest["calibrated_before"] is True and honest["method"] is None
+    assert honest["brier_after"] is None and honest["curve_after"] is None
+
+
+def test_class_weight_balanced_scores_are_reported_as_not_calibrated():
+    rng = np.random.default_rng(7)
+    n = 6000
+    X = rng.normal(size=(n, 2))
+    y = (X[:, 0] + rng.normal(0, 1.0, n) > 2.3).astype(int)  # about 5 % positives
+    model = LogisticRegression(class_weight="balanced").fit(X[:3000], y[:3000])
+    s = model.predict_proba(X[3000:])[:, 1]
+    check = calibration_check(y[3000:], s)
+    assert check["mean_predicted"] > 5 * check["observed_rate"]
+    assert check["calibrated_before"] is False
+    assert "not calibrated probabilities: mean predicted" in check["note"]
+    assert "read them as a ranking" in check["note"]
+    # margins are not probabilities at all
+    margins = calibration_check(y[3000:], model.decision_function(X[3000:]))
+    assert margins["brier_before"] is None and margins["calibrated_before"] is None
+    assert "not probabilities" in margins["note"]
+    # Platt on margins works as it does on probabilities
+    assert brier_score(
+        y[3000:],
+        fit_calibrator(y[3000:], model.decision_function(X[3000:]), "sigmoid").transform(
+            model.decision_function(X[3000:])
+        ),
+    ) < brier_score(y[3000:], s)
+
+
+def test_fit_calibrator_rejects_unknown_methods_and_one_class():
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_calibrator([0, 1], [0.1, 0.9], "beta")
+    with pytest.raises(ValueError, match="both classes"):
+        fit_calibrator([0, 0, 0], [0.1, 0.2, 0.3], "isotonic")
+
+
+def test_calibration_importance_and_rounds_figures():
+    check = calibration_check([0, 0, 1, 1, 0, 1] * 20, np.linspace(0.05, 0.95, 120))
+    assert calibration_plot(check).startswith(PNG_MAGIC)
+    assert calibration_plot({}).startswith(PNG_MAGIC)  # nothing to draw: a placeholder
+    assert importance_plot([{"feature": "a", "mean": 0.1, "std": 0.01}]).startswith(PNG_MAGIC)
+    rounds = [
+        {"round": 1, "value": 0.6, "low": 0.5, "high": 0.7, "validation": 0.65, "champion": 0.7},
+        {"round": 2, "value": None},
+        {"round": 3, "value": 0.8, "validation": 0.8},
+    ]
+    assert rounds_plot(rounds, metric="auprc", target=0.75).startswith(PNG_MAGIC)
+    assert rounds_plot([], metric="rmse", target=3.0, higher_is_better=False).startswith(PNG_MAGIC)

@@ -19,16 +19,34 @@ Conventions used throughout:
   tables) give None for it.
 
 Modules by concern: :mod:`.metrics` (the goal metric and the metric tables), :mod:`.threshold`
-(business value and the decision threshold), :mod:`.calibration`, :mod:`.importance` (feature
-importance), :mod:`.figures` (plots) and :mod:`.arrays` (the input checks they share). Import the
+(business value and the decision threshold), :mod:`.calibration` (reliability, calibrators, the
+calibration test), :mod:`.importance` (permutation importance in the declared columns, the model's
+own importance), :mod:`.figures` (plots) and :mod:`.arrays` (the input checks they share). Import the
 names from this package.
 """
 
 from __future__ import annotations
 
-from include.lifecycle.evaluate_model.calibration import calibration_table
-from include.lifecycle.evaluate_model.figures import plots_binary, plots_regression
-from include.lifecycle.evaluate_model.importance import feature_importance
+from include.lifecycle.evaluate_model.calibration import (
+    CALIBRATION_METHODS,
+    Calibrator,
+    brier_score,
+    calibration_check,
+    calibration_table,
+    fit_calibrator,
+)
+from include.lifecycle.evaluate_model.figures import (
+    calibration_plot,
+    importance_plot,
+    plots_binary,
+    plots_regression,
+    rounds_plot,
+)
+from include.lifecycle.evaluate_model.importance import (
+    feature_importance,
+    permutation_importance,
+    raw_column_groups,
+)
 from include.lifecycle.evaluate_model.metrics import (
     MetricUndefined,
     binary_metrics,
@@ -39,15 +57,25 @@ from include.lifecycle.evaluate_model.metrics import (
 from include.lifecycle.evaluate_model.threshold import choose_threshold, outcome_values
 
 __all__ = [
+    "CALIBRATION_METHODS",
+    "Calibrator",
     "MetricUndefined",
     "binary_metrics",
+    "brier_score",
+    "calibration_check",
+    "calibration_plot",
     "calibration_table",
     "choose_threshold",
     "feature_importance",
+    "fit_calibrator",
     "goal_metric",
+    "importance_plot",
     "metric_at_alert_rate",
     "outcome_values",
+    "permutation_importance",
     "plots_binary",
     "plots_regression",
+    "raw_column_groups",
     "regression_metrics",
+    "rounds_plot",
 ]

@@ -1,5 +1,5 @@
 """PNG plots of a model: PR and ROC curves, confusion matrix, value curve, importance,
-calibration; predicted vs actual and residuals for regression.
+calibration; predicted vs actual and residuals for regression; the goal metric per round.
 """
 
 from __future__ import annotations
@@ -50,17 +50,124 @@ def _rank_curves(yb: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
     return {"tp": tp, "fp": fp, "cut": cut.astype(np.float64), "threshold": thr}
 
 
-def _importance_plot(importance: list[dict[str, Any]], title: str) -> bytes:
-    rows = list(importance)[::-1]  # largest at the top
+def importance_plot(importance: list[dict[str, Any]], title: str = "Feature importance", *, top: int = 25) -> bytes:
+    """A horizontal bar chart of the ``top`` rows of an importance list, largest at the top.
+
+    Rows of :func:`~include.lifecycle.evaluate_model.permutation_importance` (``mean`` and ``std``)
+    are drawn with their spread as error bars, the axis naming the drop of the metric; rows of
+    :func:`~include.lifecycle.evaluate_model.feature_importance` (``importance``) as plain bars.
+    """
+    rows = list(importance)[: max(top, 0)][::-1]  # largest at the top
     fig = Figure(figsize=(7, max(2.5, 0.28 * len(rows) + 1.2)), dpi=_DPI)
     ax = fig.add_subplot()
     if not rows:
         _message(ax, "no feature importance available for this model")
+    elif "mean" in rows[0]:
+        means = [r["mean"] for r in rows]
+        colors = ["tab:blue" if m > 0 else "tab:grey" for m in means]
+        ax.barh([r["feature"] for r in rows], means, xerr=[r.get("std", 0.0) for r in rows], color=colors, capsize=2)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("drop of the goal metric when the column is shuffled (mean +- sd over repeats)")
+        ax.tick_params(axis="y", labelsize=8)
     else:
         ax.barh([r["feature"] for r in rows], [r["importance"] for r in rows], color="tab:blue")
         ax.set_xlabel("importance")
         ax.tick_params(axis="y", labelsize=8)
     ax.set_title(title)
+    return report.fig_to_png(fig, dpi=_DPI)
+
+
+def calibration_plot(calibration: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """Reliability diagram: observed positive rate against mean predicted score per quantile bin.
+
+    ``calibration`` is the record of :func:`~include.lifecycle.evaluate_model.calibration_check`
+    (the curve before and, when the model is calibrated, after; the Brier scores and mean
+    predicted vs observed rate in the legend) or a bare :func:`calibration_table`.
+    """
+    fig = Figure(figsize=(6, 5), dpi=_DPI)
+    ax = fig.add_subplot()
+    if isinstance(calibration, list):
+        curves = (
+            [("model", {k: [r[k] for r in calibration] for k in ("mean_predicted", "observed_rate")})]
+            if calibration
+            else []
+        )
+    else:
+        before, after = calibration.get("curve_before"), calibration.get("curve_after")
+        brier_b, brier_a = calibration.get("brier_before"), calibration.get("brier_after")
+        curves = []
+        if before and before.get("mean_predicted"):
+            label = "before calibration" if after else "model"
+            curves.append((label + (f" (Brier {brier_b:.4g})" if brier_b is not None else ""), before))
+        if after and after.get("mean_predicted"):
+            method = calibration.get("method") or "calibrated"
+            curves.append((f"after {method}" + (f" (Brier {brier_a:.4g})" if brier_a is not None else ""), after))
+    if not curves:
+        _message(ax, "no calibration table")
+    else:
+        hi = max(max(max(c["mean_predicted"]), max(c["observed_rate"])) for _, c in curves)
+        hi = max(hi, 1e-6) * 1.05
+        ax.plot([0, hi], [0, hi], color="grey", ls=":", label="perfectly calibrated")
+        for (label, c), color in zip(curves, ("tab:blue", "tab:green"), strict=False):
+            ax.plot(c["mean_predicted"], c["observed_rate"], "o-", color=color, label=label)
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        ax.set_xlabel("mean predicted score (quantile bin)")
+        ax.set_ylabel("observed positive rate")
+        if isinstance(calibration, dict) and calibration.get("observed_rate") is not None:
+            ax.text(
+                0.98,
+                0.02,
+                f"mean predicted {calibration['mean_predicted']:.4g}\nobserved rate {calibration['observed_rate']:.4g}",
+                ha="right",
+                va="bottom",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Calibration (reliability diagram)")
+    return report.fig_to_png(fig, dpi=_DPI)
+
+
+def rounds_plot(rounds: list[dict[str, Any]], *, metric: str, target: float, higher_is_better: bool = True) -> bytes:
+    """The goal metric on the test rows per round, with its interval, the target and the champion.
+
+    Each row of ``rounds``: ``round``, ``value`` (None for a round that did not finish), optional
+    ``low`` / ``high`` (the interval), ``validation`` (the validation score) and ``champion`` (the
+    champion's score on that round's test rows).
+    """
+    fig = Figure(figsize=(7, 4), dpi=_DPI)
+    ax = fig.add_subplot()
+    done = [r for r in rounds if r.get("value") is not None]
+    if not done:
+        _message(ax, "no round was evaluated")
+    else:
+        x = np.array([r["round"] for r in done], dtype=np.float64)
+        v = np.array([r["value"] for r in done], dtype=np.float64)
+        low = np.array([r["low"] if r.get("low") is not None else r["value"] for r in done], dtype=np.float64)
+        high = np.array([r["high"] if r.get("high") is not None else r["value"] for r in done], dtype=np.float64)
+        has_ci = any(r.get("low") is not None for r in done)
+        ax.errorbar(
+            x,
+            v,
+            yerr=np.vstack((np.maximum(v - low, 0), np.maximum(high - v, 0))),
+            fmt="o-",
+            color="tab:blue",
+            capsize=4,
+            label="candidate on test rows" + (" (95% interval)" if has_ci else ""),
+        )
+        val = [(r["round"], r["validation"]) for r in done if r.get("validation") is not None]
+        if val:
+            ax.plot(*zip(*val, strict=True), "s", color="tab:purple", alpha=0.6, label="validation score")
+        champ = [(r["round"], r["champion"]) for r in done if r.get("champion") is not None]
+        if champ:
+            ax.plot(*zip(*champ, strict=True), "D", color="tab:orange", label="champion on the same rows")
+        ax.axhline(target, color="tab:red", ls="--", label=f"target {'>=' if higher_is_better else '<='} {target:g}")
+        ax.set_xticks(x, [str(int(r)) for r in x])
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{metric} per round vs the goal")
     return report.fig_to_png(fig, dpi=_DPI)
 
 
@@ -112,6 +219,12 @@ def _value_plot(value_curve: dict[str, Any], threshold: float, max_alert_rate: f
     return report.fig_to_png(fig, dpi=_DPI)
 
 
+def _importance_title(importance: list[dict[str, Any]]) -> str:
+    if importance and "mean" in importance[0]:
+        return "Permutation importance on the test rows"
+    return "Feature importance (the model's own)"
+
+
 def plots_binary(
     y: np.ndarray,
     scores: np.ndarray,
@@ -119,14 +232,16 @@ def plots_binary(
     threshold: float,
     value_curve: dict[str, Any],
     importance: list[dict[str, Any]],
-    calibration: list[dict[str, Any]],
+    calibration: dict[str, Any] | list[dict[str, Any]],
     max_alert_rate: float | None = None,
 ) -> dict[str, bytes]:
     """PNG plots of a binary model: name -> bytes.
 
     Keys: ``pr_curve`` (with the chosen threshold), ``roc_curve``, ``confusion_matrix`` (counts
     at the threshold), ``value_vs_threshold`` (value against alert rate and against threshold,
-    chosen point and capacity line), ``feature_importance`` and ``calibration``.
+    chosen point and capacity line), ``feature_importance`` (:func:`importance_plot`: permutation
+    importance or the model's own) and ``calibration`` (:func:`calibration_plot`: the record of
+    ``calibration_check``, before / after, or a bare ``calibration_table``).
 
     ``value_curve`` is the whole dict returned by :func:`choose_threshold` (preferred: its
     chosen point and ``max_alert_rate`` are used) or just its ``"curve"``; ``max_alert_rate``
@@ -200,26 +315,9 @@ def plots_binary(
     out["confusion_matrix"] = report.fig_to_png(fig, dpi=_DPI)
 
     out["value_vs_threshold"] = _value_plot(value_curve, threshold, max_alert_rate)
-    out["feature_importance"] = _importance_plot(importance, "Feature importance")
+    out["feature_importance"] = importance_plot(importance, _importance_title(importance))
 
-    # calibration
-    fig = Figure(figsize=(6, 5), dpi=_DPI)
-    ax = fig.add_subplot()
-    if not calibration:
-        _message(ax, "no calibration table")
-    else:
-        mp = [r["mean_predicted"] for r in calibration]
-        obs = [r["observed_rate"] for r in calibration]
-        hi = max(max(mp), max(obs), 1e-6) * 1.05
-        ax.plot([0, hi], [0, hi], color="grey", ls=":", label="perfectly calibrated")
-        ax.plot(mp, obs, "o-", color="tab:blue", label="model")
-        ax.set_xlim(0, hi)
-        ax.set_ylim(0, hi)
-        ax.set_xlabel("mean predicted score (quantile bin)")
-        ax.set_ylabel("observed positive rate")
-        ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Calibration (reliability diagram)")
-    out["calibration"] = report.fig_to_png(fig, dpi=_DPI)
+    out["calibration"] = calibration_plot(calibration)
     return out
 
 
@@ -269,5 +367,5 @@ def plots_regression(y: np.ndarray, pred: np.ndarray, *, importance: list[dict[s
         ax_hist.set_ylabel("rows")
         ax_hist.set_title("Residual distribution")
     out["residuals"] = report.fig_to_png(fig, dpi=_DPI)
-    out["feature_importance"] = _importance_plot(importance, "Feature importance")
+    out["feature_importance"] = importance_plot(importance, _importance_title(importance))
     return out
