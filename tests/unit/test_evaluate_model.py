@@ -716,7 +716,7 @@ def test_calibration_check_says_when_scores_are_not_probabilities(overconfident)
     assert len(check["curve_before"]["mean_predicted"]) == 10 and sum(check["curve_after"]["count"]) == 4000
     assert (
         "before: scores are not calibrated" in check["note"]
-        and "after isotonic: scores are calibrated" in (check["note"])
+        and "after isotonic: scores are consistent with calibrated probabilities" in (check["note"])
     )
     json.dumps(check)  # JSON-ready
     # the true probabilities are calibrated; no calibrator: no "after"

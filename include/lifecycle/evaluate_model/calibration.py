@@ -229,10 +229,9 @@ def _calibration_note(before: dict[str, Any], after: dict[str, Any] | None, obse
     def says(c: dict[str, Any]) -> str:
         if c["calibrated"] is None:
             return "scores are not probabilities (outside [0, 1])"
-        verdict = "calibrated" if c["calibrated"] else "not calibrated probabilities"
-        return (
-            f"scores are {verdict}: mean predicted {c['mean_predicted']:.4g} vs observed rate {observed:.4g}"
-            f" (p = {c['p_value']:.2g})"
+        verdict = "consistent with calibrated probabilities" if c["calibrated"] else "not calibrated probabilities"
+        return f"scores are {verdict}: mean predicted {c['mean_predicted']:.4g} vs observed rate {observed:.4g}" + (
+            " (p < 0.001)" if c["p_value"] < 0.001 else f" (p = {c['p_value']:.2g})"
         )
 
     if after is None:
