@@ -183,6 +183,15 @@ class QualitySpec(_Strict):
     min_positives: int = Field(20, ge=0)
     max_missing_share: float = Field(0.5, ge=0, le=1)
     max_drift_psi: float = Field(0.25, gt=0)
+    drift_recent_days: int = Field(
+        7, ge=1, le=3650, description="the newest days of the window compared with the champion's training data"
+    )
+    min_completeness: float = Field(
+        0.8, ge=0, le=1, description="share of the window's days that must have a partition with rows"
+    )
+    max_staleness_days: int = Field(
+        2, ge=0, le=3650, description="days the newest partition may lag behind the window's last day"
+    )
 
 
 class ValueSpec(_Strict):

@@ -232,3 +232,122 @@ def plots(
     if time_column and time_column in df.columns:
         out["time_trend"] = _time_trend(_as_datetime(df[time_column]).dt.floor("D"), y, y_type)
     return out
+
+
+DRIFT_PLOT_PSI = 0.1
+"""Columns whose PSI is above this (a moderate shift) or above the gate's limit get a figure."""
+MAX_DRIFT_PLOTS = 12
+
+
+def _psi_chart(drift_result: Mapping[str, Any], limit: float | None) -> bytes:
+    details = drift_result.get("details") or {}
+    cols = sorted(details, key=lambda c: details[c]["psi"] or 0.0)[-30:]
+    fig = _new_fig(6.4, max(2.4, 0.28 * len(cols) + 1.2))
+    ax = fig.add_subplot(1, 1, 1)
+    values = [details[c]["psi"] or 0.0 for c in cols]
+    lows = [details[c].get("low") for c in cols]
+    highs = [details[c].get("high") for c in cols]
+    colors = ["#e45756" if limit is not None and v > limit else "#4c78a8" for v in values]
+    ax.barh(range(len(cols)), values, color=colors)
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if lo is not None and hi is not None:
+            ax.plot([lo, hi], [i, i], color="black", linewidth=1)
+    noise = [details[c].get("noise") for c in cols]
+    ax.scatter([n if n is not None else np.nan for n in noise], range(len(cols)), marker="|", color="grey", s=80)
+    if limit is not None:
+        ax.axvline(limit, color="#e45756", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(cols)), cols, fontsize=8)
+    ax.set_xlabel("PSI (black: 95% interval; grey tick: no-drift level; dashed: limit)")
+    ax.set_title("Drift of the newest days against the champion's training rows")
+    return report.fig_to_png(fig)
+
+
+def _shares_chart(col: str, d: Mapping[str, Any]) -> bytes:
+    labels = list(d["buckets"])
+    n = len(labels)
+    fig = _new_fig(6.4, max(2.6, 0.3 * n + 1.3))
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(n)
+    ax.barh(y - 0.2, d["reference_shares"], height=0.4, color="#4c78a8", label="champion's training rows")
+    ax.barh(y + 0.2, d["current_shares"], height=0.4, color="#e45756", label="newest days")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of rows")
+    ax.set_title(f"{col}: PSI {d['psi']:.3f}")
+    ax.legend(fontsize=8)
+    return report.fig_to_png(fig)
+
+
+def drift_plots(drift_result: Mapping[str, Any] | None, limit: float | None = None) -> dict[str, bytes]:
+    """``drift_psi`` (PSI per column with its interval, no-drift level and the limit) and
+    ``drift_<col>`` (reference against newest shares per bucket) for each column whose PSI is
+    above ``DRIFT_PLOT_PSI`` or the limit, the largest first (at most ``MAX_DRIFT_PLOTS``)."""
+    details = (drift_result or {}).get("details") or {}
+    if not details:
+        return {}
+    out = {"drift_psi": _psi_chart(drift_result or {}, limit)}
+    floor = min(DRIFT_PLOT_PSI, limit) if limit is not None else DRIFT_PLOT_PSI
+    shifted = sorted((c for c, d in details.items() if (d["psi"] or 0.0) > floor), key=lambda c: -details[c]["psi"])
+    for col in shifted[:MAX_DRIFT_PLOTS]:
+        out[_key("drift", col, out)] = _shares_chart(col, details[col])
+    return out
+
+
+def completeness_plot(cov: Mapping[str, Any]) -> bytes | None:
+    """Curated rows per day of the window: missing days marked, low days coloured, the median dashed."""
+    rows = cov.get("rows_by_day") or {}
+    if not cov.get("applicable") or not rows:
+        return None
+    days = list(rows)
+    counts = np.array([rows[d] for d in days], dtype="float64")
+    low = {d["ds"] for d in cov.get("low_days") or []}
+    colors = ["#e45756" if rows[d] == 0 else "#f2a93b" if d in low else "#9ecae9" for d in days]
+    fig = _new_fig(8.0, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    x = pd.to_datetime(days)
+    ax.bar(x, counts, width=0.8, color=colors)
+    for d in cov.get("missing_days") or []:
+        ax.axvspan(
+            pd.Timestamp(d) - pd.Timedelta(hours=12),
+            pd.Timestamp(d) + pd.Timedelta(hours=12),
+            color="#e45756",
+            alpha=0.15,
+        )
+    if cov.get("median_rows"):
+        ax.axhline(cov["median_rows"], color="grey", linestyle="--", linewidth=1)
+    ax.set_ylabel("curated rows")
+    ax.set_title(
+        f"Partitions of the window: {cov['present_days']} of {cov['expected_days']} days hold rows "
+        "(red: missing, orange: far below the median)"
+    )
+    fig.autofmt_xdate()
+    return report.fig_to_png(fig)
+
+
+def label_delay_plot(view: Mapping[str, Any]) -> bytes | None:
+    """Histogram of label delays (days) with the maturity line, and per event day the labels seen
+    with the estimated share of the day's labels arrived by the interval end."""
+    hist = view.get("histogram") or []
+    if not hist:
+        return None
+    fig = _new_fig(10.0, 3.6)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.bar([h[0] for h in hist], [h[1] for h in hist], width=0.9, color="#4c78a8")
+    ax.axvline(view["maturity_days"] - 0.5, color="#e45756", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"whole days from event to label (left of dashed: within maturity_days = {view['maturity_days']})")
+    ax.set_ylabel("labels")
+    ax.set_title("Label delay")
+    by_day = view.get("by_day") or []
+    ax2 = fig.add_subplot(1, 2, 2)
+    x = pd.to_datetime([d["day"] for d in by_day])
+    ax2.bar(x, [d["labels"] for d in by_day], width=0.8, color="#9ecae9")
+    ax2.set_ylabel("labels seen")
+    twin = ax2.twinx()
+    twin.plot(x, [d["arrived_share"] for d in by_day], color="#e45756", marker="o", markersize=3)
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("est. share of labels arrived", color="#e45756")
+    ax2.set_title("Labels per event day")
+    for label in ax2.get_xticklabels():
+        label.set_rotation(45)
+        label.set_ha("right")
+    return report.fig_to_png(fig)

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from include.lifecycle.evaluate_data.columns import _clean
+from include.lifecycle.evaluate_data.stability import drifted
 from include.lifecycle.spec import QualitySpec
 
 
@@ -17,6 +18,71 @@ def _check(name: str, passed: bool, detail: str, value: Any = None, limit: Any =
     return {"name": name, "passed": bool(passed), "detail": detail, "value": _clean(value), "limit": _clean(limit)}
 
 
+def _not_applicable(name: str, why: str, limit: Any) -> dict[str, Any]:
+    return {**_check(name, True, f"not applicable: {why}", None, limit), "applicable": False}
+
+
+def _listed(days: list[str], limit: int = 6) -> str:
+    more = f" and {len(days) - limit} more" if len(days) > limit else ""
+    return ", ".join(days[:limit]) + more
+
+
+def _coverage_checks(cov: Mapping[str, Any], quality: QualitySpec) -> list[dict[str, Any]]:
+    """``completeness`` (days present / days expected) and ``freshness`` (the newest partition's lag)."""
+    if not cov.get("applicable"):
+        why = cov.get("why") or "no daily partitions"
+        return [
+            _not_applicable("completeness", why, quality.min_completeness),
+            _not_applicable("freshness", why, quality.max_staleness_days),
+        ]
+    share = cov.get("completeness") or 0.0
+    detail = (
+        f"{cov['present_days']} of {cov['expected_days']} days of [{cov['window'][0]}, {cov['window'][1]}) "
+        f"hold rows ({share:.0%}; minimum {quality.min_completeness:.0%})"
+    )
+    if cov.get("missing_days"):
+        detail += f"; missing: {_listed(cov['missing_days'])}"
+    if cov.get("low_days"):
+        low = [f"{d['ds']} ({d['rows']:,} rows)" for d in cov["low_days"]]
+        detail += f"; far fewer rows than the median day ({cov['median_rows']:,.0f}): {_listed(low)}"
+    checks = [_check("completeness", share >= quality.min_completeness, detail, share, quality.min_completeness)]
+    stale = cov.get("staleness_days")
+    if stale is None:
+        checks.append(
+            _check("freshness", False, "no partition of the window holds rows", None, quality.max_staleness_days)
+        )
+    else:
+        when = (
+            "the window's last day" if stale == 0 else f"{stale} day(s) before the window's last day {cov['last_day']}"
+        )
+        detail = f"newest partition ds={cov['newest']}: {when} (maximum {quality.max_staleness_days} days)"
+        checks.append(
+            _check("freshness", stale <= quality.max_staleness_days, detail, stale, quality.max_staleness_days)
+        )
+    return checks
+
+
+def _drift_check(drift_result: Mapping[str, Any] | None, quality: QualitySpec) -> dict[str, Any]:
+    limit = quality.max_drift_psi
+    if not drift_result or not drift_result.get("reference"):
+        why = (drift_result or {}).get("why") or "no reference: first model"
+        return _check("drift", True, why, None, limit)
+    if not drift_result.get("current_rows"):
+        why = drift_result.get("why") or "no rows to compare with the reference"
+        return _check("drift", True, why, None, limit)
+    mp = float(drift_result.get("max_psi") or 0.0)
+    over = drifted(drift_result, limit)
+    detail = f"max PSI {mp:.3f} (maximum {limit:g})"
+    if over:
+        detail += "; drifted: " + ", ".join(f"{c} {v:.3f}" for c, v in sorted(over.items(), key=lambda kv: -kv[1]))
+    elif drift_result.get("max_column"):
+        detail += f" on {drift_result['max_column']}"
+        noise = ((drift_result.get("details") or {}).get(drift_result["max_column"]) or {}).get("noise")
+        if mp > limit and noise is not None:
+            detail += f", within its no-drift level {noise:.3f} at these sample sizes"
+    return _check("drift", not over, detail, mp, limit)
+
+
 def quality_gate(
     prof: Mapping[str, Any],
     *,
@@ -26,14 +92,19 @@ def quality_gate(
     quarantine_share: float,
     max_quarantine_share: float,
     ignore_columns: Iterable[str] = (),
+    coverage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decide whether the data is fit for training; every check is evaluated (no short-circuit).
 
     Checks (by name): ``min_rows``, ``target_present``, ``min_positives`` (binary targets only),
     ``max_missing_share``, ``schema_columns`` (expected columns missing, or columns that are not
     expected; the target column and ``ignore_columns`` are never "unexpected"),
-    ``quarantine_share`` and ``drift``. Returns ``{"passed", "verdict": "fit"|"unfit", "checks",
-    "failed": [names]}``.
+    ``quarantine_share``, ``drift`` (a column whose PSI against the reference is above
+    ``quality.max_drift_psi`` and above its no-drift level; passes, saying why, without a
+    reference) and, given the window's ``coverage`` (:func:`.coverage.coverage`),
+    ``completeness`` and ``freshness`` (``"applicable": False`` for a single file). Returns
+    ``{"passed", "verdict": "fit"|"unfit", "checks", "failed": [names]}`` and the ``coverage``
+    when given.
     """
     overall = prof.get("overall") or {}
     tgt = prof.get("target") or {}
@@ -117,22 +188,15 @@ def quality_gate(
         )
     )
 
-    if not drift_result or not drift_result.get("reference"):
-        checks.append(_check("drift", True, "no previous run to compare with", None, quality.max_drift_psi))
-    else:
-        mp = float(drift_result.get("max_psi") or 0.0)
-        over = {
-            c: v for c, v in (drift_result.get("columns") or {}).items() if v is not None and v > quality.max_drift_psi
-        }
-        detail = f"max PSI {mp:.3f} (maximum {quality.max_drift_psi:g})"
-        if over:
-            detail += "; drifted: " + ", ".join(f"{c} {v:.3f}" for c, v in sorted(over.items(), key=lambda kv: -kv[1]))
-        elif drift_result.get("max_column"):
-            detail += f" on {drift_result['max_column']}"
-        checks.append(_check("drift", mp <= quality.max_drift_psi, detail, mp, quality.max_drift_psi))
+    checks.append(_drift_check(drift_result, quality))
+    if coverage is not None:
+        checks.extend(_coverage_checks(coverage, quality))
 
     failed = [c["name"] for c in checks if not c["passed"]]
-    return {"passed": not failed, "verdict": "unfit" if failed else "fit", "checks": checks, "failed": failed}
+    out = {"passed": not failed, "verdict": "unfit" if failed else "fit", "checks": checks, "failed": failed}
+    if coverage is not None:
+        out["coverage"] = _clean(coverage)
+    return out
 
 
 def raise_if_unfit(verdict: Mapping[str, Any]) -> None:

@@ -32,14 +32,99 @@ def _corr_cell(v: Any) -> report.Markup:
     return report.raw(f'<span style="background:rgba({rgb},{a:.2f});padding:0 4px">{float(v):.2f}</span>')
 
 
-def _psi_status(v: float | None, limit: float | None) -> report.Markup:
+def _psi_status(v: float | None, limit: float | None, noise: float | None = None) -> report.Markup:
     if v is None:
         return report.badge(None)
     if limit is not None and v > limit:
+        if noise is not None and v <= noise:
+            return report.badge(None, "within noise")
         return report.badge(False, "drifted")
     if v > 0.1:
         return report.badge(None, "moderate")
     return report.badge(True, "stable")
+
+
+def _interval(d: Mapping[str, Any]) -> str:
+    lo, hi = d.get("low"), d.get("high")
+    return "" if lo is None or hi is None else f"{lo:.3f} - {hi:.3f}"
+
+
+def _drift_html(drift_result: Mapping[str, Any], pngs: Mapping[str, bytes], used: set[str], limit: float | None) -> str:
+    if not drift_result.get("reference"):
+        why = drift_result.get("why") or "no reference: first model"
+        return f'<p class="note">{report.escape(why)}: drift is not measured.</p>'
+    compared = drift_result.get("compared") or {}
+    if compared.get("kind") == "newest days" and compared.get("start"):
+        what = f"the newest days of this window, [{compared['start'][:19]}, {compared['end'][:19]})"
+    else:
+        what = "every row of this data set"
+    html = (
+        f"<p>Reference: {report.escape(drift_result['reference'])}.<br>Compared: {report.escape(what)}, "
+        f"{int(drift_result.get('current_rows') or 0):,} rows.</p>"
+    )
+    if drift_result.get("note"):
+        html += f'<p class="note">{report.escape(drift_result["note"])}</p>'
+    if drift_result.get("why"):
+        return html + f'<p class="note">{report.escape(drift_result["why"])}</p>'
+    approx = set(drift_result.get("approximate") or [])
+    details = drift_result.get("details") or {}
+    d_rows = [
+        {
+            "column": c,
+            "PSI": v,
+            "95% interval": _interval(details.get(c) or {}),
+            "no-drift level": (details.get(c) or {}).get("noise"),
+            "status": _psi_status(v, limit, (details.get(c) or {}).get("noise")),
+            "exact": c not in approx,
+        }
+        for c, v in sorted((drift_result.get("columns") or {}).items(), key=lambda kv: -(kv[1] or 0))
+    ]
+    html += (
+        f"<p>Max PSI {report.fmt(drift_result.get('max_psi'))}. PSI &lt; 0.1 stable, 0.1-0.25 moderate, "
+        "&gt; 0.25 major shift; a column drifts when its PSI is above the limit and above its no-drift level "
+        "(the 99th percentile of PSI between two samples of the reference's distribution at these sizes).</p>"
+    )
+    html += report.table(d_rows, ["column", "PSI", "95% interval", "no-drift level", "status", "exact"])
+    return html + _figures(pngs, [k for k in pngs if k == "drift_psi" or k.startswith("drift_")], used)
+
+
+def _coverage_html(cov: Mapping[str, Any], pngs: Mapping[str, bytes], used: set[str]) -> str:
+    if not cov.get("applicable"):
+        return f'<p class="note">Not applicable: {report.escape(cov.get("why") or "no daily partitions")}.</p>'
+    kv = {
+        "window": f"[{cov['window'][0]}, {cov['window'][1]})",
+        "days expected": cov["expected_days"],
+        "days holding rows": cov["present_days"],
+        "completeness": _pct(cov.get("completeness"), 1),
+        "median rows per day": cov.get("median_rows"),
+        "newest partition": cov.get("newest"),
+        "days behind the window's last day": cov.get("staleness_days"),
+        "missing days": ", ".join(cov.get("missing_days") or []) or "none",
+    }
+    html = report.kv_table(kv)
+    if cov.get("low_days"):
+        html += "<p>Days with far fewer rows than the median:</p>" + report.table(list(cov["low_days"]), ["ds", "rows"])
+    return html + _figures(pngs, ["completeness"], used)
+
+
+def _label_delay_html(view: Mapping[str, Any], pngs: Mapping[str, bytes], used: set[str]) -> str:
+    if not view.get("labels"):
+        return '<p class="note">No label of the data set\'s rows had arrived by the interval end.</p>'
+    d = view.get("delay_days") or {}
+    kv = {
+        "labels seen": view["labels"],
+        "rows": view["rows"],
+        "delay p50 / p90 / p99 / max (days)": " / ".join(f"{d[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+        "maturity_days": view["maturity_days"],
+        "est. share of labels arriving within maturity_days": _pct(view.get("within_maturity"), 1),
+        "est. share of the rows' labels arrived at the interval end": _pct(view.get("matured_share"), 1),
+    }
+    note = (
+        "<p>Delay: label arrival minus the row's time. The shares are estimated from the delays seen, "
+        "corrected for the labels of recent rows that cannot have arrived yet (right truncation); the rest "
+        "of the rows' positives are counted as negatives in training.</p>"
+    )
+    return report.kv_table(kv) + note + _figures(pngs, ["label_delay"], used)
 
 
 def eda_sections(
@@ -61,7 +146,11 @@ def eda_sections(
     ok = bool(verdict.get("passed"))
     head = f'<p><span class="verdict {"ok" if ok else "bad"}">Data is {report.escape(verdict.get("verdict", "?"))}</span></p>'
     rows = [
-        {"check": c["name"], "result": report.badge(c["passed"]), "detail": c["detail"]}
+        {
+            "check": c["name"],
+            "result": report.badge(None, "n/a") if c.get("applicable") is False else report.badge(c["passed"]),
+            "detail": c["detail"],
+        }
         for c in verdict.get("checks") or []
     ]
     secs.append(("Data quality verdict", head + report.table(rows, ["check", "result", "detail"])))
@@ -150,22 +239,16 @@ def eda_sections(
         html = f'<div class="scroll">{report.table(c_rows, ["", *cols])}</div>'
         secs.append(("Correlations", html + _figures(pngs, ["correlation_heatmap"], used)))
 
-    # drift
+    if verdict.get("coverage") is not None:
+        secs.append(("Completeness and freshness", _coverage_html(verdict["coverage"], pngs, used)))
+
+    if prof.get("label_delay") is not None:
+        secs.append(("Label delay", _label_delay_html(prof["label_delay"], pngs, used)))
+
     if drift_result is not None:
-        if not drift_result.get("reference"):
-            html = '<p class="note">No previous run to compare with: drift is not measured on the first run.</p>'
-        else:
-            approx = set(drift_result.get("approximate") or [])
-            d_rows = [
-                {"column": c, "PSI": v, "status": _psi_status(v, max_drift_psi), "exact": c not in approx}
-                for c, v in sorted((drift_result.get("columns") or {}).items(), key=lambda kv: -(kv[1] or 0))
-            ]
-            html = (
-                f"<p>Reference: {report.escape(drift_result['reference'])}; max PSI "
-                f"{report.fmt(drift_result.get('max_psi'))}. PSI &lt; 0.1 stable, 0.1-0.25 moderate, "
-                "&gt; 0.25 major shift.</p>" + report.table(d_rows, ["column", "PSI", "status", "exact"])
-            )
-        secs.append(("Drift against the previous run", html))
+        secs.append(
+            ("Drift against the champion's training data", _drift_html(drift_result, pngs, used, max_drift_psi))
+        )
 
     # time
     by_day = prof.get("by_day") or []

@@ -1,5 +1,17 @@
-"""Drift: quantile bins, their shares and the population stability index (PSI) between this
-run's profile and the previous run's.
+"""Drift: quantile bins, their shares and the population stability index (PSI) between the
+profile of the data compared (the newest days of a run's window) and a reference profile (the
+champion's training rows).
+
+PSI is written here (``sum((a - e) * ln(a / e))`` over the reference's buckets): a drift library
+would add nothing the gate needs. Of those tried with the pinned stack, nannyml and frouros do
+not install (their pins conflict with it) and evidently installs 22 more packages (a web server,
+telemetry, plotly, nltk, statsmodels) for the same formula and HTML charts of its own.
+
+Every PSI comes with its sampling noise, by a seeded parametric bootstrap over the buckets'
+multinomial counts: a 95 % interval (both samples redrawn from their own shares) and the
+no-drift level (the 99th percentile of PSI when both samples are drawn from the reference's
+shares at their sizes). A few hundred rows give a PSI of several hundredths by chance alone; a
+column is *drifted* only when its PSI is above the limit and above that level.
 """
 
 from __future__ import annotations
@@ -85,66 +97,170 @@ def _cat_buckets(shares: Mapping[str, float], keys: Sequence[str]) -> list[float
     return [*vals, max(0.0, 1.0 - sum(vals))]
 
 
-def drift(current: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """PSI per column between this run's profile and the previous run's profile.
+def _num(v: float) -> str:
+    return f"{v:.4g}"
 
-    Numeric columns: the previous run's ``bin_shares`` in its ``bin_edges`` against the current
+
+def numeric_bucket_labels(edges: Sequence[float]) -> list[str]:
+    """Names of the buckets :func:`drift` compares for a numeric column: missing, then the bins."""
+    e = [float(x) for x in edges]
+    if len(e) < 3:
+        return ["missing", "all values"]
+    inner = [f"[{_num(a)}, {_num(b)})" for a, b in zip(e[1:-2], e[2:-1], strict=True)]
+    return ["missing", f"< {_num(e[1])}", *inner, f">= {_num(e[-2])}"]
+
+
+NOISE_QUANTILE = 0.99
+INTERVAL = 0.95
+DRAWS = 400
+
+
+def _psi_rows(e: np.ndarray, a: np.ndarray, eps: float = PSI_EPS) -> np.ndarray:
+    """PSI of each row of two (draws, buckets) share matrices, as :func:`psi` computes one."""
+    e = np.clip(e, eps, None)
+    a = np.clip(a, eps, None)
+    e = e / e.sum(axis=1, keepdims=True)
+    a = a / a.sum(axis=1, keepdims=True)
+    return np.sum((a - e) * np.log(a / e), axis=1)
+
+
+def psi_noise(
+    expected: Sequence[float],
+    actual: Sequence[float],
+    n_expected: int,
+    n_actual: int,
+    rng: np.random.Generator,
+    draws: int = DRAWS,
+) -> dict[str, float | None]:
+    """The sampling noise of a PSI between samples of ``n_expected`` and ``n_actual`` rows.
+
+    ``interval``: the central 95 % of PSI when each sample is redrawn from its own shares
+    (multinomial); ``noise``: the 99th percentile of PSI when both are drawn from ``expected``
+    (what the PSI of two samples of one population reaches by chance)."""
+    e = np.clip(np.asarray(expected, dtype="float64"), 0.0, None)
+    a = np.clip(np.asarray(actual, dtype="float64"), 0.0, None)
+    if n_expected < 1 or n_actual < 1 or e.size == 0 or e.size != a.size or e.sum() <= 0 or a.sum() <= 0:
+        return {"low": None, "high": None, "noise": None}
+    e, a = e / e.sum(), a / a.sum()
+    re = rng.multinomial(n_expected, e, size=draws) / n_expected
+    ra = rng.multinomial(n_actual, a, size=draws) / n_actual
+    lo, hi = np.quantile(_psi_rows(re, ra), [(1 - INTERVAL) / 2, (1 + INTERVAL) / 2])
+    null = _psi_rows(
+        rng.multinomial(n_expected, e, size=draws) / n_expected, rng.multinomial(n_actual, e, size=draws) / n_actual
+    )
+    return {"low": float(lo), "high": float(hi), "noise": float(np.quantile(null, NOISE_QUANTILE))}
+
+
+def drift(
+    current: Mapping[str, Any],
+    reference: Mapping[str, Any] | None,
+    *,
+    reference_name: str = "reference",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """PSI per column between the profile of the data compared and a reference profile.
+
+    Numeric columns: the reference's ``bin_shares`` in its ``bin_edges`` against the current
     shares in those same edges (exact when the current profile was built with
-    ``**reference_bins(previous)``, else approximated), with missing values as one more bucket.
-    Categorical columns: the previous top categories plus an "other" and a missing bucket.
+    ``**reference_bins(reference)``, else approximated), with missing values as one more bucket.
+    Categorical columns: the reference's top categories plus an "other" and a missing bucket.
     Columns in only one of the profiles are skipped (the schema check of the gate sees them).
 
-    Returns ``{"columns": {col: psi}, "max_psi", "max_column", "approximate": [cols], "reference"}``;
-    ``reference`` is ``"previous run"`` or ``None`` when there is no previous profile.
+    Returns ``{"columns": {col: psi}, "details": {col: {kind, buckets, reference_shares,
+    current_shares, psi, low, high, noise}}, "max_psi", "max_column", "approximate": [cols],
+    "reference": reference_name, "reference_rows", "current_rows"}``; ``reference`` is ``None``
+    when there is no reference profile. ``low``/``high``/``noise``: see :func:`psi_noise`
+    (seeded by ``seed``).
     """
-    if not previous:
-        return {"columns": {}, "max_psi": 0.0, "max_column": None, "approximate": [], "reference": None}
-    cols: dict[str, float] = {}
+    empty = {"columns": {}, "details": {}, "max_psi": 0.0, "max_column": None, "approximate": []}
+    if not reference:
+        return {**empty, "reference": None}
+    n_ref = int((reference.get("overall") or {}).get("rows") or 0)
+    n_cur = int((current.get("overall") or {}).get("rows") or 0)
+    sizes = {"reference": reference_name, "reference_rows": n_ref, "current_rows": n_cur}
+    if not n_cur:  # an empty window has no distribution to compare
+        return {**empty, **sizes}
+    rng = np.random.default_rng(seed)
+    details: dict[str, dict[str, Any]] = {}
     approx: list[str] = []
-    if not (current.get("overall") or {}).get("rows"):  # an empty window has no distribution to compare
-        return {"columns": {}, "max_psi": 0.0, "max_column": None, "approximate": [], "reference": "previous run"}
-    prev_num = previous.get("numeric") or {}
+
+    def add(col: str, kind: str, labels: list[str], expected: list[float], actual: list[float]) -> None:
+        value = psi(expected, actual)
+        details[col] = {
+            "kind": kind,
+            "buckets": labels,
+            "reference_shares": expected,
+            "current_shares": actual,
+            "psi": value,
+            **psi_noise(expected, actual, n_ref, n_cur, rng),
+        }
+
+    ref_num = reference.get("numeric") or {}
     for col, cur in (current.get("numeric") or {}).items():
-        prev = prev_num.get(col)
-        if not prev or not prev.get("bin_edges") or not prev.get("count"):
+        ref = ref_num.get(col)
+        if not ref or not ref.get("bin_edges") or not ref.get("count"):
             continue
-        edges, ref = prev["bin_edges"], prev["bin_shares"]
+        edges, shares = ref["bin_edges"], ref["bin_shares"]
         cur_edges = cur.get("reference_edges")
         if not cur.get("count"):  # every value missing now: all mass in the missing bucket
-            actual = [0.0] * len(ref)
+            actual = [0.0] * len(shares)
         elif cur_edges is not None and [float(e) for e in cur_edges] == [float(e) for e in edges]:
             actual = cur["reference_shares"]
         else:
             actual = _reproject(cur["bin_edges"], cur["bin_shares"], edges)
             approx.append(col)
-        cols[col] = psi(_with_missing(ref, prev.get("missing_share")), _with_missing(actual, cur.get("missing_share")))
+        add(
+            col,
+            "numeric",
+            numeric_bucket_labels(edges),
+            _with_missing(shares, ref.get("missing_share")),
+            _with_missing(actual, cur.get("missing_share")),
+        )
 
-    prev_cat = previous.get("categorical") or {}
+    ref_cat = reference.get("categorical") or {}
     for col, cur in (current.get("categorical") or {}).items():
-        prev = prev_cat.get(col)
-        if not prev or not prev.get("count"):
+        ref = ref_cat.get(col)
+        if not ref or not ref.get("count"):
             continue
-        prev_shares = {str(k): float(v) for k, v in prev.get("top") or []}
-        prev_keys = list(prev_shares)
-        if cur.get("reference_categories") == prev_keys and "reference_shares" in cur:
-            keys = prev_keys
+        ref_shares = {str(k): float(v) for k, v in ref.get("top") or []}
+        ref_keys = list(ref_shares)
+        if cur.get("reference_categories") == ref_keys and "reference_shares" in cur:
+            keys = ref_keys
             cur_shares = {str(k): float(v) for k, v in cur["reference_shares"]}
         else:
             cur_shares = {str(k): float(v) for k, v in cur.get("top") or []}
-            keys = [k for k in prev_keys if k in cur_shares]
+            keys = [k for k in ref_keys if k in cur_shares]
             approx.append(col)
-        cols[col] = psi(
-            _with_missing(_cat_buckets(prev_shares, keys), prev.get("missing_share")),
+        add(
+            col,
+            "categorical",
+            ["missing", *keys, "other"],
+            _with_missing(_cat_buckets(ref_shares, keys), ref.get("missing_share")),
             _with_missing(_cat_buckets(cur_shares, keys), cur.get("missing_share")),
         )
 
+    cols = {c: d["psi"] for c, d in details.items()}
     max_col = max(cols, key=cols.__getitem__) if cols else None
     return _clean(
         {
             "columns": cols,
+            "details": details,
             "max_psi": cols[max_col] if max_col else 0.0,
             "max_column": max_col,
             "approximate": approx,
-            "reference": "previous run",
+            **sizes,
         }
     )
+
+
+def drifted(drift_result: Mapping[str, Any], limit: float) -> dict[str, float]:
+    """The drifted columns and their PSI: above ``limit`` and above their no-drift level."""
+    details = drift_result.get("details") or {}
+    out = {}
+    for col, value in (drift_result.get("columns") or {}).items():
+        if value is None or value <= limit:
+            continue
+        noise = (details.get(col) or {}).get("noise")
+        if noise is None or value > noise:
+            out[col] = float(value)
+    return out
