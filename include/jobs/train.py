@@ -10,6 +10,16 @@ variables; on AWS the same file runs in the framework container.
     SM_CHANNEL_TRAIN=... SM_CHANNEL_VALIDATION=... SM_MODEL_DIR=... SM_OUTPUT_DATA_DIR=... \
     python -m include.jobs.train --family xgboost --problem-type binary_classification \
         --metric auprc --max_depth 5 --learning_rate 0.1
+
+How the trial is scored (``--selection``, see ``include/lifecycle/models.py``): ``holdout`` fits
+on the train channel and scores the validation channel; ``cv`` (or ``auto`` on static or small
+data) scores k folds of train + validation (``validation_score`` = their mean, the fold scores and
+their sd recorded) and keeps the model fitted on the train channel. ``metrics.json`` also holds
+the smooth validation metrics that break ties of the goal metric (``validation_auprc`` and
+``validation_log_loss``, or ``validation_rmse`` and ``validation_mae``). With
+``--target_transform log|log1p`` a regression model is fitted on the transformed target, saved to
+predict on the original scale, and scored on both scales (``*_score`` original,
+``*_score_transformed`` fitted scale).
 """
 
 from __future__ import annotations
@@ -27,16 +37,25 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from include.lifecycle.dataset import check_target_transform, inverse_target, transform_target
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.features import apply_resampling
 from include.lifecycle.models import (
     AMOUNT_COL,
+    DATA_KINDS,
+    SELECTIONS,
     TARGET_COL,
+    Selection,
+    TargetTransformed,
     build_model,
+    choose_selection,
+    cv_splits,
+    data_kind,
     fit_and_predict,
     fit_model,
-    predict,
+    predict_both,
     save_model,
+    smooth_scores,
 )
 
 
@@ -52,9 +71,15 @@ def hyperparameter_args(spec: Any, plan: Mapping[str, Any], trial: Mapping[str, 
         "seed": spec.training.seed,
         "class_weight": spec.training.class_weight,
         "resample": plan.get("resample", "none"),
+        "selection": spec.training.selection,
+        "cv_folds": spec.training.cv_folds,
+        "cv_max_rows": spec.training.cv_max_rows,
+        "data_kind": data_kind(spec),
     }
     if goal.max_alert_rate is not None:
         args["max_alert_rate"] = goal.max_alert_rate
+    if spec.problem.target_transform != "none":
+        args["target_transform"] = spec.problem.target_transform
     out: list[str] = []
     for k, v in args.items():
         out += [f"--{k}", str(v)]
@@ -83,6 +108,15 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]
     p.add_argument("--class-weight", "--class_weight", dest="class_weight", default="balanced")
     p.add_argument("--resample", default="none")
     p.add_argument("--resample-ratio", "--resample_ratio", dest="resample_ratio", type=float, default=0.1)
+    # hyperparameter_args passes the spec's training.selection; a bare call scores on the validation channel
+    p.add_argument("--selection", choices=SELECTIONS, default="holdout")
+    p.add_argument("--cv-folds", "--cv_folds", dest="cv_folds", type=int, default=5)
+    p.add_argument("--cv-max-rows", "--cv_max_rows", dest="cv_max_rows", type=int, default=20_000)
+    p.add_argument("--data-kind", "--data_kind", dest="data_kind", choices=DATA_KINDS, default="static")
+    p.add_argument(
+        "--target-transform", "--target_transform", dest="target_transform", choices=("none", "log", "log1p"),
+        default="none",
+    )  # fmt: skip
     args, rest = p.parse_known_args(argv)
     if len(rest) % 2:
         raise SystemExit(f"hyper-parameters must come as --name value pairs, got {rest}")
@@ -111,10 +145,92 @@ def _xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return X, df[TARGET_COL].to_numpy(), amount
 
 
+class _Trial:
+    """Fits the trial's model on some rows and scores predictions, the same way for every fold and
+    for the model that is kept."""
+
+    def __init__(self, args: argparse.Namespace, params: dict[str, Any], *, threads: int) -> None:
+        self.args, self.params, self.threads = args, params, threads
+        self.binary = args.problem_type == "binary_classification"
+        self.transform = "none" if self.binary else args.target_transform
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, score_fit_rows: bool) -> tuple[Any, np.ndarray | None, int]:
+        """``(model, its predictions for X on the fitted scale or None, rows fitted)``: resampled
+        (binary) or transformed (regression) as the trial asks; a transformed model predicts on
+        the original scale (:class:`TargetTransformed`)."""
+        a = self.args
+        pos_weight = 1.0
+        if self.binary:
+            X_fit, y_fit = apply_resampling(X, y, method=a.resample, seed=a.seed, ratio=a.resample_ratio)
+            n_pos = max(int(y_fit.sum()), 1)
+            pos_weight = (len(y_fit) - n_pos) / n_pos
+        else:
+            X_fit, y_fit = X, transform_target(y, self.transform)
+        model = build_model(
+            a.family,
+            self.params,
+            binary=self.binary,
+            seed=a.seed,
+            class_weight=a.class_weight,
+            pos_weight=pos_weight,
+            n_jobs=self.threads,
+        )
+        z = None
+        if score_fit_rows and X_fit is X:  # the fit's own predictions are the training scores (no second pass)
+            z = fit_and_predict(model, X_fit, y_fit, binary=self.binary)
+        else:  # resampled: score the original rows
+            fit_model(model, X_fit, y_fit)
+            if score_fit_rows:
+                z = predict_both(model, X, binary=self.binary)[0]
+        if self.transform != "none":
+            model = TargetTransformed(model, self.transform)
+        return model, z, len(y_fit)
+
+    def evaluate(self, y: np.ndarray, s: np.ndarray, z: np.ndarray | None, amount: np.ndarray | None) -> dict:
+        """``score`` (the goal metric on the original scale), the smooth metrics and, with a target
+        transform, ``score_transformed`` (the goal metric of the fitted-scale predictions ``z``)."""
+        a = self.args
+
+        def goal(yy: np.ndarray, ss: np.ndarray) -> float:
+            return float(goal_metric(a.metric, yy, ss, amount=amount, max_alert_rate=a.max_alert_rate, threshold=0.5))
+
+        out: dict[str, Any] = {"score": goal(y, s), **smooth_scores(y, s, binary=self.binary)}
+        if self.transform != "none":
+            out["score_transformed"] = goal(transform_target(y, self.transform), z)
+        return out
+
+    def predictions(self, model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return predict_both(model, X, binary=self.binary)
+
+
+def _mean(values: list[Any]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if len(kept) == len(values) and kept else None
+
+
+def _cross_validate(
+    trial: _Trial, sel: Selection, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], log: Any
+) -> list[dict[str, Any]]:
+    """The trial scored on each fold of the train + validation rows (fitted on the other folds)."""
+    X = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    amount = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])  # type: ignore[misc]
+    out = []
+    for i, (fit_rows, held) in enumerate(cv_splits(y, sel.folds, seed=trial.args.seed, binary=trial.binary), 1):
+        model, _, _ = trial.fit(X[fit_rows], y[fit_rows], score_fit_rows=False)
+        s, z = trial.predictions(model, X[held])
+        fold = trial.evaluate(y[held], s, z, None if amount is None else amount[held])
+        out.append({"rows": len(held), **fold})
+        log(f"{trial.args.trial_id}: fold {i}/{sel.folds}: {trial.args.metric} {fold['score']:.4f} on {len(held)} rows")
+    return out
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, log: Any = print) -> dict[str, Any]:
     env = os.environ if env is None else env
     args, params = parse_args(sys.argv[1:] if argv is None else argv)
     binary = args.problem_type == "binary_classification"
+    if binary and args.target_transform != "none":
+        raise SystemExit(f"--target_transform {args.target_transform} applies to regression targets only")
     t0 = time.perf_counter()
     train = read_channel(env["SM_CHANNEL_TRAIN"])
     valid = read_channel(env["SM_CHANNEL_VALIDATION"])
@@ -122,68 +238,96 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     X_va, y_va, amt_va = _xy(valid)
     del train, valid
     t_read = time.perf_counter() - t0
-    pos_weight = 1.0
     if binary:
-        y_tr = y_tr.astype("int8")
-        y_va = y_va.astype("int8")
-        X_fit, y_fit = apply_resampling(X_tr, y_tr, method=args.resample, seed=args.seed, ratio=args.resample_ratio)
-        n_pos = max(int(y_fit.sum()), 1)
-        pos_weight = (len(y_fit) - n_pos) / n_pos
+        y_tr, y_va = y_tr.astype("int8"), y_va.astype("int8")
     else:
-        X_fit, y_fit = X_tr, y_tr.astype("float64")
+        y_tr, y_va = y_tr.astype("float64"), y_va.astype("float64")
+        for y in (y_tr, y_va):
+            check_target_transform(y, args.target_transform, column=TARGET_COL)
     # SageMaker sets SM_NUM_CPUS to the instance's cores; the local backend sets it to this trial's
     # share of the machine, so trials that run side by side never oversubscribe the cores
     threads = max(1, int(env.get("SM_NUM_CPUS") or os.cpu_count() or 1))
-    log(
-        f"{args.trial_id}: fitting {args.family} {params} on {len(y_fit)} rows x {X_fit.shape[1]} features "
-        f"with {threads} thread(s)"
-    )
-    model = build_model(
-        args.family,
-        params,
+    trial = _Trial(args, params, threads=threads)
+    sel = choose_selection(
+        args.selection,
+        kind=args.data_kind,
+        y=np.concatenate([y_tr, y_va]),
         binary=binary,
-        seed=args.seed,
-        class_weight=args.class_weight,
-        pos_weight=pos_weight,
-        n_jobs=threads,
+        folds=args.cv_folds,
+        max_rows=args.cv_max_rows,
+    )
+    log(
+        f"{args.trial_id}: fitting {args.family} {params} on {len(y_tr)} rows x {X_tr.shape[1]} features "
+        f"with {threads} thread(s); selection {sel.name}: {sel.rule}"
     )
     with threadpool_limits(limits=threads):  # BLAS/OpenMP pools of numpy and scikit-learn too
         t1 = time.perf_counter()
-        if X_fit is X_tr:  # the fit's own predictions are the training scores (no second pass over the rows)
-            s_tr = fit_and_predict(model, X_fit, y_fit, binary=binary)
-            t_fit = time.perf_counter() - t1
-        else:  # resampled: score the original training rows
-            fit_model(model, X_fit, y_fit)
-            t_fit = time.perf_counter() - t1
-            s_tr = predict(model, X_tr, binary=binary)
-        s_va = predict(model, X_va, binary=binary)
-
-    def score(y: np.ndarray, s: np.ndarray, amount: np.ndarray | None) -> float:
-        return float(goal_metric(args.metric, y, s, amount=amount, max_alert_rate=args.max_alert_rate, threshold=0.5))
-
-    result = {
+        folds = _cross_validate(trial, sel, [(X_tr, y_tr, amt_tr), (X_va, y_va, amt_va)], log) if sel.folds else []
+        t_cv = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        model, z_tr, n_fit = trial.fit(X_tr, y_tr, score_fit_rows=True)
+        t_fit = time.perf_counter() - t1
+        s_va, z_va = trial.predictions(model, X_va)
+    assert z_tr is not None
+    s_tr = inverse_target(z_tr, trial.transform) if not binary else z_tr
+    on_train = trial.evaluate(y_tr, s_tr, z_tr, amt_tr)
+    on_validation = trial.evaluate(y_va, s_va, z_va, amt_va)
+    # what the trials are compared by: the fold means under cv, the validation channel under holdout
+    chosen = {k: _mean([f[k] for f in folds]) for k in on_validation} if folds else on_validation
+    result: dict[str, Any] = {
         "trial_id": args.trial_id,
         "family": args.family,
         "params": params,
         "metric": args.metric,
-        "train_score": score(y_tr, s_tr, amt_tr),
-        "validation_score": score(y_va, s_va, amt_va),
+        "train_score": on_train["score"],
+        "validation_score": chosen["score"],
+        **{f"validation_{k}": v for k, v in chosen.items() if k not in ("score", "score_transformed")},
+        "selection": sel.name,
+        "selection_rule": sel.rule,
         "n_train": len(y_tr),
-        "n_fit": len(y_fit),
+        "n_fit": n_fit,
         "n_validation": len(y_va),
         "n_features": int(X_tr.shape[1]),
         "resample": args.resample,
+        "target_transform": trial.transform,
         "threads": threads,
-        "seconds": {"read": round(t_read, 3), "fit": round(t_fit, 3), "total": round(time.perf_counter() - t0, 3)},
+        "seconds": {
+            "read": round(t_read, 3),
+            "cv": round(t_cv, 3),
+            "fit": round(t_fit, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
     }
+    if folds:
+        scores = [f["score"] for f in folds]
+        result.update(
+            validation_fold_scores=scores,
+            validation_score_sd=float(np.std(scores, ddof=1)),
+            holdout_validation_score=on_validation["score"],  # the kept model on the validation channel
+            n_cv=int(sum(f["rows"] for f in folds)),
+        )
+    if trial.transform != "none":
+        result.update(
+            train_score_transformed=on_train["score_transformed"],
+            validation_score_transformed=chosen["score_transformed"],
+        )
     model_dir = Path(env["SM_MODEL_DIR"])
     result["model_files"] = save_model(model, args.family, model_dir)
     out = Path(env["SM_OUTPUT_DATA_DIR"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    spread = f" (sd {result['validation_score_sd']:.4f} over {sel.folds} folds)" if folds else ""
+    scale = (
+        f"; on the {trial.transform} scale: train {result['train_score_transformed']:.4f}, "
+        f"selection {result['validation_score_transformed']:.4f}"
+        if trial.transform != "none"
+        else ""
+    )
+    # one "validation <metric>=<score>" line: SageMaker tuning reads its objective from it
     log(
         f"{args.trial_id}: train {args.metric}={result['train_score']:.4f}, "
-        f"validation {args.metric}={result['validation_score']:.4f} ({result['seconds']['fit']}s fit)"
+        f"validation {args.metric}={result['validation_score']:.4f} [{sel.name}]{spread}{scale} "
+        f"({result['seconds']['fit']}s fit)"
     )
     return result
 

@@ -11,6 +11,10 @@ a :class:`SplitError`, never a model scored 0.0.
 
 Labels are compared one way everywhere (:func:`label_key`): numbers and booleans as numbers,
 other text without surrounding blanks and case; a missing target value is never a negative.
+
+A regression target may be modelled on another scale (``problem.target_transform``: ``log``,
+``log1p``): :func:`transform_target` / :func:`inverse_target` are the one pair of functions the
+training job and the saved model use, :func:`check_target_transform` the rule the values obey.
 """
 
 from __future__ import annotations
@@ -36,8 +40,16 @@ class SplitError(ValueError):
     """The data cannot be split as the spec asks (e.g. a test window without positives)."""
 
 
-class MissingTargetError(ValueError):
+class TargetError(ValueError):
+    """The target column cannot be used as the spec declares it."""
+
+
+class MissingTargetError(TargetError):
     """Rows without a target value where every row needs one (they are never read as negatives)."""
+
+
+class TargetTransformError(TargetError):
+    """A regression target holds values its ``problem.target_transform`` is not defined for."""
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -126,7 +138,10 @@ def target_vector(series: pd.Series, spec: Spec) -> np.ndarray:
     """0/1 for a binary problem (1 where the value equals the positive label), floats for regression.
 
     Raises :class:`MissingTargetError` when a value is missing: an unlabelled row is never a
-    negative (collect quarantines such rows with rule ``target_missing``).
+    negative (collect quarantines such rows with rule ``target_missing``); a regression target
+    outside the domain of ``problem.target_transform`` (log: > 0, log1p: > -1) raises
+    :class:`TargetTransformError`. Both are :class:`TargetError`. The values stay on their original
+    scale: the training job transforms them and the saved model predicts on the original scale.
     """
     missing = target_missing(series)
     if missing.any():
@@ -135,8 +150,62 @@ def target_vector(series: pd.Series, spec: Spec) -> np.ndarray:
             f"without a label is never read as negative (collect quarantines it with rule target_missing)"
         )
     if not spec.is_binary:
-        return pd.to_numeric(series, errors="raise").to_numpy(dtype="float64")
+        y = pd.to_numeric(series, errors="raise").to_numpy(dtype="float64")
+        check_target_transform(y, spec.problem.target_transform, column=str(series.name))
+        return y
     return positive_mask(series, spec.problem.positive_label).astype("int8")
+
+
+# --- target transforms (regression) --------------------------------------------------------------
+# problem.target_transform: the model is fitted on f(y) and predicts f^-1 of its output; the
+# rule every target value must satisfy for f to be defined
+TARGET_TRANSFORMS = ("none", "log", "log1p")
+_TRANSFORM_RULES = {"log": ("every value > 0", lambda y: y > 0), "log1p": ("every value > -1", lambda y: y > -1)}
+# exp overflows float64 above about 709.78: inverse predictions are capped there instead of inf
+_MAX_EXP = float(np.log(np.finfo(np.float64).max))
+
+
+def check_target_transform(y: Any, transform: str, *, column: str = "target") -> None:
+    """Raise :class:`TargetTransformError` naming the column, the rule and the offending values
+    when ``transform`` (``problem.target_transform``) is not defined for every value of ``y``."""
+    if transform == "none":
+        return
+    if transform not in _TRANSFORM_RULES:
+        raise ValueError(f"unknown target transform {transform!r}: use one of {', '.join(TARGET_TRANSFORMS)}")
+    rule, ok = _TRANSFORM_RULES[transform]
+    arr = np.asarray(y, dtype="float64")
+    bad = ~ok(arr) | ~np.isfinite(arr)
+    if bad.any():
+        shown = ", ".join(f"{v:g}" for v in np.unique(arr[bad])[:5])
+        raise TargetTransformError(
+            f"target column {column!r}: problem.target_transform {transform} needs {rule} (and finite), but "
+            f"{int(bad.sum())} of {arr.size} rows break it (e.g. {shown}); use "
+            f"{'log1p (needs > -1) or ' if transform == 'log' else ''}none, or fix the data"
+        )
+
+
+def transform_target(y: Any, transform: str) -> np.ndarray:
+    """``y`` on the scale the model is fitted on: ``log(y)``, ``log1p(y)`` or ``y`` itself
+    (checked first: see :func:`check_target_transform`)."""
+    arr = np.asarray(y, dtype="float64")
+    check_target_transform(arr, transform)
+    if transform == "log":
+        return np.log(arr)
+    if transform == "log1p":
+        return np.log1p(arr)
+    return arr
+
+
+def inverse_target(z: Any, transform: str) -> np.ndarray:
+    """Predictions ``z`` on the fitted scale back on the target's original scale."""
+    arr = np.asarray(z, dtype="float64")
+    if transform == "log":
+        return np.exp(np.minimum(arr, _MAX_EXP))
+    if transform == "log1p":
+        return np.expm1(np.minimum(arr, _MAX_EXP))
+    if transform != "none":
+        raise ValueError(f"unknown target transform {transform!r}: use one of {', '.join(TARGET_TRANSFORMS)}")
+    return arr
 
 
 # --- splits ------------------------------------------------------------------------------------

@@ -232,6 +232,11 @@ class ProblemSpec(_Strict):
     type: Literal["binary_classification", "regression"]
     target: str
     positive_label: Any = 1
+    target_transform: Literal["none", "log", "log1p"] = Field(
+        "none",
+        description="regression: fit on log(y) (needs y > 0) or log1p(y) (needs y > -1); the model predicts, "
+        "and the goal metric is reported, on the original scale",
+    )
 
 
 class FeatureGroupSpec(_Strict):
@@ -294,6 +299,14 @@ class TrainingSpec(_Strict):
     max_trials: int = Field(24, ge=1, le=200)
     seed: int = 42
     class_weight: Literal["balanced", "none"] = "balanced"
+    selection: Literal["auto", "cv", "holdout"] = Field(
+        "auto",
+        description="how trials are compared: cv (stratified k-fold on the train + validation rows), holdout "
+        "(the validation rows); auto: holdout for time-ordered partitioned data, cv for a single file or when "
+        "the train + validation rows are fewer than cv_max_rows",
+    )
+    cv_folds: int = Field(5, ge=2, le=20)
+    cv_max_rows: int = Field(20_000, ge=0, description="auto: cv below this many train + validation rows")
     split: SplitSpec = SplitSpec()
 
     @model_validator(mode="after")
@@ -465,6 +478,10 @@ class Spec(_Strict):
             raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a binary classification problem")
         if not binary and self.goal.metric not in REGRESSION_METRICS:
             raise ValueError(f"goal.metric {self.goal.metric!r} does not fit a regression problem")
+        if binary and self.problem.target_transform != "none":
+            raise ValueError(
+                f"problem.target_transform {self.problem.target_transform} applies to regression targets only"
+            )
         # a target the metric can never reach is a typo, not a goal (e.g. roc_auc 1.5)
         low, high = METRIC_RANGE[self.goal.metric]
         if not low <= self.goal.target <= high:

@@ -251,3 +251,54 @@ def test_regression_bundle_returns_predictions(tmp_path: Path) -> None:
     pred = bundle.score(raw.drop(columns=["target"]))
     np.testing.assert_allclose(pred, model.predict(X), rtol=1e-5)
     assert float(np.sqrt(np.mean((pred - raw["target"]) ** 2))) < 2.0
+
+
+def test_a_log_target_bundle_scores_on_the_original_scale(tmp_path: Path) -> None:
+    """A model the training job fitted on log(price): the bundle (and so serving and the champion
+    comparison) returns prices, because the saved model carries its transform."""
+    from include.jobs import train as train_job
+    from include.lifecycle.models import TARGET_COL
+
+    rng = np.random.default_rng(4)
+    n = 600
+    raw = pd.DataFrame({"rooms": rng.integers(1, 8, n).astype(float), "area": rng.gamma(4.0, 25.0, n)})
+    raw.loc[rng.random(n) < 0.05, "area"] = np.nan  # missing values go through the preprocessor
+    raw["price"] = np.exp(10.5 + 0.15 * raw["rooms"] + 0.004 * raw["area"].fillna(100) + rng.normal(0, 0.1, n))
+    groups = [FeatureGroupSpec(name="baseline", kind="raw", columns=["rooms", "area"])]
+    feats, cols = engineer(raw, groups, time_column=None, entity_column=None, exclude=["price"])
+    pre = make_preprocessor(cols, problem_type="regression")
+    X = pre.fit_transform(feats.iloc[:400], raw["price"].iloc[:400].to_numpy())
+    names = [str(c) for c in pre.get_feature_names_out()]
+    env = {"SM_MODEL_DIR": str(tmp_path / "model"), "SM_OUTPUT_DATA_DIR": str(tmp_path / "output")}
+    for channel, rows, matrix in (("train", slice(0, 400), X), ("validation", slice(400, n), None)):
+        frame = pd.DataFrame(pre.transform(feats.iloc[rows]) if matrix is None else matrix, columns=names)
+        frame[TARGET_COL] = raw["price"].iloc[rows].to_numpy()
+        (tmp_path / channel).mkdir()
+        frame.to_parquet(tmp_path / channel / "part-0.parquet", index=False)
+        env[f"SM_CHANNEL_{channel.upper()}"] = str(tmp_path / channel)
+    argv = ["--family", "xgboost", "--problem_type", "regression", "--metric", "r2", "--target_transform", "log"]
+    result = train_job.main([*argv, "--n_estimators", "80", "--max_depth", "3"], env=env, log=lambda _m: None)
+
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    for f in (tmp_path / "model").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    joblib.dump(pre, folder / "preprocessor.joblib")
+    config = features_config(
+        pipeline=FeaturePipeline(tuple(groups), None, None, ("price",)),
+        columns=cols.to_dict(),
+        names=names,
+        problem_type="regression",
+        input_columns=["rooms", "area"],
+    )
+    (folder / "features.json").write_text(json.dumps(config))
+    (folder / "threshold.json").write_text(json.dumps({"threshold": None}))
+
+    bundle = ModelBundle.load(folder)
+    valid = raw.iloc[400:]
+    pred = bundle.score(valid.drop(columns=["price"]))
+    assert 10_000 < float(np.median(pred)) < 1_000_000  # prices, not log prices (about 12)
+    y = valid["price"].to_numpy()
+    r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert r2 == pytest.approx(result["validation_score"], abs=1e-5)  # the job's original-scale score
+    assert r2 > 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,18 @@ from include.lifecycle.dataset import (
     VALIDATION,
     MissingTargetError,
     SplitError,
+    TargetError,
+    TargetTransformError,
     assign_splits,
     describe_values,
+    inverse_target,
     label_key,
     make_split,
     positive_mask,
     target_vector,
+    transform_target,
 )
-from include.lifecycle.spec import PROJECT_ROOT, parse_spec
+from include.lifecycle.spec import PROJECT_ROOT, SpecError, parse_spec
 
 CARD = yaml.safe_load((PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
 SPEC = parse_spec(CARD)  # time split: validation_days 5, test_days 5, labels maturity 10 days
@@ -279,3 +284,55 @@ def test_describe_values_lists_the_most_frequent_with_counts():
     assert describe_values(s) == "'N' (880), 'Y' (120)"
     assert describe_values(pd.Series(np.arange(12) % 12), limit=2).endswith("... (10 more)")
     assert describe_values(pd.Series([1, 1, 0])) == "1 (2), 0 (1)"
+
+
+# --- regression target transforms -----------------------------------------------------------------
+DIABETES = yaml.safe_load((PROJECT_ROOT / "include" / "problems" / "diabetes.yaml").read_text())
+
+
+def _diabetes(transform: str) -> object:
+    data = json.loads(json.dumps(DIABETES))
+    data["problem"]["target_transform"] = transform
+    return parse_spec(data)
+
+
+def test_transform_and_inverse_are_one_pair() -> None:
+    y = np.array([0.5, 1.0, 10.0, 3e5])
+    for name, forward in (("log", np.log), ("log1p", np.log1p), ("none", lambda v: v)):
+        z = transform_target(y, name)
+        np.testing.assert_allclose(z, forward(y))
+        np.testing.assert_allclose(inverse_target(z, name), y, rtol=1e-12)
+    assert np.isfinite(inverse_target(np.array([1e6]), "log")).all()  # capped, not inf
+    np.testing.assert_allclose(transform_target(np.array([-0.5, 0.0]), "log1p"), np.log1p([-0.5, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("transform", "values", "rule"),
+    [
+        ("log", [3.0, 0.0, -2.0, 5.0], "log needs every value > 0"),
+        ("log1p", [3.0, -1.0, 5.0, -4.0], "log1p needs every value > -1"),
+        ("log", [3.0, np.inf, 5.0, 1.0], "log needs every value > 0 (and finite)"),
+    ],
+)
+def test_a_target_outside_its_transform_is_a_clear_error(transform: str, values: list[float], rule: str) -> None:
+    spec = _diabetes(transform)
+    with pytest.raises(
+        TargetTransformError, match=re.escape(f"target column 'target': problem.target_transform {rule}")
+    ):
+        target_vector(pd.Series(values, name="target"), spec)
+    assert issubclass(TargetTransformError, TargetError) and issubclass(MissingTargetError, TargetError)
+
+
+def test_target_vector_keeps_the_original_scale_under_a_transform() -> None:
+    y = target_vector(pd.Series([1.0, 20.0, 300.0], name="target"), _diabetes("log"))
+    np.testing.assert_array_equal(y, [1.0, 20.0, 300.0])  # the job transforms; the channels keep the truth
+    target_vector(pd.Series([0.0, -0.5], name="target"), _diabetes("log1p"))  # log1p admits 0 and > -1
+
+
+def test_a_binary_problem_has_no_target_transform() -> None:
+    data = json.loads(json.dumps(CARD))
+    data["problem"]["target_transform"] = "log"
+    with pytest.raises(SpecError, match="problem.target_transform log applies to regression targets only"):
+        parse_spec(data)
+    with pytest.raises(SpecError, match="problem.target_transform"):
+        _diabetes("sqrt")

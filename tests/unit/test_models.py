@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,18 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import average_precision_score
 
 from include.jobs import train as train_job
+from include.lifecycle.dataset import TargetTransformError
 from include.lifecycle.decide import TUNE, initial_plan, next_plan
 from include.lifecycle.evaluate_model import goal_metric
 from include.lifecycle.models import (
     AMOUNT_COL,
     TARGET_COL,
+    TargetTransformed,
     best_trial,
     build_model,
+    choose_selection,
+    cv_splits,
+    data_kind,
     fit_and_predict,
     fit_model,
     load_model,
@@ -567,3 +573,298 @@ def test_hyper_parameters_built_from_a_spec_trial_are_accepted(
     result = train_job.main(argv, env=_sm_env(tmp_path, *binary_data), log=lambda _m: None)
     assert result["params"] == trial["params"]
     assert result["validation_score"] > 0.7
+
+
+# --------------------------------------------------------------------------------------
+# ties broken by a smooth metric, never by trial order
+# --------------------------------------------------------------------------------------
+def _scored(trial_id: str, family: str, score: float, **smooth: float | None) -> dict[str, Any]:
+    return {**_r(trial_id, family, score), **{f"validation_{k}": v for k, v in smooth.items()}}
+
+
+def test_best_trial_breaks_goal_ties_by_auprc_then_log_loss() -> None:
+    """24 trials tying on a goal metric that counts a few caught positives: the one whose scores
+    rank the validation rows best wins, not the first planned (the default parameters)."""
+    results = [
+        _scored("r1-logistic-0", "logistic", 0.75, auprc=0.40, log_loss=0.20),
+        _scored("r1-xgboost-3", "xgboost", 0.75, auprc=0.52, log_loss=0.31),
+        _scored("r1-xgboost-1", "xgboost", 0.75, auprc=0.52, log_loss=0.12),
+        _scored("r1-random_forest-0", "random_forest", 0.70, auprc=0.90, log_loss=0.01),
+    ]
+    assert best_trial(results, higher_is_better=True)["trial_id"] == "r1-xgboost-1"
+    # a goal metric computed in another summation order still ties
+    results[0]["validation_score"] = 0.75 + 1e-15
+    assert best_trial(results, higher_is_better=True)["trial_id"] == "r1-xgboost-1"
+    # a trial without smooth metrics (failed to compute, older result) ranks after those with them
+    results.append(_scored("r1-logistic-1", "logistic", 0.75, auprc=None, log_loss=None))
+    assert best_trial(results, higher_is_better=True)["trial_id"] == "r1-xgboost-1"
+    # only exact ties of both go to the simpler family, then the id
+    results.append(_scored("r1-logistic-2", "logistic", 0.75, auprc=0.52, log_loss=0.12))
+    assert best_trial(results, higher_is_better=True)["trial_id"] == "r1-logistic-2"
+
+
+def test_best_trial_breaks_regression_ties_by_rmse() -> None:
+    results = [
+        _scored("r1-linear-0", "linear", 0.50, rmse=3.0, mae=2.0),
+        _scored("r1-xgboost-0", "xgboost", 0.50, rmse=2.5, mae=2.4),
+        _scored("r1-xgboost-1", "xgboost", 0.49, rmse=1.0, mae=0.5),
+    ]
+    assert best_trial(results, higher_is_better=True)["trial_id"] == "r1-xgboost-0"
+    assert best_trial(results, higher_is_better=False)["trial_id"] == "r1-xgboost-1"
+
+
+def test_main_writes_the_smooth_metrics_next_to_the_goal_metric(
+    tmp_path: Path, binary_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """recall at a 10% alert rate ties between two logistic models with different C; AUPRC and
+    log-loss of the same validation rows tell them apart, and the job reports exactly those."""
+    train, valid = binary_data
+    results = []
+    for k, c in enumerate((1.0, 0.001)):
+        env = _sm_env(tmp_path / str(k), train, valid)
+        argv = ["--family", "logistic", "--trial_id", f"r1-logistic-{k}", "--metric", "recall_at_alert_rate"]
+        results.append(train_job.main([*argv, "--max_alert_rate", "0.2", "--C", str(c)], env=env, log=lambda _m: None))
+        model = load_model(env["SM_MODEL_DIR"])
+        X_va = valid.drop(columns=[TARGET_COL, AMOUNT_COL]).to_numpy(dtype="float32")
+        s = predict(model, X_va, binary=True)
+        y = valid[TARGET_COL].to_numpy()
+        assert results[-1]["validation_auprc"] == pytest.approx(average_precision_score(y, s))
+        p = np.clip(s, 1e-15, 1 - 1e-15)
+        assert results[-1]["validation_log_loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        assert results[-1]["selection"] == "holdout"  # a bare call scores the validation channel
+    a, b = results
+    assert a["validation_score"] == b["validation_score"] == 1.0  # every positive is in the top 20%
+    assert a["validation_auprc"] != b["validation_auprc"]
+    better = a if a["validation_auprc"] > b["validation_auprc"] else b
+    assert best_trial([b, a], higher_is_better=True)["trial_id"] == better["trial_id"]
+    assert best_trial([a, b], higher_is_better=True)["trial_id"] == better["trial_id"]
+
+
+# --------------------------------------------------------------------------------------
+# model selection fit for the data size: k-fold cross-validation or the forward holdout
+# --------------------------------------------------------------------------------------
+BREAST_CANCER = PROJECT_ROOT / "include" / "problems" / "breast_cancer.yaml"
+
+
+def test_choose_selection_follows_the_data() -> None:
+    y = np.array([0] * 90 + [1] * 30)
+    kw: dict[str, Any] = {"y": y, "binary": True, "folds": 5, "max_rows": 1000}
+    static = choose_selection("auto", kind="static", **kw)
+    assert (static.name, static.folds) == ("cv-5", 5) and "static" in static.rule and "stratified" in static.rule
+    forward = choose_selection("auto", kind="time_ordered", **kw)
+    assert (forward.name, forward.folds) == ("holdout", 0) and "forward split" in forward.rule
+    assert choose_selection("auto", kind="unordered", **kw).name == "cv-5"  # 120 rows < 1000
+    big = choose_selection("auto", kind="unordered", **{**kw, "max_rows": 100})
+    assert big.name == "holdout" and "cv_max_rows 100" in big.rule
+    assert choose_selection("cv", kind="time_ordered", **kw).name == "cv-5"  # asked for: honoured
+    assert choose_selection("holdout", kind="static", **kw).name == "holdout"
+    few = choose_selection("auto", kind="static", **{**kw, "y": np.array([0] * 50 + [1] * 3)})
+    assert few.name == "cv-3" and "reduced to 3" in few.rule  # each fold keeps a positive
+    one = choose_selection("auto", kind="static", **{**kw, "y": np.array([0] * 50 + [1])})
+    assert one.name == "holdout" and "too few for 2 folds" in one.rule
+    reg = choose_selection("auto", kind="static", **{**kw, "y": np.arange(7.0), "binary": False})
+    assert reg.name == "cv-3"  # 7 rows: folds of at least 2 rows
+    with pytest.raises(ValueError, match="unknown selection"):
+        choose_selection("loo", kind="static", **kw)
+
+
+def test_cv_folds_are_stratified_seeded_and_cover_every_row_once() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+    folds = cv_splits(y, 5, seed=3, binary=True)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held) == list(range(100))
+    assert all(int(y[h].sum()) == 4 for _, h in folds)  # the base rate in every fold
+    assert all(np.intersect1d(f, h).size == 0 for f, h in folds)
+    again = cv_splits(y, 5, seed=3, binary=True)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    other = cv_splits(y, 5, seed=4, binary=True)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
+
+
+def test_a_static_spec_is_cross_validated_and_a_partitioned_one_keeps_its_holdout(
+    tmp_path: Path, spec: Spec, binary_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """The spec's rule travels as hyper-parameters (hyperparameter_args, which both backends call):
+    breast_cancer (a single file) is compared by 5-fold cv on train + validation, card_fraud
+    (time-ordered partitions) on its validation days."""
+    train, valid = binary_data
+    static = load_spec(BREAST_CANCER)
+    assert (static.training.selection, data_kind(static), data_kind(spec)) == ("auto", "static", "time_ordered")
+    out = {}
+    for s in (static, spec):
+        trial = {"trial_id": f"{s.name}-logistic-0", "family": "logistic", "params": {"C": 1.0}}
+        argv = train_job.hyperparameter_args(s, {"resample": "none"}, trial)
+        assert argv[argv.index("--selection") + 1] == "auto" and argv[argv.index("--cv_folds") + 1] == "5"
+        env = _sm_env(tmp_path / s.name, train, valid)
+        logs: list[str] = []
+        out[s.name] = (train_job.main(argv, env=env, log=logs.append), env, logs)
+
+    cv, env, logs = out["breast_cancer"]
+    assert cv["selection"] == "cv-5" and "static" in cv["selection_rule"]
+    assert len(cv["validation_fold_scores"]) == 5 and cv["n_cv"] == len(train) + len(valid)
+    assert cv["validation_score"] == pytest.approx(np.mean(cv["validation_fold_scores"]))
+    assert cv["validation_score_sd"] == pytest.approx(np.std(cv["validation_fold_scores"], ddof=1))
+    assert 0 < cv["validation_score_sd"] < 0.2
+    assert all(0.5 < s <= 1.0 for s in cv["validation_fold_scores"])
+    assert sum(": fold " in m for m in logs) == 5
+    # one "validation <metric>=<score>" line (SageMaker tuning's objective), carrying the cv mean
+    found = [float(m) for line in logs for m in re.findall(r"validation [a-z0-9_]+=([-+0-9.eE]+)", line)]
+    assert found == [pytest.approx(cv["validation_score"], abs=1e-4)]
+    # the model kept is fitted on the train channel only: the validation rows stay unseen for the threshold
+    assert cv["n_fit"] == cv["n_train"] == len(train)
+    model = load_model(env["SM_MODEL_DIR"])
+    X_va = valid.drop(columns=[TARGET_COL, AMOUNT_COL]).to_numpy(dtype="float32")
+    s_va = predict(model, X_va, binary=True)
+    assert cv["holdout_validation_score"] == pytest.approx(
+        goal_metric(
+            "amount_recall_at_alert_rate",
+            valid[TARGET_COL].to_numpy(),
+            s_va,
+            amount=valid[AMOUNT_COL].to_numpy(),
+            max_alert_rate=static.goal.max_alert_rate,
+        )
+        if static.goal.metric == "amount_recall_at_alert_rate"
+        else goal_metric(static.goal.metric, valid[TARGET_COL].to_numpy(), s_va, threshold=0.5)
+    )
+
+    hold, env, _ = out["card_fraud"]
+    assert hold["selection"] == "holdout" and "forward split" in hold["selection_rule"]
+    assert "validation_fold_scores" not in hold and "holdout_validation_score" not in hold
+    model = load_model(env["SM_MODEL_DIR"])
+    assert hold["validation_score"] == pytest.approx(
+        goal_metric(
+            spec.goal.metric,
+            valid[TARGET_COL].to_numpy(),
+            predict(model, X_va, binary=True),
+            amount=valid[AMOUNT_COL].to_numpy(),
+            max_alert_rate=spec.goal.max_alert_rate,
+        )
+    )
+    assert json.loads((Path(env["SM_OUTPUT_DATA_DIR"]) / "metrics.json").read_text())["selection"] == "holdout"
+
+
+def test_cross_validation_oversamples_only_the_fitted_folds(
+    tmp_path: Path, binary_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, valid = binary_data
+    env = _sm_env(tmp_path, train, valid)
+    argv = ["--family", "logistic", "--selection", "cv", "--resample", "oversample", "--resample_ratio", "0.5"]
+    result = train_job.main(argv, env=env, log=lambda _m: None)
+    assert result["selection"] == "cv-5" and result["resample"] == "oversample"
+    n_neg = int((train[TARGET_COL] == 0).sum())
+    assert result["n_fit"] == n_neg + int(np.ceil(0.5 * n_neg))  # the kept model: the train channel, resampled
+    assert result["n_cv"] == len(train) + len(valid)  # the held-out folds are the original rows
+
+
+def test_cross_validation_reduces_the_spread_between_seeds(
+    tmp_path: Path, binary_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """The same trial scored under two seeds: the cv mean over all 1800 rows moves less than the
+    holdout score moves between two random validation sets of the same size."""
+    train, valid = binary_data
+    both = pd.concat([train, valid], ignore_index=True)
+    argv = ["--family", "logistic", "--metric", "auprc"]
+    cv, holdout = [], []
+    for seed in (1, 2, 3):
+        env = _sm_env(tmp_path / f"cv{seed}", train, valid)
+        cv.append(train_job.main([*argv, "--seed", str(seed), "--selection", "cv"], env=env, log=lambda _m: None))
+        order = np.random.default_rng(seed).permutation(len(both))
+        tr, va = both.iloc[order[:1200]], both.iloc[order[1200:]]
+        env = _sm_env(tmp_path / f"ho{seed}", tr, va)
+        holdout.append(train_job.main([*argv, "--seed", str(seed)], env=env, log=lambda _m: None))
+    spread = np.ptp([r["validation_score"] for r in cv])
+    assert spread < np.ptp([r["validation_score"] for r in holdout])
+
+
+# --------------------------------------------------------------------------------------
+# regression target transforms
+# --------------------------------------------------------------------------------------
+def _lognormal_frame(n: int, seed: int) -> pd.DataFrame:
+    """A price-like target: log-normal, multiplicative in the features (like house prices)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, N_FEATURES)).astype("float32")
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(N_FEATURES)])
+    df[TARGET_COL] = np.exp(11.0 + 0.8 * X[:, 0] + 0.5 * X[:, 1] - 0.3 * X[:, 2] + rng.normal(scale=0.25, size=n))
+    return df
+
+
+def test_a_log_target_beats_the_raw_target_on_the_same_split(tmp_path: Path) -> None:
+    train, valid = _lognormal_frame(1500, seed=11), _lognormal_frame(700, seed=12)
+    argv = ["--family", "linear", "--problem_type", "regression", "--metric", "r2", "--alpha", "1.0"]
+    raw = train_job.main(argv, env=_sm_env(tmp_path / "raw", train, valid), log=lambda _m: None)
+    env = _sm_env(tmp_path / "log", train, valid)
+    logs: list[str] = []
+    logged = train_job.main([*argv, "--target_transform", "log"], env=env, log=logs.append)
+
+    assert raw["target_transform"] == "none" and "validation_score_transformed" not in raw
+    assert logged["target_transform"] == "log"
+    assert logged["validation_score"] > raw["validation_score"] + 0.1  # R2 on the original scale
+    assert logged["validation_score"] > 0.75 and logged["validation_score_transformed"] > 0.9
+    assert "on the log scale" in logs[-1]
+    # the saved model predicts on the original scale: its meta names the transform, no caller inverts
+    assert json.loads((Path(env["SM_MODEL_DIR"]) / "model_meta.json").read_text()) == {
+        "family": "linear",
+        "class": "Ridge",
+        "target_transform": "log",
+    }
+    model = load_model(env["SM_MODEL_DIR"])
+    assert isinstance(model, TargetTransformed) and isinstance(model.regressor_, Ridge)
+    X_va = valid.drop(columns=[TARGET_COL]).to_numpy(dtype="float32")
+    pred = predict(model, X_va, binary=False)
+    np.testing.assert_allclose(pred, np.exp(model.regressor_.predict(X_va).astype("float64")), rtol=1e-12)
+    y = valid[TARGET_COL].to_numpy()
+    assert goal_metric("r2", y, pred) == pytest.approx(logged["validation_score"])
+    assert goal_metric("r2", np.log(y), np.log(pred)) == pytest.approx(logged["validation_score_transformed"])
+    assert model.score(X_va, y) == pytest.approx(logged["validation_score"])
+
+
+@pytest.mark.parametrize("family", ["xgboost", "random_forest"])
+def test_a_transformed_tree_model_round_trips_and_scores_its_training_rows(tmp_path: Path, family: str) -> None:
+    """log1p with a tree family, cross-validated: the fold scores, the training score from the
+    fit's own predictions and the saved model all on the original scale."""
+    train, valid = _lognormal_frame(600, seed=21), _lognormal_frame(300, seed=22)
+    argv = [
+        "--family", family, "--problem_type", "regression", "--metric", "rmse", "--target_transform", "log1p",
+        "--selection", "cv", "--cv_folds", "3", "--n_estimators", "30", "--max_depth", "3",
+    ]  # fmt: skip
+    env = _sm_env(tmp_path, train, valid)
+    result = train_job.main(argv, env=env, log=lambda _m: None)
+    assert result["selection"] == "cv-3" and len(result["validation_fold_scores"]) == 3
+    assert result["validation_rmse"] == pytest.approx(result["validation_score"])
+    model = load_model(env["SM_MODEL_DIR"])
+    X_tr = train.drop(columns=[TARGET_COL]).to_numpy(dtype="float32")
+    X_va = valid.drop(columns=[TARGET_COL]).to_numpy(dtype="float32")
+    y_tr, y_va = train[TARGET_COL].to_numpy(), valid[TARGET_COL].to_numpy()
+    assert result["train_score"] == pytest.approx(goal_metric("rmse", y_tr, predict(model, X_tr, binary=False)))
+    assert result["holdout_validation_score"] == pytest.approx(
+        goal_metric("rmse", y_va, predict(model, X_va, binary=False))
+    )
+    # on the price scale (a log-scale rmse would be below 1), better than predicting the mean
+    assert 1_000 < result["validation_score"] < 0.8 * float(np.std(y_va))
+
+
+def test_the_job_refuses_a_target_outside_the_transform(tmp_path: Path) -> None:
+    train, valid = _lognormal_frame(200, seed=1), _lognormal_frame(100, seed=2)
+    train.loc[3, TARGET_COL] = 0.0
+    env = _sm_env(tmp_path, train, valid)
+    argv = ["--family", "linear", "--problem_type", "regression", "--metric", "r2", "--target_transform", "log"]
+    with pytest.raises(TargetTransformError, match=r"'__target__'.*log needs every value > 0.*1 of 200 rows"):
+        train_job.main(argv, env=env, log=lambda _m: None)
+    with pytest.raises(SystemExit, match="regression targets only"):
+        train_job.main(["--family", "logistic", "--target_transform", "log"], env=env, log=lambda _m: None)
+
+
+def test_hyper_parameters_carry_the_target_transform_of_a_regression_spec() -> None:
+    d = yaml.safe_load((PROJECT_ROOT / "include" / "problems" / "diabetes.yaml").read_text())
+    trial = {"trial_id": "r1-linear-0", "family": "linear", "params": {"alpha": 1.0}}
+    assert "--target_transform" not in train_job.hyperparameter_args(parse_spec(d), {}, trial)
+    d["problem"]["target_transform"] = "log1p"
+    d["training"]["selection"] = "holdout"
+    argv = train_job.hyperparameter_args(parse_spec(d), {}, trial)
+    args, params = train_job.parse_args(argv)
+    assert (args.target_transform, args.selection, args.data_kind, params) == (
+        "log1p",
+        "holdout",
+        "static",
+        trial["params"],
+    )
