@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.lifecycle.layout import EDA_LATEST, RunLayout
+from include.lifecycle.evaluate_data import FIRST_MODEL
+from include.lifecycle.layout import RunLayout
 from ml_lifecycle import sections, task_ids
 from ml_lifecycle.operators import BatchScoringOperator, CollectAndLabelOperator, TrainingTrialOperator
 from tests.unit.sections_fixture import (
@@ -275,20 +276,31 @@ def test_evaluate_data_profiles_the_data_and_passes_the_gate(world: World) -> No
     got = world.out["evaluate_data"]
     assert got["verdict"] == "fit" and got["rows"] == 200
     assert got["eda_report_uri"] == _uri(world, LAYOUT.eda_report)
+    assert got["max_psi"] is None and got["drift_reference"] is None  # no champion yet
     profile = _json(world, LAYOUT.eda_profile)
     assert profile["overall"]["rows"] == 200 and profile["overall"]["days"] == 8
     assert profile["target"]["positives"] == int(pd.read_parquet(_path(world, LAYOUT.dataset))["label"].sum())
+    assert "label_delay" not in profile  # no label feed
     verdict = _json(world, LAYOUT.eda_verdict)
     assert verdict["passed"] is True and all(c["passed"] for c in verdict["checks"])
-    assert "Section unit tests" in _path(world, LAYOUT.eda_report).read_text()
+    checks = {c["name"]: c for c in verdict["checks"]}
+    assert checks["drift"]["detail"] == FIRST_MODEL and verdict["drift"]["reference"] is None
+    assert (
+        checks["completeness"]["value"] == 1.0
+        and "8 of 8 days of [2026-02-21, 2026-03-01)" in (checks["completeness"]["detail"])
+    )
+    assert checks["freshness"]["value"] == 0 and "ds=2026-02-28" in checks["freshness"]["detail"]
+    assert verdict["coverage"]["missing_days"] == [] and verdict["coverage"]["present_days"] == 8
+    report = _path(world, LAYOUT.eda_report).read_text()
+    assert "Section unit tests" in report and "Completeness and freshness" in report and FIRST_MODEL in report
+    assert 'alt="completeness"' in report
     assert _path(world, LAYOUT.eda_section).stat().st_size > 0
-    assert _json(world, EDA_LATEST) == {"run_id": RUN_ID, "profile_rel": LAYOUT.eda_profile}
+    assert not (world.artifacts / NAME / "eda").exists()  # no problem-wide "previous run" pointer
 
 
-def test_evaluate_data_fails_the_quality_gate_and_keeps_no_reference(env: Env) -> None:
+def test_evaluate_data_fails_the_quality_gate_and_reports_why(env: Env) -> None:
     env.copy("round_1")
     name = env.variant("unit_sections_strict", quality={"min_rows": 10_000})
-    env.path(EDA_LATEST, name).unlink()
     with pytest.raises(AirflowFailException, match="data quality gate: data unfit for training"):
         sections.evaluate_data(name, **context())
     verdict = env.json(LAYOUT.eda_verdict, name)
@@ -296,7 +308,74 @@ def test_evaluate_data_fails_the_quality_gate_and_keeps_no_reference(env: Env) -
     failed = [c for c in verdict["checks"] if not c["passed"]]
     assert failed and "10000" in json.dumps(failed)
     assert env.path(LAYOUT.eda_report, name).exists()  # the report says why
-    assert not env.path(EDA_LATEST, name).exists()  # unfit data is no drift reference for the next run
+
+
+def _run_until_evaluate_data(name: str, run_id: str, as_of: dt.datetime) -> dict[str, Any]:
+    ctx = context(run_id=run_id, as_of=as_of)
+    sections.formulate_problem(name, **ctx)
+    CollectAndLabelOperator(task_id=task_ids.COLLECT_AND_LABEL, problem=name, round_no=None).execute(ctx)
+    return sections.evaluate_data(name, **ctx)
+
+
+def test_evaluate_data_compares_the_newest_days_with_the_champions_training_rows(env: Env, world: World) -> None:
+    """The champion (version 1) was trained in round 2 of the chain, on the 16-day re-collection
+    up to its training end 2026-02-25 (4 days of validation and test after it). A later run's
+    newest days after that end are compared with those training rows: unchanged data passes, a
+    shifted ``x`` fails the gate naming it."""
+    env.copy("final")
+    run_id = "manual__2026-03-01T06:00:00+00:00"
+    same = env.variant("unit_sections_same", quality={"max_drift_psi": 0.25})
+    got = _run_until_evaluate_data(same, run_id, AS_OF)
+    assert got["verdict"] == "fit" and got["drift_reference"] == 1
+    run = RunLayout(run_id)
+    drift = env.json(run.eda_verdict, same)["drift"]
+    assert drift["version"] == 1 and drift["reference"].startswith("champion version 1 (run " + RUN_ID + ", round 2)")
+    assert drift["reference_rows"] == 12 * 25  # the training rows of the 16-day re-collection
+    assert drift["compared"] == {
+        "kind": "newest days",
+        "start": "2026-02-25T00:00:00+00:00",
+        "end": "2026-03-01T00:00:00+00:00",
+        "rows": 4 * 25,
+    }
+    assert set(drift["columns"]) == {"x", "n1"} and drift["approximate"] == []
+
+    # the newest three days' x moved by +3: drift fires and names x
+    data = world.base / "data" / "unit_sections" / "shifted"
+    shutil.copytree(world.base / "data" / "unit_sections" / "daily", data)
+    for back in (1, 2, 3):
+        part = data / f"ds={(AS_OF.date() - dt.timedelta(days=back)).isoformat()}" / "part-0.csv"
+        frame = pd.read_csv(part)
+        frame.assign(x=frame["x"] + 3).to_csv(part, index=False)
+    shifted = env.variant(
+        "unit_sections_shifted",
+        quality={"max_drift_psi": 0.25},
+        data={"source": "unit_sections/shifted"},
+    )
+    with pytest.raises(AirflowFailException, match=r"drift: max PSI [0-9.]+ \(maximum 0.25\); drifted: x "):
+        _run_until_evaluate_data(shifted, run_id, AS_OF)
+    verdict = env.json(run.eda_verdict, shifted)
+    assert verdict["failed"] == ["drift"]
+    assert verdict["drift"]["details"]["x"]["psi"] > 1.0 > verdict["drift"]["details"]["n1"]["psi"]
+    report = env.path(run.eda_report, shifted).read_text()
+    assert "Drift against the champion&#x27;s training data" in report or "Drift against the champion's" in report
+    assert 'alt="drift_x"' in report and 'alt="drift_psi"' in report
+
+
+def test_evaluate_data_fails_completeness_and_freshness_when_the_newest_days_are_missing(env: Env) -> None:
+    """A run five days after the source's last partition: 3 of its 8 days hold data and the newest
+    partition is 5 days before the window's last day."""
+    env.copy("round_1")
+    name = env.variant("unit_sections_stale", quality={"min_rows": 10, "min_positives": 5})
+    late = AS_OF + dt.timedelta(days=5)
+    with pytest.raises(AirflowFailException, match="data quality gate") as exc:
+        _run_until_evaluate_data(name, "scheduled__2026-03-06T00:00:00+00:00", late)
+    assert "completeness: 3 of 8 days" in str(exc.value) and "freshness: newest partition ds=2026-02-28" in str(
+        exc.value
+    )
+    verdict = env.json(RunLayout("scheduled__2026-03-06T00:00:00+00:00").eda_verdict, name)
+    assert verdict["failed"] == ["completeness", "freshness"]
+    assert verdict["coverage"]["missing_days"] == [f"2026-03-0{d}" for d in range(1, 6)]
+    assert verdict["coverage"]["staleness_days"] == 5
 
 
 # --- feature_engineering --------------------------------------------------------------------------
@@ -361,7 +440,9 @@ def test_training_trial_operator_trains_one_trial_into_the_round_folder(world: W
     assert first["train_score"] > 0.9 and first["validation_score"] < 0.2
     assert {p.name for p in _path(world, R1.trial_model(trial_id)).iterdir()} == {"model.joblib", "model_meta.json"}
     assert any(_path(world, R1.trial_output(trial_id)).iterdir())
-    assert all(t["resample"] == "oversample" for t in world.out["trained_2"])  # round 2's plan
+    # round 2's plan: about half the rows are positive, so oversampling (to 10 % of the majority) would
+    # add no rows and augment_data does not ask for it
+    assert all(t["resample"] == "none" for t in world.out["trained_2"])
 
 
 def test_training_trial_operator_fails_at_once_on_an_unknown_family(env: Env) -> None:
@@ -448,12 +529,14 @@ def test_remedy_augment_data_plans_a_recollection_into_round_2(world: World) -> 
     assert got == {
         "round": 2,
         "remedy": "augment_data",
-        "changes": ["lookback 8 -> 16 days", "oversample the minority class"],
+        "changes": ["lookback 8 -> 16 days"],
     }
     plan = _json(world, R2.plan)
     assert plan["dataset_rel"] == f"{R2.dir}/dataset.parquet" == LAYOUT.dataset_in(LAYOUT.collect_dir(2))
     assert plan["collect_rel"] == LAYOUT.collect_summary_in(R2.dir)
-    assert plan["needs_new_data"] is True and plan["lookback_days"] == 16 and plan["resample"] == "oversample"
+    assert plan["needs_new_data"] is True and plan["lookback_days"] == 16 and plan["resample"] == "none"
+    # balanced classes: oversampling would add no rows, so it is not part of the remedy
+    assert plan["skipped"] == [] and plan["applied"] == "augment_data"
     assert plan["round"] == 2 and plan["feature_groups"] == ["xn"]
 
 

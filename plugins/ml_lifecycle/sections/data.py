@@ -62,59 +62,53 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
 
 # --- section 3 -----------------------------------------------------------------------------
 def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
-    """Dtypes, descriptive statistics, plots, drift against the previous run, quality gate."""
+    """Dtypes, statistics, plots; drift of the newest days against the champion's training rows;
+    completeness and freshness of the window; the label delay of a label feed; the quality gate."""
     from include.lifecycle import evaluate_data as eda
-    from include.lifecycle.layout import EDA_LATEST
+    from include.lifecycle.spec import resolve_source
 
     rc = RunContext.from_airflow(problem, context)
-    spec = rc.spec
-    layout = rc.layout
+    spec, layout, quality = rc.spec, rc.layout, rc.spec.quality
     collect = rc.store.read_json(layout.collect_summary)
     df = rc.store.read_parquet(collect["dataset_rel"])
     numeric, categorical = spec.profile_roles(df)
-    target_type = spec.target_type
+    time_column = spec.data.time_column
     log.info("evaluate_data: %d rows, %d numeric and %d categorical columns", len(df), len(numeric), len(categorical))
-    previous_ptr = rc.store.read_json_or(EDA_LATEST)
-    previous = None
-    if previous_ptr and previous_ptr.get("run_id") != rc.run_id and rc.store.exists(previous_ptr["profile_rel"]):
-        previous = rc.store.read_json(previous_ptr["profile_rel"])
-    ref = eda.reference_bins(previous)
-    prof = eda.profile(
-        df,
-        target=spec.problem.target,
-        time_column=spec.data.time_column,
-        numeric=numeric,
-        categorical=categorical,
-        positive_label=spec.problem.positive_label,
-        target_type=target_type,
-        reference_edges=ref.get("edges"),
-        reference_categories=ref.get("categories"),
-    )
-    drift_result = eda.drift(prof, previous)
-    if previous is not None:
-        drift_result["reference"] = f"run {previous_ptr['run_id']}"
+    roles = {"time_column": time_column, "numeric": numeric, "categorical": categorical}
+    target = {"target": spec.problem.target, "positive_label": spec.problem.positive_label}
+    prof = eda.profile(df, **roles, **target, target_type=spec.target_type)
+    reference, info = eda.champion_training_data(rc.store, columns=[*numeric, *categorical], time_column=time_column)
+    drift_result = eda.drift_against(df, reference, info, **roles, recent_days=quality.drift_recent_days)
+    del reference
+    cov = eda.coverage(collect)
+    pngs = eda.plots(df, **roles, **target, target_type=spec.target_type, seed=spec.training.seed)
+    pngs |= eda.drift_plots(drift_result, quality.max_drift_psi)
+    extra = {"completeness": eda.completeness_plot(cov)}
+    if spec.data.labels is not None and time_column and len(df):
+        from ml_lifecycle.settings import pii_key
+
+        labels = rc.input_store(resolve_source(spec.data.labels.source))
+        key = pii_key() if spec.data.key in spec.pii_columns else None
+        start = (collect.get("window") or {}).get("start") or "0000"
+        arrived = eda.label_arrivals(spec, labels, df, start=start, as_of=rc.as_of, pii_key=key)
+        prof["label_delay"] = eda.label_delay(
+            df[time_column], arrived, as_of=rc.as_of, maturity_days=spec.data.labels.maturity_days
+        )
+        extra["label_delay"] = eda.label_delay_plot(prof["label_delay"])
+    pngs |= {k: v for k, v in extra.items() if v is not None}
     rows_in = collect["rows_in"] or 1
     expected = list(dict.fromkeys([*spec.schema_.names, spec.problem.target]))  # the target may be declared too
     if spec.schema_.extra_columns == "keep":  # undeclared columns were kept on purpose: not drift
         expected += [c for c in df.columns if c not in expected]
     verdict = eda.quality_gate(
         prof,
-        quality=spec.quality,
+        quality=quality,
         expected_columns=expected,
         drift_result=drift_result,
         quarantine_share=collect["rows_quarantined"] / rows_in,
         max_quarantine_share=spec.schema_.max_quarantine_share,
         ignore_columns=spec.pii_columns,
-    )
-    pngs = eda.plots(
-        df,
-        target=spec.problem.target,
-        time_column=spec.data.time_column,
-        numeric=numeric,
-        categorical=categorical,
-        positive_label=spec.problem.positive_label,
-        target_type=target_type,
-        seed=spec.training.seed,
+        coverage=cov,
     )
     etl = {k: collect[k] for k in ("rows_in", "rows_curated", "rows_quarantined", "by_rule", "dataset_rows")}
     rc.store.write_json(layout.eda_profile, prof)
@@ -129,12 +123,12 @@ def evaluate_data(problem: str, **context: Any) -> dict[str, Any]:
             eda.raise_if_unfit(verdict)
         except eda.DataQualityError as exc:
             raise AirflowFailException(f"data quality gate: data unfit for training\n{exc}") from exc
-    rc.store.write_json(EDA_LATEST, {"run_id": rc.run_id, "profile_rel": layout.eda_profile})
     return {
         "verdict": verdict["verdict"],
         "rows": len(df),
         "eda_report_uri": rc.store.uri(layout.eda_report),
-        "max_psi": drift_result.get("max_psi"),
+        "max_psi": drift_result.get("max_psi") if drift_result.get("reference") else None,
+        "drift_reference": drift_result.get("version"),
     }
 
 
