@@ -4,10 +4,13 @@ Every YAML file in ``include/problems/`` becomes a DAG with the sections as task
 
     formulate_problem -> collect_and_label -> evaluate_data ->
     round_k: feature_engineering -> plan_trials -> train_model (one mapped task per trial)
-             -> select_model -> evaluate_model -> meets_business_goal?
+             -> select_model (the best trial of this round and the earlier ones on the same rows)
+             -> evaluate_model -> meets_business_goal?
                  yes -> [approve_deployment: a person approves, if deploy.require_approval] -> deploy_model
+                 goal met, champion better -> keep_champion (no remedy round spent)
                  no  -> diagnose -> tune_model | augment_features | augment_data [-> collect_more_data]
                         -> round_k+1
+                        (no remedy can change the candidate -> goal_not_met)
                  no, last round -> goal_not_met
     -> publish_report (run_summary.json + report.html)
 
@@ -173,6 +176,7 @@ def build_dag(path: Path) -> DAG:
             trigger_rule=JOIN,
             on_success_callback=lifecycle_notifiers(name, "goal_not_met", spec.alerts.on_goal_not_met),
         )
+        keep_champion = py(t.KEEP_CHAMPION, sections.keep_champion, trigger_rule=JOIN)
         # the goal-met branch leads to deploy_model, or first to a person's approval (deploy.require_approval)
         deploy_gate = deploy_model
         if spec.deploy.require_approval:
@@ -214,6 +218,8 @@ def build_dag(path: Path) -> DAG:
                     diagnose = branch(t.DIAGNOSE, sections.diagnose, round_no=k)
                     remedies = {r: py(r, sections.remedy, round_no=k, remedy_name=r) for r in REMEDIES}
                     meets_business_goal >> Label("goal not met") >> diagnose >> list(remedies.values())
+                    diagnose >> goal_not_met
+                    dag.set_edge_info(diagnose.task_id, goal_not_met.task_id, {"label": "no remedy can change it"})
                     # more history for the next round: a visible (and on AWS deferrable) Glue job;
                     # skipped when augment_data only resamples
                     collect_more_data = CollectAndLabelOperator(
@@ -223,12 +229,15 @@ def build_dag(path: Path) -> DAG:
             for upstream in into_round:
                 upstream >> feature_engineering
             # Label() across a TaskGroup boundary attaches to the group's leaves, so label the edges directly.
-            meets_business_goal >> [deploy_gate, goal_not_met]
+            meets_business_goal >> [deploy_gate, goal_not_met, keep_champion]
             dag.set_edge_info(meets_business_goal.task_id, deploy_gate.task_id, {"label": "goal met"})
             dag.set_edge_info(meets_business_goal.task_id, goal_not_met.task_id, {"label": "last round"})
+            dag.set_edge_info(
+                meets_business_goal.task_id, keep_champion.task_id, {"label": "goal met, champion better"}
+            )
             into_round = [*remedies.values(), collect_more_data] if k < spec.max_rounds else []
         # a rejected deployment skips deploy_model, so the approval itself leads to the report too
-        [deploy_model, goal_not_met] >> publish_report
+        [deploy_model, goal_not_met, keep_champion] >> publish_report
         if deploy_gate is not deploy_model:
             deploy_gate >> publish_report
             dag.set_edge_info(deploy_gate.task_id, deploy_model.task_id, {"label": "approved"})

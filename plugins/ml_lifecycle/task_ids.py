@@ -22,6 +22,7 @@ COLLECT_MORE_DATA = "collect_more_data"  # augment_data's wider re-collection, f
 APPROVE_DEPLOYMENT = "approve_deployment"
 DEPLOY_MODEL = "deploy_model"
 GOAL_NOT_MET = "goal_not_met"
+KEEP_CHAMPION = "keep_champion"  # the goal is met but the champion is better: nothing deployed
 PUBLISH_REPORT = "publish_report"
 
 

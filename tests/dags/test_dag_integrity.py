@@ -87,6 +87,7 @@ def test_every_section_is_a_task_and_rounds_are_unrolled(dagbag, problem):
         "evaluate_data",
         "deploy_model",
         "goal_not_met",
+        "keep_champion",
         "publish_report",
     } <= ids
     for k in range(1, spec.max_rounds + 1):
@@ -112,10 +113,18 @@ def test_branches_and_the_loop_edges(dagbag):
     dag = dagbag.dags["card_fraud"]
     gate = dag.get_task("round_1.meets_business_goal")
     assert isinstance(gate, BranchPythonOperator)
-    assert gate.downstream_task_ids == {"deploy_model", "goal_not_met", "round_1.diagnose"}
+    assert gate.downstream_task_ids == {"deploy_model", "goal_not_met", "keep_champion", "round_1.diagnose"}
+    assert dag.get_edge_info("round_1.meets_business_goal", "keep_champion") == {"label": "goal met, champion better"}
     diagnose = dag.get_task("round_1.diagnose")
     assert isinstance(diagnose, BranchPythonOperator)
-    assert diagnose.downstream_task_ids == {"round_1.tune_model", "round_1.augment_features", "round_1.augment_data"}
+    # the remedy that can change the candidate, or the end of the loop when none can
+    assert diagnose.downstream_task_ids == {
+        "round_1.tune_model",
+        "round_1.augment_features",
+        "round_1.augment_data",
+        "goal_not_met",
+    }
+    assert dag.get_edge_info("round_1.diagnose", "goal_not_met") == {"label": "no remedy can change it"}
     for remedy in ("tune_model", "augment_features"):
         assert dag.get_task(f"round_1.{remedy}").downstream_task_ids == {"round_2.feature_engineering"}
     # augment_data's wider re-collection is a task of its own, before the next round
@@ -128,7 +137,9 @@ def test_branches_and_the_loop_edges(dagbag):
     # trials are a mapped task; the joins tolerate skipped branches
     assert dag.get_task("round_2.train_model").is_mapped
     assert dag.get_task("deploy_model").trigger_rule == "none_failed_min_one_success"
-    assert dag.get_task("publish_report").upstream_task_ids == {"deploy_model", "goal_not_met"}
+    assert dag.get_task("publish_report").upstream_task_ids == {"deploy_model", "goal_not_met", "keep_champion"}
+    for end in ("goal_not_met", "keep_champion"):
+        assert dag.get_task(end).trigger_rule == "none_failed_min_one_success"
     assert dag.get_edge_info("round_1.meets_business_goal", "deploy_model") == {"label": "goal met"}
 
 

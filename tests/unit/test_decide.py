@@ -12,11 +12,17 @@ import yaml
 from include.lifecycle.decide import (
     AUGMENT_DATA,
     AUGMENT_FEATURES,
+    NO_REMEDY,
     TUNE,
     diagnose,
     goal_decision,
     initial_plan,
     next_plan,
+    oversampling_adds_rows,
+    plan_key,
+    planned_trials,
+    rows_mismatch,
+    select_across_rounds,
 )
 from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, parse_spec
 
@@ -433,5 +439,230 @@ def test_tune_is_exhausted_once_the_search_is_at_its_widest():
         resample="oversample",
     )
     nxt = next_plan(spec, plan, TUNE, "close")
-    assert nxt["applied"] is None
-    assert "every remedy is exhausted" in nxt["changes"][-1]
+    assert nxt["applied"] is None and nxt["stop"] is True
+    assert nxt["changes"] == [f"{NO_REMEDY}: " + "; ".join(nxt["skipped"])]
+    assert [s.split(":")[0] for s in nxt["skipped"]] == [TUNE, AUGMENT_FEATURES, AUGMENT_DATA]
+    assert "the search is at its widest" in nxt["skipped"][0]
+    assert "every feature group" in nxt["skipped"][1]
+    assert "max_lookback_days (70)" in nxt["skipped"][2] and "oversampled already" in nxt["skipped"][2]
+
+
+# --------------------------------------------------------------------------------------
+# a remedy that cannot change the candidate is not chosen; no round repeats a plan
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("positives", "rows", "adds"),
+    [
+        (10, 1000, True),  # 1 % of the majority: raised to 10 %
+        (50, 1000, True),  # 50 < ceil(0.1 * 950) = 95
+        (91, 1001, False),  # 91 of 910: exactly ceil(0.1 * 910), nothing to add
+        (100, 1000, False),  # 100 of 900, above the ratio
+        (500, 1000, False),  # balanced
+        (990, 1000, True),  # the negatives are the minority
+        (0, 1000, False),  # one class only: apply_resampling leaves it alone
+    ],
+)
+def test_oversampling_adds_rows_only_below_the_resampling_ratio(positives: int, rows: int, adds: bool) -> None:
+    import numpy as np
+
+    from include.lifecycle.features import apply_resampling
+
+    assert oversampling_adds_rows(positives, rows) is adds
+    # the rule is the one apply_resampling follows (ratio 0.1, the training job's default)
+    y = np.array([1] * positives + [0] * (rows - positives))
+    _, y_fit = apply_resampling(np.zeros((rows, 1)), y, method="oversample", seed=0, ratio=0.1)
+    assert (len(y_fit) > rows) is adds
+
+
+def test_oversampling_that_adds_no_rows_is_not_a_remedy(spec: Spec) -> None:
+    s = _variant(lambda d: d["data"].update(layout="single_file"))
+    nxt = next_plan(s, _plan(s), AUGMENT_DATA, "gap", train_counts=(400, 1000))  # 40 % positives
+    assert nxt["applied"] == AUGMENT_FEATURES and nxt["resample"] == "none"
+    assert nxt["changes"] == [
+        "augment_data has nothing left to give; applied augment_features instead",
+        "feature groups + card_velocity",
+    ]
+    assert nxt["skipped"] == [
+        "augment_data: a single file has no more history; the minority class is 66.7% of the majority in training "
+        "(>= the resampling ratio 10%): oversampling adds no rows"
+    ]
+    # with a rare minority the same remedy oversamples
+    rare = next_plan(s, _plan(s), AUGMENT_DATA, "gap", train_counts=(20, 1000))
+    assert rare["applied"] == AUGMENT_DATA and rare["resample"] == "oversample" and rare["skipped"] == []
+
+
+def test_no_older_partition_means_no_more_history(spec: Spec) -> None:
+    nxt = next_plan(spec, _plan(spec), AUGMENT_DATA, "gap", train_counts=(20, 1000), more_history=False)
+    assert nxt["applied"] == AUGMENT_DATA
+    assert nxt["lookback_days"] == 35 and nxt["needs_new_data"] is False
+    assert nxt["changes"] == ["oversample the minority class"]
+    neither = next_plan(spec, _plan(spec), AUGMENT_DATA, "gap", train_counts=(500, 1000), more_history=False)
+    assert neither["applied"] == AUGMENT_FEATURES
+    assert "no partition outside the window" in neither["skipped"][0]
+
+
+def _one_family_spec(**training: Any) -> Spec:
+    """card_fraud with logistic regression only, over a grid the wide search does not widen."""
+
+    def edit(d: dict[str, Any]) -> None:
+        d["data"]["layout"] = "single_file"
+        d["training"].update(
+            candidates=[{"family": "logistic", "params": {"C": 1.0}, "search": {"C": [0.03, 0.3, 1.0, 3.0, 30.0]}}],
+            initial_candidates=["logistic"],
+            **training,
+        )
+
+    return _variant(edit)
+
+
+def test_a_search_grid_whose_trials_were_all_trained_is_not_tuned_again() -> None:
+    s = _one_family_spec(trials_per_candidate=5)
+    plan = _plan(s)
+    assert len(planned_trials(s, plan)) == 5  # round 1 trains the whole grid
+    nxt = next_plan(s, plan, TUNE, "close", train_counts=(500, 1000))
+    assert nxt["applied"] == AUGMENT_FEATURES
+    assert nxt["skipped"][0].startswith("tune_model: every trial it plans was trained already in round(s) [1]")
+    assert "search grid is exhausted" in nxt["skipped"][0]
+    # a grid larger than the trials trained so far still has something to give
+    bigger = _one_family_spec(trials_per_candidate=2)
+    assert next_plan(bigger, _plan(bigger), TUNE, "close")["applied"] == TUNE
+
+
+def test_when_no_remedy_can_change_the_candidate_the_loop_stops() -> None:
+    s = _one_family_spec(trials_per_candidate=5)
+    full = [*s.features.initial, *s.features.augment_order]
+    nxt = next_plan(s, _plan(s, feature_groups=full), TUNE, "close", train_counts=(500, 1000))
+    assert nxt["applied"] is None and nxt["stop"] is True and nxt["round"] == 2
+    assert nxt["changes"][0].startswith(f"{NO_REMEDY}: tune_model: every trial it plans was trained already")
+    assert [x.split(":")[0] for x in nxt["skipped"]] == [TUNE, AUGMENT_FEATURES, AUGMENT_DATA]
+
+
+def test_a_plan_equal_to_an_earlier_round_is_never_run_again(spec: Spec) -> None:
+    # round 2 added card_velocity; round 3 went back to the initial groups with a wider search (as
+    # a hand-made plan might): adding the next group would be round 2's plan again
+    r1 = _plan(spec)
+    r2 = {**_plan(spec, feature_groups=["transaction", "card_velocity"]), "round": 2}
+    r3 = {**_plan(spec), "round": 3}
+    assert plan_key(r2) != plan_key(r3)
+    nxt = next_plan(spec, r3, AUGMENT_FEATURES, "low", earlier=[r1, r2], train_counts=(20, 1000))
+    assert nxt["skipped"] == ["augment_features: its plan would repeat round 2's"]
+    assert nxt["applied"] == TUNE and nxt["round"] == 4
+    # the order of the feature groups does not make a plan new
+    assert plan_key({**r2, "feature_groups": ["card_velocity", "transaction"]}) == plan_key(r2)
+
+
+def test_a_stopped_plan_does_not_carry_its_stop_into_the_next_round(spec: Spec) -> None:
+    plan = {**_plan(spec), "stop": True}
+    assert "stop" not in next_plan(spec, plan, AUGMENT_FEATURES, "low")
+
+
+# --------------------------------------------------------------------------------------
+# select_across_rounds: the best candidate over the rounds scored on the same rows
+# --------------------------------------------------------------------------------------
+def _time_split(train_start: str, *, validation_rows: int = 200, test_rows: int = 200) -> dict[str, Any]:
+    return {
+        "kind": "time",
+        "train": {"start": train_start, "end": "2026-03-10T00:00:00+00:00", "rows": 800, "positives": 40},
+        "validation": {
+            "start": "2026-03-10T00:00:00+00:00",
+            "end": "2026-03-13T00:00:00+00:00",
+            "rows": validation_rows,
+            "positives": 10,
+        },
+        "test": {
+            "start": "2026-03-13T00:00:00+00:00",
+            "end": "2026-03-16T00:00:00+00:00",
+            "rows": test_rows,
+            "positives": 9,
+        },
+    }
+
+
+def _trial(k: int, name: str, validation: float, family: str = "logistic", **extra: Any) -> dict[str, Any]:
+    return {
+        "trial_id": f"r{k}-{family}-{name}",
+        "family": family,
+        "round": k,
+        "train_score": 0.9,
+        "validation_score": validation,
+        **extra,
+    }
+
+
+def _round(k: int, split: dict[str, Any] | None, trials: list[dict[str, Any]], dataset: str = "d1") -> dict[str, Any]:
+    return {"round": k, "plan": {"dataset_rel": dataset}, "splits": split, "trials": trials}
+
+
+def test_rows_mismatch_of_time_splits_compares_validation_and_test_windows() -> None:
+    r1 = _round(1, _time_split("2026-02-26T00:00:00+00:00"), [_trial(1, "0", 0.7)])
+    # a re-collection of more history: a longer training window, the same validation and test rows
+    r2 = _round(2, _time_split("2026-02-12T00:00:00+00:00"), [_trial(2, "0", 0.6)], dataset="d2")
+    assert rows_mismatch(r2, r1) is None
+    widened = _round(2, _time_split("2026-02-12T00:00:00+00:00", test_rows=260), [_trial(2, "0", 0.6)])
+    assert rows_mismatch(widened, r1) == "the test windows differ in rows"
+    # trials compared by cross-validation also score the training rows
+    cv1 = _round(1, r1["splits"], [_trial(1, "0", 0.7, selection="cv-5")])
+    cv2 = _round(2, r2["splits"], [_trial(2, "0", 0.6, selection="cv-5")])
+    assert rows_mismatch(cv2, cv1) == "the train windows differ in start"
+    assert rows_mismatch(cv2, r1) == "its trials were compared by ['None'], these by ['cv-5']"
+    assert rows_mismatch(_round(2, None, []), r1) == "a round has no split record"
+
+
+def test_rows_mismatch_of_random_splits_needs_the_same_data_set() -> None:
+    split = {"kind": "random", "seed": 42, "validation": {"share": 0.15, "rows": 225, "positives": 110}}
+    r1 = _round(1, split, [_trial(1, "0", 0.7)])
+    assert rows_mismatch(_round(2, dict(split), [_trial(2, "0", 0.6)]), r1) is None
+    mine = [_trial(2, "0", 0.6)]
+    assert rows_mismatch(_round(2, dict(split), mine, dataset="other"), r1) == "another data set"
+    assert rows_mismatch(_round(2, {**split, "seed": 1}, mine), r1) == "the splits differ"
+    assert (
+        rows_mismatch(_round(2, dict(split), [], dataset="d1"), r1)
+        == "its trials were compared by ['None'], these by []"
+    )
+    assert (
+        rows_mismatch(_round(2, {**split, "kind": "time"}, mine), r1)
+        == "the split kinds differ (random there, time here)"
+    )
+
+
+def test_a_later_worse_round_keeps_the_earlier_rounds_best() -> None:
+    split = _time_split("2026-02-26T00:00:00+00:00")
+    r1 = _round(1, split, [_trial(1, "0", 0.70), _trial(1, "1", 0.74)])
+    r3 = [_trial(3, "0", 0.72), _trial(3, "1", 0.71)]
+    r2 = _round(2, split, [_trial(2, "0", 0.73)])
+    got = select_across_rounds(3, r3, this=_round(3, split, r3), earlier=[r1, r2], higher_is_better=True)
+    assert got["best"]["trial_id"] == "r1-logistic-1" and got["best"]["round"] == 1
+    assert got["round_best"]["trial_id"] == "r3-logistic-0"
+    assert got["compared_rounds"] == [1, 2, 3] and got["not_comparable"] == {}
+    # lower is better (rmse): the smallest validation score wins across rounds
+    low = select_across_rounds(3, r3, this=_round(3, split, r3), earlier=[r1, r2], higher_is_better=False)
+    assert low["best"]["trial_id"] == "r1-logistic-0"
+
+
+def test_rounds_on_other_rows_are_not_compared_and_say_why() -> None:
+    r1 = _round(1, _time_split("2026-02-26T00:00:00+00:00", validation_rows=150), [_trial(1, "0", 0.9)])
+    mine = [_trial(2, "0", 0.6)]
+    got = select_across_rounds(
+        2, mine, this=_round(2, _time_split("2026-02-26T00:00:00+00:00"), mine), earlier=[r1], higher_is_better=True
+    )
+    assert got["best"]["trial_id"] == "r2-logistic-0" and got["best"]["round"] == 2
+    assert got["compared_rounds"] == [2]
+    assert got["not_comparable"] == {"1": "the validation windows differ in rows"}
+
+
+def test_an_exact_tie_across_rounds_goes_to_the_earlier_round() -> None:
+    # the same trial trained again (a tune round re-runs the defaults on the same data): identical scores
+    split = _time_split("2026-02-26T00:00:00+00:00")
+    same = {"validation_auprc": 0.5, "validation_log_loss": 0.3}
+    r1 = _round(1, split, [_trial(1, "0", 0.8, **same)])
+    mine = [_trial(2, "0", 0.8, **same)]
+    got = select_across_rounds(2, mine, this=_round(2, split, mine), earlier=[r1], higher_is_better=True)
+    assert got["best"]["trial_id"] == "r1-logistic-0" and got["best"]["round"] == 1
+    # a trial without a round (an old record) takes the round it is listed under
+    bare = {k: v for k, v in mine[0].items() if k != "round"}
+    assert (
+        select_across_rounds(2, [bare], this=_round(2, split, [bare]), earlier=[], higher_is_better=True)["best"][
+            "round"
+        ]
+        == 2
+    )

@@ -454,14 +454,28 @@ def test_training_trial_operator_fails_at_once_on_an_unknown_family(env: Env) ->
 
 
 def test_select_model_keeps_the_best_validation_score(world: World) -> None:
+    from include.lifecycle.models import best_trial
+
     trained = world.out["trained_1"]
-    best = min(trained, key=lambda t: (-t["validation_score"], t["trial_id"]))  # one family: ties by id
+    best = best_trial(trained, higher_is_better=True)
     got = world.out["select_1"]
     assert got["round"] == 1 and got["trial_id"] == best["trial_id"] and got["family"] == "logistic"
     assert got["validation_score"] == best["validation_score"] and got["train_score"] == best["train_score"]
+    assert got["from_round"] == 1
     selection = _json(world, R1.selection)
-    assert selection["best"]["trial_id"] == got["trial_id"]
+    assert selection["best"]["trial_id"] == got["trial_id"] and selection["best"]["round"] == 1
+    assert selection["round_best"] == selection["best"] and selection["compared_rounds"] == [1]
     assert sorted(t["trial_id"] for t in selection["trials"]) == ["r1-logistic-0", "r1-logistic-1"]
+
+
+def test_select_model_compares_the_rounds_scored_on_the_same_rows(world: World) -> None:
+    """Round 2 re-collected 16 days: a longer training window, the same validation and test days, so
+    its trials and round 1's compete; round 2's are better (round 1 learnt the reversed days)."""
+    assert _json(world, R1.split)["validation"] == _json(world, R2.split)["validation"]
+    selection = _json(world, R2.selection)
+    assert selection["compared_rounds"] == [1, 2] and selection["not_comparable"] == {}
+    assert selection["best"]["round"] == 2 and selection["best"] == selection["round_best"]
+    assert world.out["select_2"]["from_round"] == 2
 
 
 def test_select_model_ties_go_to_the_first_trial_and_no_score_is_an_error(env: Env) -> None:
@@ -515,6 +529,34 @@ def test_meets_business_goal_asks_for_approval_or_holds_a_disabled_deploy(env: E
     assert sections.meets_business_goal(disabled, 2, **context(params={"max_rounds": 2})) == task_ids.GOAL_NOT_MET
 
 
+def _rewrite_decision(env: Env, rel: str, **decision: Any) -> None:
+    ev = env.json(rel)
+    _write_json(env.path(rel), {**ev, "champion_version": 1, "decision": {**ev["decision"], **decision}})
+
+
+def test_goal_met_but_champion_better_keeps_the_champion_without_a_remedy_round(env: Env) -> None:
+    """Round 1 of 3 meets the goal but the champion is better: the run ends there (no diagnose, no
+    remedy round), as its own decision champion_kept, which the report shows."""
+    env.copy("round_1")
+    _rewrite_decision(env, R1.evaluation, meets_goal=True, no_worse_than_champion=False, deploy=False, reason="r")
+    assert sections.meets_business_goal(NAME, 1, **context()) == task_ids.KEEP_CHAMPION
+    got = sections.keep_champion(NAME, **context())
+    assert got["decision"] == "champion_kept" and got["version"] is None and got["round"] == 1
+    assert got["reason"].startswith("round 1 meets the goal but champion version 1 is better: it stays the champion")
+    assert env.json(LAYOUT.outcome) == got
+    report = sections.publish_report(NAME, **context(ti=TiStub({"keep_champion": "success"})))
+    assert report["decision"] == "champion_kept"
+    summary = env.json(LAYOUT.run_summary)
+    assert summary["decision"] == "champion_kept" and summary["model_version"] is None
+    assert [r["round"] for r in summary["rounds"]] == [1] and not env.path(R2.plan).exists()
+    assert "champion_kept" in env.path(LAYOUT.report).read_text()
+    # a forced deployment is a deployment; a goal not met is not a kept champion
+    _rewrite_decision(env, R1.evaluation, meets_goal=True, no_worse_than_champion=False, deploy=True, forced=True)
+    assert sections.meets_business_goal(NAME, 1, **context()) == task_ids.DEPLOY_MODEL
+    _rewrite_decision(env, R1.evaluation, meets_goal=False, no_worse_than_champion=False, deploy=False, forced=False)
+    assert sections.meets_business_goal(NAME, 1, **context()) == "round_1.diagnose"
+
+
 def test_diagnose_writes_the_remedy_and_the_evidence(world: World) -> None:
     assert world.out["diagnose_1"] == "round_1.augment_data"
     d = _json(world, R1.diagnosis)
@@ -522,6 +564,48 @@ def test_diagnose_writes_the_remedy_and_the_evidence(world: World) -> None:
     assert d["evidence"]["train_positives"] == world.out["features_1"]["positives"]["train"]
     assert d["evidence"]["gap"] > 0.3  # diagnosis.max_gap
     assert d["evidence"]["test_score"] == world.out["evaluate_1"]["test_score"]
+    # augment_data can change the candidate (more history): it is the remedy applied
+    assert d["applied"] == "augment_data" and d["skipped"] == [] and "stop" not in d
+
+
+def test_diagnose_goes_to_the_remedy_that_can_change_the_candidate(env: Env) -> None:
+    """No older history (the lookback is at its maximum) and balanced classes (oversampling adds no
+    rows): augment_data cannot change the candidate; augment_features has no group left; tune_model
+    can, so diagnose branches there and the plan records both."""
+    env.copy("round_1")
+    name = env.variant("unit_sections_no_history", data={"max_lookback_days": 8})
+    assert sections.diagnose(name, 1, **context()) == "round_1.tune_model"
+    d = env.json(R1.diagnosis, name)
+    assert d["remedy"] == "augment_data" and d["applied"] == "tune_model"
+    assert d["skipped"][0].startswith("augment_data: the lookback is at data.max_lookback_days (8); the minority")
+    assert "oversampling adds no rows" in d["skipped"][0]
+    assert d["skipped"][1] == "augment_features: every feature group of features.augment_order is in use"
+    got = sections.remedy(name, 1, "tune_model", **context())
+    assert got["remedy"] == "tune_model"
+    assert got["changes"][0] == "augment_data has nothing left to give; applied tune_model instead"
+    plan = env.json(R2.plan, name)
+    assert plan["remedy"] == "augment_data" and plan["applied"] == "tune_model" and plan["wide_search"] is True
+
+
+def test_diagnose_ends_the_loop_when_no_remedy_can_change_the_candidate(env: Env) -> None:
+    env.copy("round_1")
+    name = env.variant("unit_sections_stuck", data={"max_lookback_days": 8})
+    # round 1 already searched every family as widely as the spec allows
+    plan = env.json(R1.plan, name)
+    _write_json(
+        env.path(R1.plan, name),
+        {**plan, "families": ["logistic", "random_forest"], "trials_per_family": 4, "wide_search": True},
+    )
+    assert sections.diagnose(name, 1, **context()) == task_ids.GOAL_NOT_MET
+    d = env.json(R1.diagnosis, name)
+    assert d["stop"] is True and d["applied"] is None
+    assert "; but no remedy can change the candidate: augment_data: the lookback is at" in d["reason"]
+    with pytest.raises(AirflowFailException, match="no remedy can change the candidate"):
+        sections.remedy(name, 1, "augment_data", **context())
+    assert not env.path(R2.plan, name).exists()
+    got = sections.goal_not_met(name, **context())
+    assert got["decision"] == "goal_not_met" and got["round"] == 1
+    assert got["reason"].startswith("after 1 round(s) the goal is not met: no remedy can change the candidate")
 
 
 def test_remedy_augment_data_plans_a_recollection_into_round_2(world: World) -> None:

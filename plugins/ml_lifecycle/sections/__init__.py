@@ -11,12 +11,12 @@ the work to the run's backend.
     training.py    plan_trials, select_model                               (section 5)
     evaluation.py  evaluate_model and the champion on the same test rows   (section 7)
     loop.py        meets_business_goal, diagnose, the remedies             (sections 6, 8)
-    deploy.py      deploy_model, goal_not_met
+    deploy.py      deploy_model, goal_not_met, keep_champion
     report.py      publish_report
 """
 
 from ml_lifecycle.sections.data import evaluate_data, feature_engineering, formulate_problem
-from ml_lifecycle.sections.deploy import deploy_model, goal_not_met
+from ml_lifecycle.sections.deploy import deploy_model, goal_not_met, keep_champion
 from ml_lifecycle.sections.evaluation import evaluate_model
 from ml_lifecycle.sections.loop import diagnose, meets_business_goal, remedy
 from ml_lifecycle.sections.report import publish_report
@@ -30,6 +30,7 @@ __all__ = [
     "feature_engineering",
     "formulate_problem",
     "goal_not_met",
+    "keep_champion",
     "meets_business_goal",
     "plan_trials",
     "publish_report",

@@ -52,19 +52,23 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     from include.lifecycle.registry import ModelRegistry
 
     rc = RunContext.from_airflow(problem, context)
-    win = deploy.winning_round(rc.rounds())
+    rounds = rc.rounds()
+    win = deploy.winning_round(rounds)
     if win is None:
         raise AirflowFailException("deploy_model ran but no round met the goal: refusing to deploy")
     k, ev = win["round"], win["evaluation"]
-    files = deploy.bundle_files(rc.store, rc.layout.round(k), ev)
-    # the data the winning round trained on: this run's collection, or a wider one from augment_data
-    source = rc.store.read_json(win["plan"].get("collect_rel") or rc.layout.collect_summary)
     try:
+        # the round the model was trained in: the winning round, or an earlier one its selection kept
+        trained = deploy.trained_round(rounds, win)
+        files = deploy.bundle_files(rc.store, rc.layout.round(trained["round"]), ev, evaluated_in=rc.layout.round(k))
+        # the data that round trained on: this run's collection, or a wider one from augment_data
+        source = rc.store.read_json(trained["plan"].get("collect_rel") or rc.layout.collect_summary)
         lineage = deploy.lineage(
             run_id=rc.run_id,
             win=win,
+            trained=trained,
             source=source,
-            dataset_uri=rc.store.uri(win["plan"]["dataset_rel"]),
+            dataset_uri=rc.store.uri(trained["plan"]["dataset_rel"]),
             spec_digest=rc.spec.digest(),
         )
     except ValueError as exc:
@@ -85,6 +89,7 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
                 "test_score": ev["test_score"],
                 "run_id": rc.run_id,
                 "round": k,
+                "trained_in_round": trained["round"],
             },
             claim={"run_id": rc.run_id, "round": k},  # a retry after a kill reuses the half-written version
         )
@@ -121,18 +126,48 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     return out
 
 
+def _last_evaluated(rc: RunContext) -> dict[str, Any]:
+    """The record of the last round that was evaluated: the one whose branch ended the loop."""
+    return next(r for r in reversed(rc.rounds()) if r["evaluation"])
+
+
 def goal_not_met(problem: str, **context: Any) -> dict[str, Any]:
-    """The last round missed: deploy nothing, keep the champion, record why."""
+    """The last round missed, or no remedy could change the candidate: deploy nothing, keep the
+    champion, record why."""
     rc = RunContext.from_airflow(problem, context)
-    rounds = rc.rounds()
-    last = rounds[-1]["evaluation"]
+    last = _last_evaluated(rc)
+    k, ev, diagnosis = last["round"], last["evaluation"], last["diagnosis"] or {}
+    if diagnosis.get("stop"):  # diagnose ended the loop before the last round
+        why = f"{'; '.join(diagnosis.get('changes') or [])}; {ev['decision']['reason']}"
+    else:
+        why = ev["decision"]["reason"]
     out = {
         "decision": "goal_not_met",
         "version": None,
-        "round": len(rounds),
-        "test_score": last["test_score"],
-        "reason": f"after {len(rounds)} round(s) the goal is not met: {last['decision']['reason']}",
+        "round": k,
+        "test_score": ev["test_score"],
+        "reason": f"after {k} round(s) the goal is not met: {why}",
     }
     rc.record_outcome(out)
     log.info("goal_not_met: %s", out["reason"])
+    return out
+
+
+def keep_champion(problem: str, **context: Any) -> dict[str, Any]:
+    """The candidate meets the goal but the champion is better (or trained on newer data): keep the
+    champion, deploy nothing, spend no remedy round on it (another round cannot make the goal more
+    met), record why as its own decision, ``champion_kept``."""
+    rc = RunContext.from_airflow(problem, context)
+    last = _last_evaluated(rc)
+    k, ev = last["round"], last["evaluation"]
+    out = {
+        "decision": "champion_kept",
+        "version": None,
+        "round": k,
+        "test_score": ev["test_score"],
+        "reason": f"round {k} meets the goal but champion version {ev.get('champion_version')} is better: "
+        f"it stays the champion; {ev['decision']['reason']}",
+    }
+    rc.record_outcome(out)
+    log.info("keep_champion: %s", out["reason"])
     return out
