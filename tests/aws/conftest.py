@@ -6,7 +6,9 @@ project starts a Glue job run, the job's script and ``--extra-py-files`` are fet
 and run with the arguments the job run received (as Glue would); after it creates a training job,
 the ``sourcedir.tar.gz`` is fetched back and its ``train.py`` runs with the ``SM_*`` variables on
 the channels downloaded from S3, and ``model.tar.gz`` / ``output.tar.gz`` are put at
-``<S3OutputPath>/<job name>/output/`` with the job's KMS key (as SageMaker would).
+``<S3OutputPath>/<job name>/output/`` with the job's KMS key (as SageMaker would). The few calls
+moto does not implement (UpdateEndpoint, ListTrainingJobsForHyperParameterTuningJob) are answered
+by the test (:func:`intercept`), after checking their parameters against the API's model.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ PII_SECRET = "ml-lifecycle/pii-hash-key"
 PROBLEM = "card_fraud_aws"
 PROBLEM_TUNING = "card_fraud_aws_tuning"
 END = dt.date(2026, 11, 1)
+LOGICAL_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
 
 
@@ -159,14 +162,66 @@ def _targz(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def intercept(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> None:
+    """Answer AWS API calls of botocore's clients in the test: ``answers[operation](params, call)``
+    returns the call's response, ``call(params)`` asks moto. The parameters are checked against
+    the API's model first, as botocore would before sending them."""
+    from botocore.client import BaseClient
+    from botocore.validate import validate_parameters
+
+    real = BaseClient._make_api_call
+
+    def make_api_call(self, operation, params):
+        answer = answers.get(operation)
+        if answer is None:
+            return real(self, operation, params)
+        validate_parameters(params, self.meta.service_model.operation_model(operation).input_shape)
+        return answer(params, lambda p: real(self, operation, p))
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
+
+
+def answered(body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A successful response of an API call the test answers itself."""
+    return {**(body or {}), "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+
+def task_context(run_id: str, *, try_number: int = 1, task_id: str = "task", params: dict | None = None) -> dict:
+    """What a task's execute gets, enough for the lifecycle's operators and the provider's."""
+    ti = SimpleNamespace(
+        dag_id="dag", task_id=task_id, run_id=run_id, map_index=-1, try_number=try_number, xcom_push=lambda **_: None
+    )
+    return {"ti": ti, "run_id": run_id, "logical_date": LOGICAL_DATE, "params": params or {}}
+
+
+def run_as_task(ctx: dict, execute: Any, execute_complete: Any) -> tuple[Any, list[Any]]:
+    """Run ``execute()`` as the task runner does: when it defers, the trigger runs here and
+    ``execute_complete(event)`` resumes (in the same task context). Returns the result and the
+    triggers it deferred to."""
+    import asyncio
+
+    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.sdk.execution_time.context import set_current_context
+
+    async def first_event(trigger):
+        async for event in trigger.run():
+            return event.payload
+
+    with set_current_context(ctx):
+        try:
+            return execute(), []
+        except TaskDeferred as deferred:
+            return execute_complete(asyncio.run(first_event(deferred.trigger))), [deferred.trigger]
+
+
 def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dict, tmp_path: Path) -> dict:
-    """Make moto's Glue job runs and SageMaker training jobs do their work; records what was sent."""
+    """Make moto's Glue job runs and SageMaker jobs do their work; records what was sent. A job
+    the project creates reports InProgress to the first look after its creation (as a real job
+    does), so the provider operators defer; the trigger then finds it Completed in moto."""
     from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-    from ml_lifecycle import aws as aws_backend
-    from ml_lifecycle.operators import GlueEtlOperator, ScriptModeTrainingOperator
-    from ml_lifecycle.scoring import BatchScoringOperator
+    from ml_lifecycle.operators import BatchScoringOperator, CollectAndLabelOperator, TrainingTrialOperator
 
     s3 = clients["s3"]
     played: dict[str, list[dict[str, Any]]] = {
@@ -175,9 +230,11 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         "update_endpoint": [],
         "tuning": [],
         "transform": [],
+        "deferred": [],
+        "resumed": [],
     }
     tuning_jobs: dict[str, list[dict[str, Any]]] = {}
-    sagemaker_hook = aws_backend.sagemaker_hook
+    just_created: set[str] = set()
     start_job_run = GlueJobHook.initialize_job
     create_training_job = SageMakerHook.create_training_job
     create_tuning_job = SageMakerHook.create_tuning_job
@@ -210,10 +267,9 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         played["glue"].append({"job": job, "arguments": dict(script_arguments or {}), "run_id": response["JobRunId"]})
         return response
 
-    def play_training(
-        self, config, wait_for_completion=True, print_log=True, check_interval=30, max_ingestion_time=None
-    ):
-        response = create_training_job(self, config, False, False, check_interval, max_ingestion_time)
+    def play_training(hook, config):
+        """SageMaker's side of a training job: the code, the channels and the outputs in S3."""
+        response = create_training_job(hook, config, False, False)
         name = config["TrainingJobName"]
         work = tmp_path / f"sm-{name}"
         code = work / "code"
@@ -256,6 +312,11 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         )
         return response
 
+    def play_created_training(self, config, wait_for_completion=True, print_log=True, check_interval=30, **_):
+        response = play_training(self, config)
+        just_created.add(config["TrainingJobName"])
+        return response
+
     def play_tuning(self, config, wait_for_completion=True, check_interval=30, max_ingestion_time=None):
         """SageMaker's side of a tuning job: sample MaxNumberOfTrainingJobs points of the categorical
         ranges, run a training job for each (named ``<tuning job>-NNN-xxxxxxxx``) and scrape the
@@ -278,7 +339,7 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
                 "HyperParameters": definition["StaticHyperParameters"] | tuned,
                 "StoppingCondition": definition["StoppingCondition"],
             }
-            play_training(self, job_config, False, False)
+            play_training(self, job_config)
             found = re.findall(metric["Regex"], played["training"][-1]["stdout"])
             assert found, f"the objective regex {metric['Regex']!r} matches nothing in the job's log"
             jobs.append(
@@ -299,10 +360,6 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         tuning_jobs[name] = jobs
         played["tuning"].append({"config": config, "jobs": jobs})
         return response
-
-    def answer_update_endpoint(params, **_):  # moto does not implement UpdateEndpoint
-        played["update_endpoint"].append(json.loads(params["body"]))
-        return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:aws:sagemaker:played"}
 
     def play_transform(self, config, wait_for_completion=True, check_interval=30, max_ingestion_time=None):
         """The serving container's side of a batch transform: the model of ``ModelDataUrl`` unpacked
@@ -341,30 +398,49 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         finally:
             server.stop()
         played["transform"].append({"config": config, "files": files})
+        just_created.add(name)
         return response
 
-    def answer_tuning_jobs(params, **_):  # moto does not implement ListTrainingJobsForHyperParameterTuningJob
-        jobs = tuning_jobs[json.loads(params["body"])["HyperParameterTuningJobName"]]
-        return SimpleNamespace(status_code=200, headers={}), {"TrainingJobSummaries": jobs}
+    def running_at_first(describe, status_key):
+        """A job the project just created is InProgress to the first look after its creation."""
 
-    def hook_answering_update_endpoint(aws):
-        hook = sagemaker_hook(aws)
-        events = hook.get_conn().meta.events
-        events.register("before-call.sagemaker.UpdateEndpoint", answer_update_endpoint)
-        events.register("before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob", answer_tuning_jobs)
-        return hook
+        def describe_job(self, name):
+            desc = describe(self, name)
+            if name in just_created:
+                just_created.discard(name)
+                return {**desc, status_key: "InProgress"}
+            return desc
 
-    played["resumed"] = []
-    for op in (GlueEtlOperator, ScriptModeTrainingOperator, BatchScoringOperator):
+        return describe_job
+
+    def answer_update_endpoint(params, call):  # moto does not implement UpdateEndpoint
+        played["update_endpoint"].append(params)
+        return answered({"EndpointArn": "arn:aws:sagemaker:played"})
+
+    def answer_tuning_jobs(params, call):  # moto does not implement ListTrainingJobsForHyperParameterTuningJob
+        return answered({"TrainingJobSummaries": tuning_jobs[params["HyperParameterTuningJobName"]]})
+
+    for op in (CollectAndLabelOperator, TrainingTrialOperator, BatchScoringOperator):
 
         def resumed(self, context, event=None, _complete=op.execute_complete):
             played["resumed"].append({"task": self.task_id.split(".")[-1], "event": event})
             return _complete(self, context, event)
 
+        def deferred(self, *, trigger, method_name, kwargs=None, timeout=None, _defer=op.defer):
+            played["deferred"].append({"task": self.task_id.split(".")[-1], "trigger": trigger})
+            _defer(self, trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
         monkeypatch.setattr(op, "execute_complete", resumed)
-    monkeypatch.setattr(aws_backend, "sagemaker_hook", hook_answering_update_endpoint)
+        monkeypatch.setattr(op, "defer", deferred)
+    intercept(
+        monkeypatch,
+        {"UpdateEndpoint": answer_update_endpoint, "ListTrainingJobsForHyperParameterTuningJob": answer_tuning_jobs},
+    )
     monkeypatch.setattr(GlueJobHook, "initialize_job", play_glue)
-    monkeypatch.setattr(SageMakerHook, "create_training_job", play_training)
+    monkeypatch.setattr(SageMakerHook, "create_training_job", play_created_training)
     monkeypatch.setattr(SageMakerHook, "create_tuning_job", play_tuning)
     monkeypatch.setattr(SageMakerHook, "create_transform_job", play_transform)
+    for kind, key in (("training", "TrainingJobStatus"), ("transform", "TransformJobStatus")):
+        describe = getattr(SageMakerHook, f"describe_{kind}_job")
+        monkeypatch.setattr(SageMakerHook, f"describe_{kind}_job", running_at_first(describe, key))
     return played

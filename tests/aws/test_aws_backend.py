@@ -1,12 +1,11 @@
 """A whole lifecycle DAG with ``backend: aws`` against moto: artifacts in S3 (every object
 encrypted with the spec's KMS key), collect_and_label as a Glue job running the project's job
 file, the curated partitions in the Glue Data Catalog, one SageMaker script-mode training job
-per trial; a second run does not collide with the first and a retried trial does not start a
-second training job."""
+per trial, the champion as a model package and an endpoint; a second run does not collide with
+the first, a retried task does not start a second job, a killed task stops its job."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import os
@@ -14,16 +13,26 @@ import re
 import tarfile
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from include.lifecycle.store import safe_run_id
-from tests.aws.conftest import BUCKET, PROBLEM, ROLE_ARN, install_players
+from tests.aws.conftest import (
+    BUCKET,
+    LOGICAL_DATE,
+    PROBLEM,
+    ROLE_ARN,
+    answered,
+    install_players,
+    intercept,
+    run_as_task,
+    task_context,
+)
 from tests.integration.dagrun import ROOT, run_dag
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
 
-LOGICAL_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 
@@ -55,14 +64,25 @@ def _install_players(mp, aws_env, clients):
 
 
 def test_glue_and_sagemaker_waits_are_deferred_to_the_triggerer(first_run) -> None:
-    """aws.deferrable (the default): the tasks hand the wait to the provider's triggers and resume
-    in execute_complete with the trigger's event (dag.test runs the triggers in line)."""
+    """aws.deferrable (the default): the provider operators hand the wait to their triggers and the
+    tasks resume in execute_complete with the trigger's event (dag.test runs the triggers in line)."""
+    from ml_lifecycle.aws.common import BOTOCORE_RETRIES
+
     resumed = first_run["played"]["resumed"]
-    assert [r["task"] for r in resumed].count("collect_and_label") == 1
-    assert [r["task"] for r in resumed].count("tuning_trials") == 2
+    tasks = [r["task"] for r in resumed]
+    assert sorted(tasks) == ["collect_and_label", "train_model", "train_model"]
     assert all(r["event"]["status"] == "success" for r in resumed)
     trained = {p["config"]["TrainingJobName"] for p in first_run["played"]["training"]}
-    assert {r["event"]["job_name"] for r in resumed if r["task"] == "tuning_trials"} == trained
+    assert {r["event"]["job_name"] for r in resumed if r["task"] == "train_model"} == trained
+    deferred = first_run["played"]["deferred"]
+    assert sorted(d["task"] for d in deferred) == sorted(tasks)
+    for d in deferred:  # the provider's triggers, polling as the spec says, covering the job's run time
+        trigger = d["trigger"]
+        assert type(trigger).__name__ == (
+            "GlueJobCompleteTrigger" if d["task"] == "collect_and_label" else "SageMakerTrigger"
+        )
+        assert trigger.botocore_config == {"retries": BOTOCORE_RETRIES}
+        assert trigger.waiter_delay == 1 and trigger.attempts * trigger.waiter_delay >= 3600
 
 
 def test_the_dag_runs_green_on_aws_and_writes_its_artifacts_to_s3(first_run, clients) -> None:
@@ -182,10 +202,9 @@ def test_each_trial_is_a_script_mode_training_job(first_run, clients, aws_env) -
 def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
     first_run, airflow_db, aws_env, clients
 ) -> None:
-    from ml_lifecycle import aws as aws_backend
-    from ml_lifecycle.aws import run_trial_aws
+    from ml_lifecycle.aws.deploy import BLUE_GREEN_UPDATE
     from ml_lifecycle.context import RunContext
-    from ml_lifecycle.operators import run_collect
+    from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator
 
     sm = clients["sagemaker"]
     mp = pytest.MonkeyPatch()
@@ -204,7 +223,7 @@ def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
             {
                 "EndpointName": "card-fraud-aws-test",
                 "EndpointConfigName": "card-fraud-aws-v2",
-                "DeploymentConfig": aws_backend.BLUE_GREEN_UPDATE,
+                "DeploymentConfig": BLUE_GREEN_UPDATE,
             }
         ]
         assert (
@@ -212,57 +231,50 @@ def test_a_second_run_does_not_collide_and_retried_tasks_start_no_second_job(
             != first_run["played"]["glue"][0]["arguments"]["--ml-run-key"]
         )
         jobs_before = sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
-
-        # retry a trial of the second run: it re-attaches to the completed job
         os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
         try:
-            rc = RunContext.from_airflow(
-                PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {"backend": "aws"}}
+            # retry a trial of the second run: it re-attaches to the completed job
+            ctx = task_context(run_id, try_number=2, task_id="train_model", params={"backend": "aws"})
+            rc = RunContext.from_airflow(PROBLEM, ctx)
+            trial = _evaluated_trial(clients["s3"], run_id)
+            op = TrainingTrialOperator(task_id="train_model", problem=PROBLEM, round_no=1, trial=trial)
+            again, triggers = run_as_task(ctx, lambda: op.execute(ctx), lambda event: op.execute_complete(ctx, event))
+            assert triggers == []  # the job had completed: nothing to wait for
+            assert len(played["training"]) == 2  # no new job was created
+            assert again["training_job_name"] in second
+            assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == len(jobs_before)
+
+            # retry collect_and_label of the second run: it re-attaches to its Glue job run
+            glue = clients["glue"]
+            job_name = played["glue"][0]["job"]["Name"]
+            runs_before = glue.get_job_runs(JobName=job_name)["JobRuns"]
+            ctx = task_context(run_id, try_number=2, task_id="collect_and_label", params={"backend": "aws"})
+            op = CollectAndLabelOperator(task_id="collect_and_label", problem=PROBLEM)
+            summary, triggers = run_as_task(ctx, lambda: op.execute(ctx), lambda event: op.execute_complete(ctx, event))
+            assert [t.run_id for t in triggers] == [played["glue"][0]["run_id"]]
+            assert len(played["glue"]) == 1
+            assert len(glue.get_job_runs(JobName=job_name)["JobRuns"]) == len(runs_before) == 2
+            assert summary["rows_in"] == rc.store.read_json(rc.layout.collect_summary)["rows_in"]
+
+            # augment_data re-collects a wider window into the next round's folder: a new Glue job run
+            wider_dir = rc.layout.collect_dir(2)
+            wider, _ = run_as_task(
+                ctx,
+                lambda: rc.backend.collect(op, rc, ctx, lookback_days=24, run_dir=wider_dir),
+                lambda event: rc.backend.collect_complete(op, rc, event, run_dir=wider_dir),
             )
-            rd = rc.round_dir(1)
-            trial_id = rc.store.read_json(f"{rd}/evaluation.json")["trial_id"]
-            metrics = rc.store.read_json(f"{rd}/trials/{trial_id}/output/metrics.json")
-            trial = {k: metrics[k] for k in ("trial_id", "family", "params")}
-            log: list[str] = []
-            again = run_trial_aws(rc, 1, trial, try_number=2, log=log.append)
-        finally:
-            os.environ.pop("ML_PROBLEMS_DIR", None)
-        assert any(m.startswith("re-attaching") for m in log), log
-        assert len(played["training"]) == 2  # no new job was created
-        assert again["training_job_name"] in second
-        assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == len(jobs_before)
-
-        # retry collect_and_label of the second run: it re-attaches to its Glue job run
-        glue = clients["glue"]
-        job_name = played["glue"][0]["job"]["Name"]
-        runs_before = glue.get_job_runs(JobName=job_name)["JobRuns"]
-        os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
-        try:
-            log.clear()
-            summary = run_collect(rc, lookback_days=rc.lookback_days, run_dir=rc.run_dir, log=log.append)
-        finally:
-            os.environ.pop("ML_PROBLEMS_DIR", None)
-        assert any("re-attaching to Glue job run" in m for m in log), log
-        assert len(played["glue"]) == 1
-        assert len(glue.get_job_runs(JobName=job_name)["JobRuns"]) == len(runs_before) == 2
-        assert summary["rows_in"] == rc.store.read_json(f"{rc.run_dir}/collect_summary.json")["rows_in"]
-
-        # augment_data re-collects a wider window into the next round's folder: a new Glue job run
-        os.environ["ML_PROBLEMS_DIR"] = str(aws_env["problems"])
-        try:
-            wider = run_collect(rc, lookback_days=24, run_dir=f"{rc.run_dir}/round_2", log=log.append)
         finally:
             os.environ.pop("ML_PROBLEMS_DIR", None)
         assert len(played["glue"]) == 2
-        assert played["glue"][1]["arguments"]["--run-dir"] == f"{rc.run_dir}/round_2"
+        assert played["glue"][1]["arguments"]["--run-dir"] == wider_dir
         assert played["glue"][1]["arguments"]["--lookback-days"] == "24"
-        assert wider["partitions"] == 24 and wider["rows_in"] > summary["rows_in"]
+        assert len(wider["partitions"]) == 24 and wider["rows_in"] > summary["rows_in"]
     finally:
         mp.undo()
 
 
 def test_job_names_are_deterministic_unique_and_short() -> None:
-    from ml_lifecycle.aws import training_job_name
+    from ml_lifecycle.aws.training import training_job_name
 
     long = "a_problem_name_that_is_long_enough_to_matter_" + "x" * 16
     n1 = training_job_name(long, "manual__2026-11-01T00:00:00+00:00", 10, "r10-random_forest-11")
@@ -273,42 +285,54 @@ def test_job_names_are_deterministic_unique_and_short() -> None:
     assert all(len(n) <= 63 and NAME_RE.match(n) for n in (n1, n2, n3))
 
 
-def test_publishing_a_champion_registers_a_model_package_and_creates_then_updates_the_endpoint(
-    aws_env, clients, monkeypatch
-) -> None:
-    """moto does not implement update_endpoint: the test answers that one call itself and records it."""
-    import types
+def _publisher(aws_env: dict, name: str, endpoint: str, versions: int):
+    """A registry of ``versions`` versions of problem ``name`` in S3, and a function publishing one of
+    them as deploy_model does (in a task's context)."""
+    from airflow.sdk.execution_time.context import set_current_context
 
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.spec import parse_spec
-    from ml_lifecycle import aws as aws_backend
+    from ml_lifecycle.aws.deploy import publish_champion
+    from ml_lifecycle.aws.store import s3_problem_store
 
-    data = json.loads(json.dumps(aws_env["spec"])) | {"name": "fraud_publish"}
-    data["aws"]["serving_image"] = "registry.example/ml-lifecycle-serving:test"
-    data["deploy"] = {"endpoint_name": "card-fraud-test"}
+    data = json.loads(json.dumps(aws_env["spec"])) | {"name": name}
+    data["deploy"] = {"endpoint_name": endpoint}
     spec = parse_spec(data)
-    store = aws_backend.s3_problem_store(spec)
+    store = s3_problem_store(spec)
     registry = ModelRegistry(store.sub("registry"))
-    assert [registry.register({"model.ubj": m}, {"run_id": "r"}) for m in (b"m1", b"m2")] == [1, 2]
+    numbers = list(range(1, versions + 1))
+    assert [registry.register({"model.ubj": f"m{v}".encode()}, {"run_id": "r"}) for v in numbers] == numbers
+
+    def publish(version: int, run_id: str = "manual__a") -> dict:
+        rc = SimpleNamespace(spec=spec, store=store, run_id=run_id)
+        with set_current_context(task_context(run_id, task_id="deploy_model")):
+            return publish_champion(rc, version, log=print)
+
+    return publish
+
+
+def _answer_updates(monkeypatch, updates: list) -> None:
+    """moto does not implement UpdateEndpoint: the test answers it and records the request."""
+
+    def update_endpoint(params, call):
+        updates.append(params)
+        return answered({"EndpointArn": "arn:test"})
+
+    intercept(monkeypatch, {"UpdateEndpoint": update_endpoint})
+
+
+def test_publishing_a_champion_registers_a_model_package_and_creates_then_updates_the_endpoint(
+    aws_env, clients, monkeypatch
+) -> None:
+    from ml_lifecycle.aws.deploy import BLUE_GREEN_UPDATE
+
+    publish = _publisher(aws_env, "fraud_publish", "card-fraud-test", 2)
     updates: list[dict] = []
-
-    def answer_update(params, **_):
-        updates.append(json.loads(params["body"]))  # the serialised request moto would have received
-        return types.SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn:test"}
-
-    real_hook = aws_backend.sagemaker_hook
-
-    def hook_with_update(aws):
-        hook = real_hook(aws)
-        hook.get_conn().meta.events.register("before-call.sagemaker.UpdateEndpoint", answer_update)
-        return hook
-
-    monkeypatch.setattr(aws_backend, "sagemaker_hook", hook_with_update)
+    _answer_updates(monkeypatch, updates)
     sm = clients["sagemaker"]
-    log: list[str] = []
-    first = aws_backend.publish_champion(spec, store, 1, run_id="manual__a", log=log.append)
-    again = aws_backend.publish_champion(spec, store, 1, run_id="manual__a", log=log.append)
-    second = aws_backend.publish_champion(spec, store, 2, run_id="manual__b", log=log.append)
+    first = publish(1)
+    again = publish(1)
+    second = publish(2, run_id="manual__b")
     assert (first["endpoint"], again["endpoint"], second["endpoint"]) == ("created", "unchanged", "updated")
     assert again["model_package_arn"] == first["model_package_arn"] != second["model_package_arn"]
     packages = sm.list_model_packages(ModelPackageGroupName="fraud-publish")["ModelPackageSummaryList"]
@@ -316,9 +340,11 @@ def test_publishing_a_champion_registers_a_model_package_and_creates_then_update
     desc = sm.describe_model_package(ModelPackageName=second["model_package_arn"])
     assert desc["ModelApprovalStatus"] == "Approved"
     assert desc["CustomerMetadataProperties"]["ml_lifecycle_version"] == "2"
+    assert desc["InferenceSpecification"]["SupportedContentTypes"] == ["text/csv", "application/json"]
     url = desc["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     assert url == f"s3://{BUCKET}/ml/fraud_publish/sagemaker/models/v2/model.tar.gz"
     body = clients["s3"].get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))
+    assert body["ServerSideEncryption"] == "aws:kms" and aws_env["kms_key_id"] in body["SSEKMSKeyId"]
     with tarfile.open(fileobj=io.BytesIO(body["Body"].read()), mode="r:gz") as tf:
         assert tf.extractfile("model.ubj").read() == b"m2"
         assert json.loads(tf.extractfile("manifest.json").read())["version"] == 2
@@ -327,12 +353,120 @@ def test_publishing_a_champion_registers_a_model_package_and_creates_then_update
         {
             "EndpointName": "card-fraud-test",
             "EndpointConfigName": second["model_name"],
-            "DeploymentConfig": aws_backend.BLUE_GREEN_UPDATE,
+            "DeploymentConfig": BLUE_GREEN_UPDATE,
         }
     ]
     cfg = sm.describe_endpoint_config(EndpointConfigName=second["model_name"])
     assert cfg["ProductionVariants"][0]["ModelName"] == second["model_name"]
     assert cfg["KmsKeyId"] == aws_env["kms_key_id"]
+    model = sm.describe_model(ModelName=second["model_name"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == url and model["ExecutionRoleArn"] == ROLE_ARN
+
+
+def test_the_deploy_returns_once_the_endpoint_is_in_service_and_fails_when_it_failed(aws_env, monkeypatch) -> None:
+    """moto's endpoint is InService at once: the test has it say Creating for three looks first,
+    then, on a retried deploy that changes nothing, Failed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    publish = _publisher(aws_env, "fraud_in_service", "card-fraud-in-service", 1)
+    script = ["Creating", "Creating", "Creating"]
+    seen: list[str] = []
+
+    def describe_endpoint(params, call):
+        desc = call(params)
+        seen.append(script.pop(0) if script else desc["EndpointStatus"])
+        return {**desc, "EndpointStatus": seen[-1]}
+
+    intercept(monkeypatch, {"DescribeEndpoint": describe_endpoint})
+    assert publish(1)["endpoint"] == "created"
+    assert seen == ["Creating", "Creating", "Creating", "InService"]
+    script += ["Failed", "Failed"]  # the deploy's look at the endpoint, then the wait's
+    with pytest.raises(AirflowFailException, match="card-fraud-in-service is not InService"):
+        publish(1)
+    assert seen[-2:] == ["Failed", "Failed"] and script == []
+
+
+def test_a_retried_deploy_finds_its_model_package_on_a_later_page(aws_env, clients, monkeypatch) -> None:
+    """list_model_packages answers one package a page here: the third version's package is on the
+    third page, and a retried deploy of it registers nothing new."""
+    publish = _publisher(aws_env, "fraud_pages", "card-fraud-pages", 3)
+    _answer_updates(monkeypatch, [])
+    pages: list[str | None] = []
+
+    def one_per_page(params, call):
+        pages.append(params.get("NextToken"))
+        return call({**params, "MaxResults": 1})
+
+    intercept(monkeypatch, {"ListModelPackages": one_per_page})
+    third = [publish(v) for v in (1, 2, 3)][-1]
+    pages.clear()
+    again = publish(3)
+    assert again["model_package_arn"] == third["model_package_arn"]
+    assert len(pages) == 3 and pages[0] is None and all(pages[1:])
+    listed = clients["sagemaker"].get_paginator("list_model_packages").paginate(ModelPackageGroupName="fraud-pages")
+    assert sum(len(page["ModelPackageSummaryList"]) for page in listed) == 3  # none registered twice
+
+
+def _evaluated_trial(s3, run_id: str) -> dict:
+    """The trial of round 1 that a run evaluated, as the round's plan gave it to train_model."""
+    rnd = f"ml/{PROBLEM}/runs/{safe_run_id(run_id)}/round_1"
+    trial_id = _json(s3, f"{rnd}/evaluation.json")["trial_id"]
+    metrics = _json(s3, f"{rnd}/trials/{trial_id}/output/metrics.json")
+    return {k: metrics[k] for k in ("trial_id", "family", "params")}
+
+
+def test_killing_a_task_that_waits_for_its_training_job_stops_the_job(
+    first_run, aws_env, clients, monkeypatch, tmp_path
+) -> None:
+    """aws.deferrable false: the task waits for its job in the worker. A retry after a failed job
+    starts the next attempt's job; killing the task (on_kill, called while execute waits, as
+    Airflow's signal handler does) stops that job, and the task fails saying so."""
+    import threading
+
+    import yaml
+
+    from ml_lifecycle.aws.training import training_job_name
+    from ml_lifecycle.operators import TrainingTrialOperator
+
+    spec = json.loads(json.dumps(aws_env["spec"]))
+    spec["aws"]["deferrable"] = False
+    (tmp_path / f"{PROBLEM}.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("ML_PROBLEMS_DIR", str(tmp_path))
+    run_id = first_run["run_id"]
+    trial = _evaluated_trial(clients["s3"], run_id)
+    failed = training_job_name(PROBLEM, run_id, 1, trial["trial_id"])
+    started = training_job_name(PROBLEM, run_id, 1, trial["trial_id"], attempt=2)
+    waiting, stopped = threading.Event(), []
+
+    def describe(params, call):  # moto's jobs complete at once: the first failed, the second runs
+        desc = call(params)
+        if params["TrainingJobName"] == failed:
+            return {**desc, "TrainingJobStatus": "Failed", "FailureReason": "played"}
+        waiting.set()
+        return {**desc, "TrainingJobStatus": "Stopped" if stopped else "InProgress"}
+
+    def stop(params, call):
+        stopped.append(params["TrainingJobName"])
+        return answered()
+
+    intercept(monkeypatch, {"DescribeTrainingJob": describe, "StopTrainingJob": stop})
+    op = TrainingTrialOperator(task_id="train_model", problem=PROBLEM, round_no=1, trial=trial)
+    ctx = task_context(run_id, try_number=2, task_id="train_model")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute(ctx)
+        except BaseException as exc:
+            errors.append(exc)
+
+    task = threading.Thread(target=run)
+    task.start()
+    assert waiting.wait(60), "the task never waited for its job"
+    op.on_kill()
+    task.join(60)
+    assert stopped == [started]
+    assert len(errors) == 1 and f"SageMaker training job {started} ended Stopped" in str(errors[0])
 
 
 def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
@@ -346,8 +480,10 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.scoring import load_champion, score_partition
     from include.lifecycle.spec import load_spec
-    from ml_lifecycle import aws as aws_backend
-    from ml_lifecycle.context import RunContext, pii_key
+    from ml_lifecycle.aws.transform import transform_folder
+    from ml_lifecycle.context import RunContext
+    from ml_lifecycle.operators import BatchScoringOperator
+    from ml_lifecycle.settings import pii_key
 
     s3 = clients["s3"]
     ds = "2026-10-31"
@@ -365,6 +501,7 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     config = job["config"]
     assert manifest["transform_job_name"] == config["TransformJobName"] and NAME_RE.match(config["TransformJobName"])
     assert [r["task"] for r in played["resumed"]] == ["score_new_data"]  # the wait was deferred
+    assert [type(d["trigger"]).__name__ for d in played["deferred"]] == ["SageMakerTrigger"]
     version = manifest["model_version"]
     assert config["ModelName"] == manifest["model_name"] == f"card-fraud-aws-v{version}"
     assert config["TransformInput"]["SplitType"] == "None" and config["TransformInput"]["ContentType"] == "text/csv"
@@ -374,7 +511,7 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
         "InstanceCount": 1,
         "VolumeKmsKeyId": aws_env["kms_key_id"],
     }
-    folder = f"ml/{PROBLEM}/{aws_backend.transform_folder(run_id, ds)}"
+    folder = f"ml/{PROBLEM}/{transform_folder(run_id, ds)}"
     keys = _objects(s3, folder) + _objects(s3, f"ml/{PROBLEM}/scores/ds={ds}")
     assert all(s3.head_object(Bucket=BUCKET, Key=k).get("ServerSideEncryption") == "aws:kms" for k in keys)
     # no raw card number leaves for the transform: its input has the curated tokens
@@ -394,17 +531,21 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
             spec, champion, source=rc.input_store(spec.data.source), ds=ds, pii_key=pii_key()
         )
         # a retried task re-attaches to its transform job and re-uses the prepared input
-        log: list[str] = []
         mp = pytest.MonkeyPatch()
         again = _install_players(mp, aws_env, clients)
+        mp.setattr("include.lifecycle.scoring.curate_for_scoring", _not_again)
         try:
-            name = aws_backend.start_transform(rc, ds, try_number=2, pii_key=pii_key(), log=log.append)
+            ctx = task_context(run_id, try_number=2, task_id="score_new_data")
+            op = BatchScoringOperator(task_id="score_new_data", problem=PROBLEM)
+            retried, triggers = run_as_task(ctx, lambda: op.execute(ctx), lambda event: op.execute_complete(ctx, event))
         finally:
             mp.undo()
     finally:
         os.environ.pop("ML_PROBLEMS_DIR", None)
-    assert name == config["TransformJobName"] and again["transform"] == []
-    assert any("re-using the transform input" in m for m in log) and any("re-attaching" in m for m in log)
+    assert again["transform"] == [] and triggers == []  # the job had completed: nothing to start or wait for
+    retried_manifest = _json(s3, f"ml/{PROBLEM}/scores/ds={ds}/_manifest.json")
+    assert retried_manifest["transform_job_name"] == config["TransformJobName"]
+    assert retried == {k: manifest[k] for k in retried}
     scores = pd.read_parquet(
         io.BytesIO(s3.get_object(Bucket=BUCKET, Key=f"ml/{PROBLEM}/scores/ds={ds}/part-0.parquet")["Body"].read())
     )
@@ -413,3 +554,7 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     np.testing.assert_allclose(scores["score"].to_numpy(), local["score"].to_numpy(), rtol=1e-6, atol=1e-9)
     assert scores["decision"].tolist() == local["decision"].tolist()
     assert {k: manifest[k] for k in summary} == json.loads(json.dumps(summary))
+
+
+def _not_again(*args, **kwargs):
+    raise AssertionError("the retry curated the day again instead of re-using the prepared input")

@@ -59,7 +59,7 @@ def test_backend_aws_needs_bucket_and_role() -> None:
 
 
 def test_sse_is_kms_with_a_key_and_s3_managed_without() -> None:
-    from ml_lifecycle.aws import sse_kwargs
+    from ml_lifecycle.aws.store import sse_kwargs
 
     assert sse_kwargs(parse_spec(_aws_spec()).aws) == {"ServerSideEncryption": "AES256"}
     assert sse_kwargs(parse_spec(_aws_spec(kms_key_id="alias/ml")).aws) == {
@@ -99,16 +99,14 @@ def test_the_run_param_chooses_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_
         assert store.fs.s3_additional_kwargs == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/ml"}
 
 
-def test_a_run_asking_for_aws_on_a_spec_without_aws_settings_fails_clearly(monkeypatch, tmp_path) -> None:
+def test_a_run_asking_for_aws_on_a_spec_without_aws_settings_fails_clearly() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ml_lifecycle import context
+    from ml_lifecycle.context import resolve
 
-    data = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
-    (tmp_path / "card_fraud.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("ML_PROBLEMS_DIR", str(tmp_path))
+    spec = parse_spec(yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text()))
     with pytest.raises(AirflowFailException, match="backend aws needs aws.bucket and aws.role_arn"):
-        context.problem_store("card_fraud", "aws")
+        resolve(spec, {"backend": "aws"}).store()
 
 
 def test_the_iam_policies_grant_what_the_backend_calls_and_no_wildcard_actions() -> None:
@@ -126,7 +124,7 @@ def test_the_iam_policies_grant_what_the_backend_calls_and_no_wildcard_actions()
                 out |= {st["Action"]} if isinstance(st["Action"], str) else set(st["Action"])
         return out
 
-    # what plugins/ml_lifecycle/aws.py and the Airflow hooks it uses call, from the Airflow worker
+    # what plugins/ml_lifecycle/aws/ and the provider's operators and hooks it uses call, from the Airflow worker
     called = {
         "s3:ListBucket", "s3:GetObject", "s3:PutObject",
         "glue:GetJob", "glue:CreateJob", "glue:StartJobRun", "glue:GetJobRun", "glue:GetJobRuns",
@@ -136,7 +134,7 @@ def test_the_iam_policies_grant_what_the_backend_calls_and_no_wildcard_actions()
         "sagemaker:CreateHyperParameterTuningJob", "sagemaker:DescribeHyperParameterTuningJob",
         "sagemaker:StopHyperParameterTuningJob", "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
         "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
-        "sagemaker:DescribeModelPackageGroup", "sagemaker:CreateModelPackageGroup", "sagemaker:ListModelPackages",
+        "sagemaker:CreateModelPackageGroup", "sagemaker:DeleteModelPackageGroup", "sagemaker:ListModelPackages",
         "sagemaker:DescribeModelPackage", "sagemaker:CreateModelPackage", "sagemaker:DescribeModel",
         "sagemaker:CreateModel", "sagemaker:DescribeEndpointConfig", "sagemaker:CreateEndpointConfig",
         "sagemaker:DescribeEndpoint", "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint",
@@ -155,58 +153,98 @@ def test_the_iam_policies_grant_what_the_backend_calls_and_no_wildcard_actions()
         }  # fmt: skip
 
 
-class _FakeSageMaker:
-    """Answers describe_training_job from a dict of name -> status; records creations."""
+class _FakeSageMakerHook:
+    """The SageMakerHook calls of a training job operator, answered from a dict of name -> status;
+    records the jobs it creates and stops."""
 
     def __init__(self, statuses: dict[str, str]) -> None:
         self.statuses = statuses
         self.created: list[str] = []
+        self.stopped: list[str] = []
+        self.conn = type(
+            "Client", (), {"stop_training_job": lambda _, TrainingJobName: self.stopped.append(TrainingJobName)}
+        )()
 
     def describe_training_job(self, name: str) -> dict:
         from botocore.exceptions import ClientError
 
         if name not in self.statuses:
             raise ClientError({"Error": {"Code": "ValidationException", "Message": "not found"}}, "DescribeTrainingJob")
-        return {"TrainingJobStatus": self.statuses[name]}
+        return {"TrainingJobName": name, "TrainingJobStatus": self.statuses[name]}
 
-    def create_training_job(self, config: dict, wait_for_completion: bool = True) -> None:
+    def configure_s3_resources(self, config: dict) -> None:
+        pass
+
+    def create_training_job(self, config: dict, **_) -> dict:
         self.created.append(config["TrainingJobName"])
-        self.statuses[config["TrainingJobName"]] = "InProgress"
+        self.statuses[config["TrainingJobName"]] = "Completed"
+        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    def check_status(self, name: str, key: str, describe, interval: int, max_seconds: int | None) -> dict:
+        self.statuses[name] = "Completed"  # waited for it
+        return describe(name)
+
+
+def _training_job(statuses: dict[str, str], *, deferrable: bool = False):
+    from ml_lifecycle.aws.operators import TrainingJob
+
+    job = TrainingJob(
+        task_id="train_model", names=["job", "job-a2", "job-a3"], deferrable=deferrable, max_ingestion_time=3600
+    )
+    job.hook = _FakeSageMakerHook(dict(statuses))
+    return job
 
 
 @pytest.mark.parametrize(
     ("statuses", "expected", "created"),
     [
         ({}, "job", ["job"]),  # first attempt: create
-        ({"job": "InProgress"}, "job", []),  # retry while it runs: attach
+        ({"job": "InProgress"}, "job", []),  # retry while it runs: attach and wait
         ({"job": "Completed"}, "job", []),  # retry after it completed: take its result
         ({"job": "Failed"}, "job-a2", ["job-a2"]),  # names cannot be reused: the next attempt's name
         ({"job": "Failed", "job-a2": "Completed"}, "job-a2", []),
     ],
 )
 def test_a_retried_trial_attaches_to_its_job_or_starts_the_next_attempt(statuses, expected, created) -> None:
-    from ml_lifecycle.aws import start_or_attach
+    job = _training_job(statuses)
+    result = job.execute({})
+    assert result["Training"] == {"TrainingJobName": expected, "TrainingJobStatus": "Completed"}
+    assert job.job_name == expected and job.hook.created == created
 
-    hook = _FakeSageMaker(dict(statuses))
-    name = start_or_attach(hook, "training", lambda n: {"TrainingJobName": n}, ["job", "job-a2", "job-a3"], log=print)
-    assert name == expected and hook.created == created
+
+def test_a_deferrable_retry_waits_for_its_running_job_in_the_provider_trigger() -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    job = _training_job({"job": "InProgress"}, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        job.execute({})
+    trigger = deferred.value.trigger
+    assert (type(trigger).__name__, trigger.job_name, trigger.job_type) == ("SageMakerTrigger", "job", "training")
+    assert deferred.value.method_name == "execute_complete" and job.hook.created == []
+    assert trigger.attempts * trigger.waiter_delay >= 3600
 
 
 def test_every_attempt_failed_fails_the_task() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ml_lifecycle.aws import start_or_attach
-
-    hook = _FakeSageMaker({"job": "Failed", "job-a2": "Stopped"})
+    job = _training_job({"job": "Failed", "job-a2": "Stopped", "job-a3": "Failed"})
     with pytest.raises(AirflowFailException, match="every attempt of this training job failed"):
-        start_or_attach(hook, "training", lambda n: {"TrainingJobName": n}, ["job", "job-a2"], log=print)
-    assert hook.created == []
+        job.execute({})
+    assert job.hook.created == []
+
+
+def test_a_killed_task_stops_the_job_it_started_or_attached_to() -> None:
+    job = _training_job({"job": "Failed"})
+    job.on_kill()  # nothing started yet: nothing to stop
+    job.execute({})
+    job.on_kill()
+    assert job.hook.stopped == ["job-a2"]
 
 
 def test_arrow_types_map_to_hive_types_for_the_catalog() -> None:
     import pyarrow as pa
 
-    from ml_lifecycle.aws import hive_type
+    from ml_lifecycle.aws.glue import hive_type
 
     cases = {
         pa.int32(): "int",
@@ -222,15 +260,15 @@ def test_arrow_types_map_to_hive_types_for_the_catalog() -> None:
 
 
 def test_every_aws_client_retries_throttling_with_adaptive_back_off() -> None:
-    """Hooks in the worker, the triggers and the S3 store all carry the same retry policy."""
-    from ml_lifecycle import aws
+    """The provider operators (and the triggers they defer to), the hooks and the S3 store all
+    carry the same retry policy."""
+    from ml_lifecycle.aws.common import BOTOCORE_RETRIES, provider_kwargs, sagemaker_hook
+    from ml_lifecycle.aws.operators import CollectGlueJob, TransformJob
 
-    spec = parse_spec(_aws_spec())
-    assert (
-        aws.sagemaker_hook(spec.aws).config.retries == aws.BOTOCORE_RETRIES == {"mode": "adaptive", "max_attempts": 10}
-    )
-    assert aws._glue_client_hook(spec).config.retries == aws.BOTOCORE_RETRIES
-    assert aws.glue_trigger(spec, "job", "jr_1").botocore_config == {"retries": aws.BOTOCORE_RETRIES}
-    trigger = aws.sagemaker_trigger(spec.aws, "job", "training", 3600)
-    assert trigger.botocore_config == {"retries": aws.BOTOCORE_RETRIES}
-    assert trigger.waiter_delay == spec.aws.poll_seconds and trigger.attempts * trigger.waiter_delay >= 3600
+    aws = parse_spec(_aws_spec()).aws
+    assert BOTOCORE_RETRIES == {"mode": "adaptive", "max_attempts": 10}
+    assert sagemaker_hook(aws).config.retries == BOTOCORE_RETRIES
+    for job in (CollectGlueJob(**provider_kwargs(aws, "t")), TransformJob(**provider_kwargs(aws, "t"))):
+        assert job.botocore_config == {"retries": BOTOCORE_RETRIES}
+        assert job.hook.config.retries == BOTOCORE_RETRIES
+        assert (job.aws_conn_id, job.region_name) == ("aws_default", "eu-west-1")

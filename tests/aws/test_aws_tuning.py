@@ -4,7 +4,6 @@ objective scraped from train.py's log; the task keeps the best training job's mo
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import itertools
 import json
@@ -16,12 +15,10 @@ from pathlib import Path
 import pytest
 
 from include.lifecycle.store import safe_run_id
-from tests.aws.conftest import BUCKET, PROBLEM_TUNING, ROLE_ARN, install_players
+from tests.aws.conftest import BUCKET, LOGICAL_DATE, PROBLEM_TUNING, ROLE_ARN, install_players
 from tests.integration.dagrun import run_dag
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
-
-LOGICAL_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def _json(s3, key: str):
@@ -101,7 +98,7 @@ def _get(s3, uri: str) -> bytes:
 
 
 def test_tuning_job_names_fit_32_characters_and_differ_per_run_and_attempt() -> None:
-    from ml_lifecycle.aws import tuning_job_name
+    from ml_lifecycle.aws.training import tuning_job_name
 
     long = "a_problem_name_that_is_long_enough_to_matter"
     names = {
