@@ -57,32 +57,73 @@ def initial_plan(spec: Spec, *, dataset_rel: str, lookback_days: int) -> dict[st
     }
 
 
-def goal_decision(spec: Spec, *, candidate: float, champion: float | None) -> dict[str, Any]:
-    """Deploy only when the criterion holds on the test split and the champion is not better."""
+def goal_decision(
+    spec: Spec, *, check: dict[str, Any], comparison: dict[str, Any] | None, force: bool = False
+) -> dict[str, Any]:
+    """The gate: deploy when the goal is met and the champion is no better.
+
+    ``check`` is the candidate's goal check on the test rows (``assessment.goal_check``: the value
+    at the deployed threshold, its interval, the realised alert rate within ``max_alert_rate``);
+    ``comparison`` the paired comparison with the champion on the rows it never saw
+    (``assessment.compare_with_champion``). The rule:
+
+    * goal met: the value meets the target and the alert rate stays within capacity;
+    * no champion: nothing to compare; a fair comparison: the candidate is no worse when the lower
+      bound of the paired difference (candidate - champion, positive = better) is at least
+      ``-champion_margin``; no fair comparison: the goal decides alone; in any case a champion
+      trained on newer data than the candidate is kept (an older model never silently replaces a
+      newer one, e.g. a backfill of an earlier date);
+    * ``force`` (the run's force_deploy param) deploys anyway and says so.
+    """
     goal = spec.goal
-    hib = goal.higher_is_better
-    meets = goal.met_by(candidate)
+    op = ">=" if goal.higher_is_better else "<="
+    ci = check.get("interval") or {}
+    parts = [
+        f"{goal.metric} {_fmt(check['value'])} [{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}] "
+        f"{'meets' if goal.met_by(check['value']) else 'misses'} the goal {op} {goal.target}"
+    ]
+    if check.get("within_capacity") is not None:
+        parts.append(
+            f"alert rate {check['alert_rate']:.3%} {'within' if check['within_capacity'] else 'ABOVE'} "
+            f"the capacity {goal.max_alert_rate:.3%}"
+        )
+    comparison = comparison or {}
+    champion = comparison.get("champion_version")
     if champion is None:
         no_worse = True
-    else:
-        no_worse = candidate >= champion - goal.champion_margin if hib else candidate <= champion + goal.champion_margin
-    op = ">=" if hib else "<="
-    parts = [f"{goal.metric} {_fmt(candidate)} {'meets' if meets else 'misses'} the goal {op} {goal.target}"]
-    if champion is None:
-        parts.append("no champion yet")
-    else:
+        parts.append(comparison.get("note") or "no champion yet")
+    elif comparison.get("newer_data"):
+        no_worse = False
         parts.append(
-            f"champion scores {_fmt(champion)} on the same test data "
-            f"({'candidate no worse' if no_worse else 'candidate worse'} within margin {goal.champion_margin})"
+            f"champion v{champion} was trained on newer data than this candidate: it is kept (an older model "
+            f"never replaces a newer one){'; ' + comparison['note'] if comparison.get('note') else ''}"
         )
-    return {
-        "meets_goal": bool(meets),
+    elif comparison.get("fair"):
+        diff = comparison["difference"]
+        no_worse = diff["low"] >= -goal.champion_margin
+        parts.append(
+            f"against champion v{comparison.get('compared_version', champion)} on {comparison['rows']} rows it never "
+            f"saw: {_fmt(comparison['candidate'])} vs {_fmt(comparison['champion'])}, difference "
+            f"{_fmt(diff['value'])} [{_fmt(diff['low'])}, {_fmt(diff['high'])}] ({'no worse' if no_worse else 'worse'}: "
+            f"lower bound {'>=' if no_worse else '<'} -{goal.champion_margin})"
+        )
+    else:
+        no_worse = True
+        parts.append(f"no fair comparison with champion v{champion} ({comparison.get('note')}): the goal decides")
+    meets = bool(check["met"])
+    decision = {
+        "meets_goal": meets,
         "no_worse_than_champion": bool(no_worse),
         "deploy": bool(meets and no_worse),
-        "candidate": candidate,
-        "champion": champion,
+        "candidate": check["value"],
+        "champion": comparison.get("champion"),
         "reason": "; ".join(parts),
     }
+    if force and not decision["deploy"]:
+        decision.update(
+            deploy=True, forced=True, reason=decision["reason"] + "; FORCED by the run's force_deploy param"
+        )
+    return decision
 
 
 def diagnose(

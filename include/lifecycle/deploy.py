@@ -101,4 +101,6 @@ def lineage(
         "code_version": code_version(),
         "feature_groups": plan["feature_groups"],
         "trial": ev["trial_id"],
+        # a static file's later candidates are compared with this model only on these same held-out rows
+        "test_rows_digest": ev.get("test_rows_digest"),
     }

@@ -61,6 +61,9 @@ CATALOG: dict[str, Artifact] = {
     "trial": Artifact("{run}/round_{k}/trials/{trial}", "folder", "train_model", "a trial's model/ and output/"),
     "selection": Artifact("{run}/round_{k}/selection.json", "json", "select_model", "every trial, the best one"),
     "evaluation": Artifact("{run}/round_{k}/evaluation.json", "json", "evaluate_model", "test metrics, decision"),
+    "test_scores": Artifact(
+        "{run}/round_{k}/test_scores.parquet", "parquet", "evaluate_model", "the model's scores on the test rows"
+    ),
     "plots": Artifact("{run}/round_{k}/plots", "folder", "evaluate_model", "the round's charts (PNG)"),
     "diagnosis": Artifact("{run}/round_{k}/diagnosis.json", "json", "diagnose", "the remedy chosen and why"),
     "approval_request": Artifact("{run}/approval_request.json", "json", "approve_deployment", "what was asked"),
@@ -143,6 +146,11 @@ class RoundLayout:
     @property
     def evaluation(self) -> str:
         return f"{self.dir}/evaluation.json"
+
+    @property
+    def test_scores(self) -> str:
+        """The evaluated model's scores on the test rows, in their order (the paired comparison)."""
+        return f"{self.dir}/test_scores.parquet"
 
     @property
     def plots_dir(self) -> str:

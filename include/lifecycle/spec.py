@@ -218,6 +218,11 @@ class GoalSpec(_Strict):
     value: ValueSpec = ValueSpec()
     champion_margin: float = Field(0.0, ge=0)
     near_goal: float = Field(0.15, ge=0, le=1, description="relative shortfall that counts as close to the goal")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="level of every interval the gate reports")
+    bootstrap_resamples: int = Field(1000, ge=100, le=20000, description="resamples of the test rows per interval")
+    alert_rate_headroom: float = Field(
+        0.3, ge=0, lt=1, description="the threshold is chosen on validation for max_alert_rate x (1 - headroom)"
+    )
 
     @property
     def higher_is_better(self) -> bool:

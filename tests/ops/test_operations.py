@@ -244,45 +244,51 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
     from ml_lifecycle.context import RunContext
+    from ml_lifecycle.local import LocalBackend
     from ml_lifecycle.sections.deploy import promote_or_recheck
 
     state, run_id, run_dir = run_dag("ops_auto", LOGICAL_DATE, problems_dir=ops_env)
     assert state == "success"
     assert read_json(run_dir / "run_summary.json")["decision"] == "deployed"
     store = Store.from_uri(str(artifacts("ops_auto")))
-    rc = RunContext(
-        spec=load_spec(ops_env / "ops_auto.yaml"),
-        store=store,
-        run_id=run_id,
-        as_of=LOGICAL_DATE,
-        params={},
-    )
+    spec = load_spec(ops_env / "ops_auto.yaml")
+    rc = RunContext(spec=spec, backend=LocalBackend(spec), store=store, run_id=run_id, as_of=LOGICAL_DATE, params={})
     reg = ModelRegistry(store.sub("registry"))
     champion = reg.champion()["version"]
 
-    def copy_of(version: int) -> dict[str, bytes]:
-        return {n: b for n, b in reg.load(version).items() if n not in ("manifest.json", "metadata.json")}
+    def copy_of(version: int, *, data_end: str | None = None) -> dict[str, bytes]:
+        files = {n: b for n, b in reg.load(version).items() if n not in ("manifest.json", "metadata.json")}
+        if data_end:  # as if trained by a run of a later date
+            lineage = json.loads(files["lineage.json"])
+            lineage["window"] = {**lineage["window"], "end": data_end}
+            files["lineage.json"] = json.dumps(lineage).encode()
+        return files
 
-    plan = read_json(run_dir / "round_1" / "plan.json")
     ev = read_json(run_dir / "round_1" / "evaluation.json")
     stale = {**ev, "champion_version": champion - 1 if champion > 1 else None}
-    # another run promotes a copy of the champion after this one compared
+    # another run promotes a copy of the champion after this one compared: same data, so no test
+    # row is unseen by it and it is not newer: no fair comparison, the goal decides
     meanwhile = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": "other-run"})
     reg.promote(meanwhile, run_id="other-run", expected_champion=champion)
 
     candidate = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
-    record = promote_or_recheck(rc, reg, candidate, plan, stale)
+    record = promote_or_recheck(rc, reg, candidate, stale)
     assert record is not None and record["version"] == candidate and record["previous"] == meanwhile
     recheck = read_json(run_dir / "recheck.json")
     assert recheck["champion_version"] == meanwhile and recheck["deploy"] is True
     assert "the champion changed during this run" in recheck["reason"]
+    assert "no fair comparison" in recheck["reason"]
 
-    # a candidate that no longer passes against the new champion is registered, not promoted
-    worse = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
-    failing = {**stale, "test_score": 0.5, "decision": {**ev["decision"], "forced": False}}
-    assert promote_or_recheck(rc, reg, worse, plan, failing) is None
-    assert reg.champion()["version"] == candidate
-    assert read_json(run_dir / "recheck.json")["deploy"] is False
+    # a backfill finishing after a run of a later date: its model was trained on older data than
+    # the champion now in place, and no test row is unseen by that champion: it is registered, not
+    # promoted (an older model never silently replaces a newer one)
+    newer = reg.register(copy_of(champion, data_end="2027-01-01"), {"problem": "ops_auto", "run_id": "later-run"})
+    reg.promote(newer, run_id="later-run", expected_champion=candidate)
+    older = reg.register(copy_of(champion), {"problem": "ops_auto", "run_id": run_id})
+    assert promote_or_recheck(rc, reg, older, {**stale, "champion_version": candidate}) is None
+    assert reg.champion()["version"] == newer
+    recheck = read_json(run_dir / "recheck.json")
+    assert recheck["deploy"] is False and "trained on newer data" in recheck["reason"]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from include.lifecycle.decide import (
     NO_REMEDY,
     TUNE,
     diagnose,
-    goal_decision,
     initial_plan,
     next_plan,
     oversampling_adds_rows,
@@ -89,122 +88,6 @@ def test_rmse_variant_is_lower_is_better(rmse_spec: Spec) -> None:
     assert not rmse_spec.goal.higher_is_better
     assert not rmse_spec.is_binary
     assert [c.family for c in rmse_spec.training.candidates] == ["linear", "random_forest", "xgboost"]
-
-
-# --------------------------------------------------------------------------------------
-# goal_decision
-# --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("candidate", "champion", "meets", "no_worse"),
-    [
-        (0.80, None, True, True),  # first model that meets the goal
-        (0.70, None, False, True),  # no champion, but the goal is missed
-        (0.75, None, True, True),  # the goal is inclusive
-        (0.80, 0.805, True, True),  # slightly below the champion, within the 0.01 margin
-        (0.80, 0.78, True, True),  # better than the champion
-        (0.80, 0.85, True, False),  # meets the goal but is a regression
-        (0.70, 0.60, False, True),  # better than the champion but misses the goal
-    ],
-)
-def test_goal_decision_higher_is_better(
-    spec: Spec, candidate: float, champion: float | None, meets: bool, no_worse: bool
-) -> None:
-    d = goal_decision(spec, candidate=candidate, champion=champion)
-    assert d["meets_goal"] is meets
-    assert d["no_worse_than_champion"] is no_worse
-    assert d["deploy"] is (meets and no_worse)
-    assert d["candidate"] == candidate
-    assert d["champion"] == champion
-    assert "amount_recall_at_alert_rate" in d["reason"]
-    assert ">= 0.75" in d["reason"]
-    assert ("meets the goal" if meets else "misses the goal") in d["reason"]
-    if champion is None:
-        assert "no champion yet" in d["reason"]
-    else:
-        assert ("candidate no worse" if no_worse else "candidate worse") in d["reason"]
-
-
-@pytest.mark.parametrize(
-    ("candidate", "champion", "meets", "no_worse"),
-    [
-        (45.0, None, True, True),
-        (55.0, None, False, True),
-        (50.0, None, True, True),  # rmse == target meets the goal
-        (30.0, 45.0, True, True),  # lower rmse than the champion
-        (45.0, 44.0, True, True),  # 1.0 worse, within the 2.0 margin
-        (45.0, 43.0, True, True),  # exactly at the margin
-        (45.0, 40.0, True, False),  # 5.0 worse: a regression
-        (60.0, 70.0, False, True),  # better than the champion, still misses the goal
-    ],
-)
-def test_goal_decision_lower_is_better(
-    rmse_spec: Spec, candidate: float, champion: float | None, meets: bool, no_worse: bool
-) -> None:
-    d = goal_decision(rmse_spec, candidate=candidate, champion=champion)
-    assert (d["meets_goal"], d["no_worse_than_champion"], d["deploy"]) == (meets, no_worse, meets and no_worse)
-    assert "rmse" in d["reason"] and "<= 50.0" in d["reason"]
-
-
-def test_goal_decision_margin_boundary_is_inclusive() -> None:
-    # Binary fractions, so the boundary is exact in floating point.
-    s = _variant(lambda d: d["goal"].update(target=0.5, champion_margin=0.25))
-    assert goal_decision(s, candidate=0.75, champion=1.0)["deploy"] is True
-    assert goal_decision(s, candidate=0.74, champion=1.0)["deploy"] is False
-    no_margin = _variant(lambda d: d["goal"].update(target=0.5, champion_margin=0.0))
-    assert goal_decision(no_margin, candidate=0.75, champion=0.75)["deploy"] is True
-    assert goal_decision(no_margin, candidate=0.75, champion=0.7500001)["deploy"] is False
-
-
-def test_goal_decision_formats_scores_in_the_reason(spec: Spec) -> None:
-    d = goal_decision(spec, candidate=0.812345, champion=0.8)
-    assert "0.8123" in d["reason"] and "0.8000" in d["reason"]
-    assert "margin 0.01" in d["reason"]
-
-
-def test_goal_decision_a_nan_candidate_never_meets_the_goal_nor_deploys(spec: Spec, rmse_spec: Spec) -> None:
-    for s in (spec, rmse_spec):
-        d = goal_decision(s, candidate=float("nan"), champion=None)
-        assert (d["meets_goal"], d["deploy"]) == (False, False)
-        assert "misses the goal" in d["reason"]
-        against = goal_decision(s, candidate=float("nan"), champion=0.5)
-        assert (against["no_worse_than_champion"], against["deploy"]) == (False, False)
-
-
-@pytest.mark.parametrize(
-    ("metric", "target", "margin", "candidate", "champion", "meets", "no_worse"),
-    [
-        ("auprc", 0.5, 0.01, 0.5, None, True, True),  # the goal is inclusive; no champion is never worse
-        ("auprc", 0.5, 0.01, 0.49, None, False, True),
-        ("auprc", 0.5, 0.01, 0.595, 0.60, True, True),  # 0.005 below the champion, within the margin
-        ("auprc", 0.5, 0.01, 0.65, 0.60, True, True),
-        ("auprc", 0.5, 0.01, 0.58, 0.60, True, False),  # 0.02 below: a regression
-        ("rmse", 12.0, 0.5, 10.4, 10.0, True, True),  # 0.4 worse, within the margin
-        ("rmse", 12.0, 0.5, 9.0, 10.0, True, True),
-        ("rmse", 12.0, 0.5, 10.6, 10.0, True, False),  # 0.6 worse: a regression
-        ("rmse", 12.0, 0.5, 12.0, None, True, True),  # rmse == target meets the goal
-        ("rmse", 12.0, 0.5, 25.0, None, False, True),
-    ],
-)
-def test_goal_decision_direction_and_margin_follow_the_metric(
-    rmse_spec: Spec,
-    metric: str,
-    target: float,
-    margin: float,
-    candidate: float,
-    champion: float | None,
-    meets: bool,
-    no_worse: bool,
-) -> None:
-    """The cases of the former evaluate_model.meets_goal / compare_with_champion, on the one gate."""
-
-    def edit(d: dict[str, Any]) -> None:
-        if metric == "rmse":
-            _as_regression(d)
-        d["goal"].update(metric=metric, target=target, champion_margin=margin)
-
-    s = _variant(edit)
-    d = goal_decision(s, candidate=candidate, champion=champion)
-    assert (d["meets_goal"], d["no_worse_than_champion"], d["deploy"]) == (meets, no_worse, meets and no_worse)
 
 
 # --------------------------------------------------------------------------------------

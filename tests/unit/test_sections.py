@@ -502,11 +502,13 @@ def test_evaluate_model_scores_the_test_split_and_applies_the_gate(world: World)
 
 
 def test_evaluate_model_compares_with_the_champion_and_records_a_forced_deploy(env: Env) -> None:
-    env.copy("final")  # version 1 (round 2's model) is the champion now
+    env.copy("final")  # version 1 (round 2's model, trained on this run's data) is the champion now
     got = sections.evaluate_model(NAME, 1, **context())
     ev = env.json(R1.evaluation)
-    assert ev["champion_version"] == 1 and ev["champion_score"] >= 0.8  # on round 1's test rows
-    assert got["deploy"] is False and "champion scores" in got["reason"] and "candidate worse" in got["reason"]
+    # the champion trained and was tested on the days of round 1's test rows: it is never judged on them
+    assert ev["champion_version"] == 1 and ev["champion_score"] is None
+    assert ev["comparison"]["fair"] is False and "no test row is unseen by the champion" in ev["comparison"]["note"]
+    assert got["deploy"] is False and "misses the goal" in got["reason"] and "no fair comparison" in got["reason"]
     forced = sections.evaluate_model(NAME, 1, **context(params={"force_deploy": True}))
     assert forced["deploy"] is True and "FORCED by the run's force_deploy param" in forced["reason"]
     assert env.json(R1.evaluation)["decision"]["forced"] is True
@@ -666,20 +668,25 @@ def test_deploy_model_retry_reuses_the_registered_version(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("test_score", "decision", "champion"),
-    [pytest.param(None, "deployed", 2, id="still-passes"), pytest.param(0.85, "not_promoted", 1, id="now-worse")],
+    ("older", "decision", "champion"),
+    [pytest.param(False, "deployed", 2, id="still-passes"), pytest.param(True, "not_promoted", 1, id="older-data")],
 )
 def test_deploy_model_compares_again_when_the_champion_changed_during_the_run(
-    env: Env, test_score: float | None, decision: str, champion: int
+    env: Env, older: bool, decision: str, champion: int
 ) -> None:
     """Run B evaluated its round 2 while there was no champion; run A then promoted version 1."""
     env.copy("final")
     other = "manual__2026-03-01T00:00:00+00:00"
     shutil.copytree(env.path(R2.dir), env.path(RunLayout(other).round(2).dir))
     shutil.copytree(env.path(R1.dir), env.path(RunLayout(other).round(1).dir))
-    if test_score is not None:  # B's candidate meets the goal, but is worse than A's champion
-        rel = RunLayout(other).round(2).evaluation
-        _write_json(env.path(rel), {**env.json(rel), "test_score": test_score})
+    if older:  # B is a backfill: its data ends before A's champion's, so it must not replace it
+        plan_rel = RunLayout(other).round(2).plan
+        plan = env.json(plan_rel)
+        summary = env.json(plan["collect_rel"])
+        summary["window"] = {**summary["window"], "end": "2026-02-20"}
+        own = RunLayout.collect_summary_in(RunLayout(other).round(2).dir)
+        _write_json(env.path(own), summary)
+        _write_json(env.path(plan_rel), {**plan, "collect_rel": own})
     got = sections.deploy_model(NAME, **context(run_id=other))
     assert got["decision"] == decision and got["round"] == 2
     assert env.json("registry/champion.json")["version"] == champion
@@ -688,9 +695,9 @@ def test_deploy_model_compares_again_when_the_champion_changed_during_the_run(
     assert recheck["champion_version"] == 1 and recheck["reason"].startswith("the champion changed during this run")
     assert sorted(p.name for p in env.path("registry/versions").iterdir()) == ["1", "2"]
     if decision == "not_promoted":
-        assert got["version"] is None and got["registered_version"] == 2 and "candidate worse" in got["reason"]
-    else:
-        assert got["version"] == 2 and got["previous_champion"] == 1
+        assert got["version"] is None and got["registered_version"] == 2 and "trained on newer data" in got["reason"]
+    else:  # same data as the champion: no test row is unseen by it, so the goal decides
+        assert got["version"] == 2 and got["previous_champion"] == 1 and "no fair comparison" in recheck["reason"]
 
 
 def test_deploy_model_refuses_when_no_round_met_the_goal(env: Env) -> None:
@@ -698,6 +705,47 @@ def test_deploy_model_refuses_when_no_round_met_the_goal(env: Env) -> None:
     with pytest.raises(AirflowFailException, match="no round met the goal: refusing to deploy"):
         sections.deploy_model(NAME, **context())
     assert not env.path("registry/champion.json").exists() and not env.path(LAYOUT.outcome).exists()
+
+
+def test_a_later_worse_round_deploys_the_earlier_rounds_model_with_its_bundle_and_lineage(env: Env) -> None:
+    """Round 2 re-collects 16 days but its trials are worse on the same validation rows: round 2
+    selects round 1's trial. Deployed (forced, as the run's param allows), the version holds round
+    1's model, preprocessing and feature config, and its lineage names the data round 1 trained
+    on (the run's 8 days), not round 2's re-collection."""
+    env.copy("round_1")
+    sections.remedy(NAME, 1, "augment_data", **context())
+    _collect(round_no=2)
+    sections.feature_engineering(NAME, 2, **context())
+    r1 = env.json(R1.selection)
+    worse = tuple(
+        {**t, "trial_id": t["trial_id"].replace("r1-", "r2-"), "round": 2, "validation_score": -1.0}
+        for t in r1["trials"]
+    )
+    got = sections.select_model(NAME, 2, worse, **context())
+    assert got["round"] == 2 and got["from_round"] == 1 and got["trial_id"] == r1["best"]["trial_id"]
+    selection = env.json(R2.selection)
+    assert selection["best"]["round"] == 1 and selection["round_best"]["trial_id"].startswith("r2-")
+    assert selection["compared_rounds"] == [1, 2]
+    forced = context(params={"force_deploy": True})
+    sections.evaluate_model(NAME, 2, **forced)
+    ev = env.json(R2.evaluation)
+    assert ev["trial_id"] == r1["best"]["trial_id"] and ev.get("origin_round") == 1
+    assert sections.meets_business_goal(NAME, 2, **forced) == task_ids.DEPLOY_MODEL
+    out = sections.deploy_model(NAME, **forced)
+    assert out["decision"] == "deployed" and out["version"] == 1 and out["round"] == 2
+    version = env.path("registry/versions/1")
+    trial = r1["best"]["trial_id"]
+    assert (version / "model.joblib").read_bytes() == env.path(f"{R1.trial_model(trial)}/model.joblib").read_bytes()
+    for name in ("preprocessor.joblib", "features.json"):
+        assert (version / name).read_bytes() == env.path(f"{R1.features_dir}/{name}").read_bytes()
+    assert (version / "evaluation.json").read_bytes() == env.path(R2.evaluation).read_bytes()
+    lineage = json.loads((version / "lineage.json").read_text())
+    collected = env.json(LAYOUT.collect_summary)
+    assert lineage["round"] == 1 and lineage["selected_in_round"] == 2 and lineage["trial"] == trial
+    assert lineage["window"] == collected["window"] and len(lineage["partitions"]) == 8
+    assert lineage["dataset_uri"].endswith(LAYOUT.dataset) and lineage["rows"] == collected["dataset_rows"]
+    meta = env.json("registry/versions/1/metadata.json")
+    assert meta["round"] == 2 and meta["trained_in_round"] == 1
 
 
 def test_goal_not_met_records_the_last_round_and_the_report_says_so(env: Env, world: World) -> None:

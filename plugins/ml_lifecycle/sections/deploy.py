@@ -9,19 +9,16 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from ml_lifecycle.context import RunContext
-from ml_lifecycle.sections.evaluation import champion_score
+from ml_lifecycle.sections.evaluation import recompare
 
 log = logging.getLogger("airflow.task")
 
 
 # --- deploy / end states ---------------------------------------------------------------------
-def promote_or_recheck(
-    rc: RunContext, reg: Any, version: int, plan: dict[str, Any], ev: dict[str, Any]
-) -> dict[str, Any] | None:
+def promote_or_recheck(rc: RunContext, reg: Any, version: int, ev: dict[str, Any]) -> dict[str, Any] | None:
     """Promote ``version``; if another run (a concurrent run or backfill) promoted a champion since
     this run compared against it, compare again with the new champion on this run's test rows and
     promote only if the candidate still passes the gate (None: it does not; recorded in recheck.json)."""
-    from include.lifecycle.decide import goal_decision
     from include.lifecycle.registry import ChampionChanged
 
     forced = bool(ev["decision"].get("forced", False))
@@ -31,11 +28,8 @@ def promote_or_recheck(
         try:
             return reg.promote(version, run_id=rc.run_id, expected_champion=expected, details=details)
         except ChampionChanged as exc:
-            expected, champ_value, note = champion_score(rc, plan)
-            again = goal_decision(rc.spec, candidate=ev["test_score"], champion=champ_value)
+            expected, again = recompare(rc, ev)
             reason = f"the champion changed during this run ({exc}); against version {expected}: {again['reason']}"
-            if note:
-                reason += f"; {note}"
             rc.store.write_json(rc.layout.recheck, {**again, "champion_version": expected, "reason": reason})
             log.info("deploy_model: %s", reason)
             if not (again["deploy"] or forced):
@@ -96,10 +90,8 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     else:
         log.info("deploy_model: re-using version %s, registered by an earlier try of this run", version)
     current = reg.champion()
-    if current and current["version"] == version:  # an earlier try already promoted it
-        record = current
-    else:
-        record = promote_or_recheck(rc, reg, version, win["plan"], ev)
+    already = current is not None and current["version"] == version  # an earlier try promoted it
+    record = current if already else promote_or_recheck(rc, reg, version, ev)
     if record is None:
         out = {
             "decision": "not_promoted",
