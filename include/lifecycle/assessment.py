@@ -33,27 +33,39 @@ class Split:
     amount: np.ndarray | None
 
 
+IMPORTANCE_ROWS = 50_000
+"""Permutation importance is computed on at most this many test rows (a seeded sample)."""
+
+
 def assess(
     spec: Spec,
     model: Any,
-    feature_names: list[str],
+    features: dict[str, Any],
     best: dict[str, Any],
     *,
     validation: Split,
     test: Split,
     train_mean: float | None,
-) -> tuple[dict[str, Any], dict[str, bytes], np.ndarray]:
-    """The candidate's evaluation (without the champion comparison), its plots (PNG bytes) and
-    its scores on the test rows (for the paired comparison with the champion)."""
+) -> tuple[dict[str, Any], dict[str, bytes], np.ndarray, Any]:
+    """The candidate's evaluation (without the champion comparison), its plots (PNG bytes), its
+    scores on the test rows (for the paired comparison with the champion) and its calibrator
+    (None unless ``training.calibration`` asks for one; fitted on validation, deployed with the model).
+
+    ``features`` is the round's ``features.json`` (the importance is reported in the columns the
+    spec declares, traced through it)."""
     from include.lifecycle import evaluate_model as em
     from include.lifecycle.models import predict
 
     goal = spec.goal
     binary = spec.is_binary
-    s_va = predict(model, validation.X, binary=binary)
-    s_te = predict(model, test.X, binary=binary)
+    calibrator = None
+    raw_va = predict(model, validation.X, binary=binary)
+    raw_te = predict(model, test.X, binary=binary)
+    if binary and spec.training.calibration != "none":
+        calibrator = em.fit_calibrator(validation.y, raw_va, spec.training.calibration)
+    s_va = raw_va if calibrator is None else calibrator.transform(raw_va)
+    s_te = raw_te if calibrator is None else calibrator.transform(raw_te)
     y_te, amt_te = test.y, test.amount
-    importance = em.feature_importance(model, feature_names)
     result: dict[str, Any] = {
         "trial_id": best["trial_id"],
         "family": best["family"],
@@ -63,15 +75,16 @@ def assess(
         "validation_score": best["validation_score"],
         # how much better the model does on rows it was fit on: the overfitting evidence of the diagnosis
         "train_validation_gap": (best["train_score"] - best["validation_score"]) * (1 if goal.higher_is_better else -1),
-        "importance": importance,
     }
+    threshold: float | None = None
+    choice: dict[str, Any] = {}
     if binary:
         cols_va = {spec.data.amount_column: validation.amount} if validation.amount is not None else {}
         cols_te = {spec.data.amount_column: amt_te} if amt_te is not None else {}
         tp, fp, fn = em.outcome_values(goal.value, len(validation.y), cols_va)
         capacity = goal.max_alert_rate * (1 - goal.alert_rate_headroom) if goal.max_alert_rate else None
         choice = em.choose_threshold(validation.y, s_va, tp_value=tp, fp_value=fp, fn_value=fn, max_alert_rate=capacity)
-        threshold: float | None = float(choice["threshold"])
+        threshold = float(choice["threshold"])
         tp_te, fp_te, fn_te = em.outcome_values(goal.value, len(y_te), cols_te)
         flagged = s_te >= threshold
         test_value = float(
@@ -79,42 +92,30 @@ def assess(
             + fp_te[flagged & (y_te == 0)].sum()
             + fn_te[~flagged & (y_te == 1)].sum()
         )
-        calib = em.calibration_table(y_te, s_te)
         result.update(
             threshold=threshold,
             threshold_choice={k: v for k, v in choice.items() if k != "curve"},
             test_metrics=em.binary_metrics(y_te, s_te, threshold=threshold, amount=amt_te),
             test_value_at_threshold=test_value,
-            calibration=calib,
+            calibration=em.calibration_check(
+                y_te, raw_te, calibrated=None if calibrator is None else s_te, method=spec.training.calibration
+            ),
         )
+    else:
+        result.update(test_metrics=em.regression_metrics(y_te, s_te))
+    result["importance"] = _importance(spec, model, calibrator, features, test, threshold)
+    if binary:
         pngs = em.plots_binary(
             y_te,
             s_te,
             threshold=threshold,
             value_curve=choice,
-            importance=importance,
-            calibration=calib,
+            importance=result["importance"],
+            calibration=result["calibration"],
             max_alert_rate=goal.max_alert_rate,
         )
-        baselines = {
-            "flag nothing": em.goal_metric(
-                goal.metric, y_te, np.zeros(len(y_te)), amount=amt_te, max_alert_rate=goal.max_alert_rate, threshold=0.5
-            )
-        }
-        if amt_te is not None:
-            baselines["rule of thumb (largest amounts)"] = em.goal_metric(
-                goal.metric,
-                y_te,
-                amt_te,
-                amount=amt_te,
-                max_alert_rate=goal.max_alert_rate,
-                threshold=float(np.quantile(amt_te, 1 - (goal.max_alert_rate or 0.01))),
-            )
     else:
-        threshold = None
-        result.update(test_metrics=em.regression_metrics(y_te, s_te))
-        pngs = em.plots_regression(y_te, s_te, importance=importance)
-        baselines = {"predict the training mean": em.goal_metric(goal.metric, y_te, np.full(len(y_te), train_mean))}
+        pngs = em.plots_regression(y_te, s_te, importance=result["importance"])
     sets = resample_sets(spec, y_te)
     check = goal_check(spec, y_te, s_te, amount=amt_te, threshold=threshold, sets=sets)
     result["test_score"] = check["value"]
@@ -123,9 +124,70 @@ def assess(
         goal.metric: check["interval"],
         **metric_intervals(spec, y_te, s_te, amt_te, threshold, sets),
     }
-    result["baselines"] = baselines
+    result["baselines"] = baselines(spec, test, train_mean)
     result["plots"] = sorted(pngs)
-    return result, pngs, s_te
+    return result, pngs, s_te, calibrator
+
+
+def baselines(spec: Spec, test: Split, train_mean: float | None) -> dict[str, float | None]:
+    """What the goal metric is without the model, named for what each baseline does: flagging
+    nothing, flagging the largest amounts up to the alert capacity, predicting the training mean."""
+    from include.lifecycle.evaluate_model import MetricUndefined
+
+    goal = spec.goal
+    y, amount = test.y, test.amount
+
+    def value(scores: np.ndarray, threshold: float | None) -> float | None:
+        try:
+            return goal_value(spec, y, scores, amount=amount, threshold=threshold)
+        except MetricUndefined:
+            return None
+
+    if not spec.is_binary:
+        return {"predict the training mean": value(np.full(len(y), train_mean), None)}
+    out = {"flag nothing (no model)": value(np.zeros(len(y)), 0.5)}
+    if amount is not None:
+        rate = goal.max_alert_rate or 0.01
+        out[f"rule of thumb: flag the largest amounts ({rate:.2%} of rows)"] = value(
+            amount, float(np.quantile(amount, 1 - rate))
+        )
+    return out
+
+
+def _importance(
+    spec: Spec, model: Any, calibrator: Any, features: dict[str, Any], test: Split, threshold: float | None
+) -> list[dict[str, Any]]:
+    """Permutation importance of the declared columns on (a seeded sample of) the test rows: the
+    drop of the goal metric, at the deployed threshold, when a column's features are shuffled."""
+    from include.lifecycle import evaluate_model as em
+    from include.lifecycle.models import predict
+
+    n = len(test.y)
+    rows = np.arange(n)
+    if n > IMPORTANCE_ROWS:
+        rows = np.sort(np.random.default_rng(spec.training.seed).choice(n, size=IMPORTANCE_ROWS, replace=False))
+    amount = None if test.amount is None else test.amount[rows]
+
+    def score(X: np.ndarray) -> np.ndarray:
+        s = predict(model, X, binary=spec.is_binary)
+        return s if calibrator is None else calibrator.transform(s)
+
+    def metric(y: np.ndarray, s: np.ndarray) -> float:
+        return goal_value(spec, y, s, amount=amount, threshold=threshold)
+
+    try:
+        return em.permutation_importance(
+            score,
+            test.X[rows],
+            test.y[rows],
+            groups=em.raw_column_groups(features),
+            metric=metric,
+            higher_is_better=spec.goal.higher_is_better,
+            n_repeats=5,
+            seed=spec.training.seed,
+        )
+    except em.MetricUndefined:  # e.g. no positive among the rows: say nothing rather than noise
+        return []
 
 
 # --- the goal as the business runs it ------------------------------------------------------------

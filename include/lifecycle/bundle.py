@@ -30,6 +30,7 @@ class ModelBundle:
     model: Any
     threshold: float | None
     binary: bool
+    calibrator: Any = None  # training.calibration: scores -> probabilities, the threshold's scale
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelBundle:
@@ -45,6 +46,7 @@ class ModelBundle:
             model=load_model(folder),
             threshold=threshold,
             binary=features["problem_type"] != "regression",
+            calibrator=joblib.load(folder / "calibrator.joblib") if (folder / "calibrator.joblib").exists() else None,
         )
 
     @property
@@ -63,8 +65,10 @@ class ModelBundle:
         return np.asarray(self.preprocessor.transform(feats), dtype="float32")
 
     def score(self, raw: pd.DataFrame) -> np.ndarray:
-        """Scores (probability of the positive class, or the prediction) for raw curated rows."""
-        return predict(self.model, self.transform(raw), binary=self.binary)
+        """Scores (probability of the positive class, calibrated if the model was deployed with a
+        calibrator, or the prediction) for raw curated rows."""
+        scores = predict(self.model, self.transform(raw), binary=self.binary)
+        return scores if self.calibrator is None else self.calibrator.transform(scores)
 
 
 def features_config(

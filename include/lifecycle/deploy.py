@@ -66,6 +66,9 @@ def bundle_files(
         files[name] = store.read_bytes(f"{rnd.features_dir}/{name}")
     files["threshold.json"] = json.dumps({"threshold": evaluation.get("threshold")}).encode()
     files["evaluation.json"] = store.read_bytes((evaluated_in or rnd).evaluation)
+    calibrator = (evaluated_in or rnd).calibrator
+    if store.exists(calibrator):  # the threshold is on the calibrated scale: the model serves with it
+        files["calibrator.joblib"] = store.read_bytes(calibrator)
     return files
 
 

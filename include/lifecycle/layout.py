@@ -61,6 +61,9 @@ CATALOG: dict[str, Artifact] = {
     "trial": Artifact("{run}/round_{k}/trials/{trial}", "folder", "train_model", "a trial's model/ and output/"),
     "selection": Artifact("{run}/round_{k}/selection.json", "json", "select_model", "every trial, the best one"),
     "evaluation": Artifact("{run}/round_{k}/evaluation.json", "json", "evaluate_model", "test metrics, decision"),
+    "calibrator": Artifact(
+        "{run}/round_{k}/calibrator.joblib", "joblib", "evaluate_model", "scores -> probabilities (if asked for)"
+    ),
     "test_scores": Artifact(
         "{run}/round_{k}/test_scores.parquet", "parquet", "evaluate_model", "the model's scores on the test rows"
     ),
@@ -146,6 +149,11 @@ class RoundLayout:
     @property
     def evaluation(self) -> str:
         return f"{self.dir}/evaluation.json"
+
+    @property
+    def calibrator(self) -> str:
+        """The calibrator fitted on validation (``training.calibration``), deployed with the model."""
+        return f"{self.dir}/calibrator.joblib"
 
     @property
     def test_scores(self) -> str:

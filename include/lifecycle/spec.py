@@ -311,6 +311,9 @@ class TrainingSpec(_Strict):
         "the train + validation rows are fewer than cv_max_rows",
     )
     cv_folds: int = Field(5, ge=2, le=20)
+    calibration: Literal["none", "isotonic", "sigmoid"] = Field(
+        "none", description="map scores to probabilities on validation (isotonic or Platt); deployed with the model"
+    )
     cv_max_rows: int = Field(20_000, ge=0, description="auto: cv below this many train + validation rows")
     split: SplitSpec = SplitSpec()
 

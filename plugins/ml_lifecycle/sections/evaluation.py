@@ -148,20 +148,29 @@ def evaluate_model(problem: str, round_no: int, **context: Any) -> dict[str, Any
     best = rc.store.read_json(rnd.selection)["best"]
     origin = rc.layout.round(best.get("round", round_no))  # the round the selected trial came from
     plan = rc.store.read_json(origin.plan)
-    names = rc.store.read_json(origin.features)["feature_names"]
+    features = rc.store.read_json(origin.features)
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(_local_copy(rc, best["model_rel"], tmp))
     test = _load_split(rc, origin.channel_file("test"))
     train_mean = None if spec.is_binary else float(np.mean(_load_split(rc, origin.channel_file("train")).y))
-    result, pngs, scores = assess(
+    result, pngs, scores, calibrator = assess(
         spec,
         model,
-        names,
+        features,
         best,
         validation=_load_split(rc, origin.channel_file("validation")),
         test=test,
         train_mean=train_mean,
     )
+    result["leaderboard"] = _leaderboard(rc.store.read_json(rnd.selection), best)
+    if calibrator is not None:
+        import io
+
+        import joblib
+
+        buf = io.BytesIO()
+        joblib.dump(calibrator, buf)
+        rc.store.write_bytes(rnd.calibrator, buf.getvalue())
     current, comparison, digest = _compare(rc, plan, test, scores, result.get("threshold"))
     decision = goal_decision(
         spec, check=result["goal_check"], comparison=comparison, force=bool(rc.params.get("force_deploy"))
@@ -197,6 +206,25 @@ def evaluate_model(problem: str, round_no: int, **context: Any) -> dict[str, Any
         "deploy": decision["deploy"],
         "reason": decision["reason"],
     }
+
+
+def _leaderboard(selection: dict[str, Any], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every trial of the round with its scores and fit time; the selected one marked."""
+    rows = []
+    for t in selection.get("trials") or []:
+        rows.append(
+            {
+                "round": t.get("round"),
+                "trial_id": t["trial_id"],
+                "family": t.get("family"),
+                "params": t.get("params"),
+                "train_score": t.get("train_score"),
+                "validation_score": t.get("validation_score"),
+                "fit_seconds": (t.get("seconds") or {}).get("fit"),
+                "selected": t["trial_id"] == best["trial_id"] and t.get("round") == best.get("round"),
+            }
+        )
+    return rows
 
 
 def _scores_table(scores: Any) -> Any:
