@@ -220,6 +220,12 @@ def build_dag(path: Path) -> DAG:
                     meets_business_goal >> Label("goal not met") >> diagnose >> list(remedies.values())
                     diagnose >> goal_not_met
                     dag.set_edge_info(diagnose.task_id, goal_not_met.task_id, {"label": "no remedy can change it"})
+                    # a branch skips only its direct downstream tasks: when diagnose ends the loop, the
+                    # later rounds are skipped, and these joins would otherwise see one success (this
+                    # round's gate) and no failure, and run; when it goes on, they stay downstream
+                    diagnose >> [deploy_gate, keep_champion]
+                    for end in (deploy_gate, keep_champion):
+                        dag.set_edge_info(diagnose.task_id, end.task_id, {"label": "skipped when the loop ends here"})
                     # more history for the next round: a visible (and on AWS deferrable) Glue job;
                     # skipped when augment_data only resamples
                     collect_more_data = CollectAndLabelOperator(

@@ -117,14 +117,18 @@ def test_branches_and_the_loop_edges(dagbag):
     assert dag.get_edge_info("round_1.meets_business_goal", "keep_champion") == {"label": "goal met, champion better"}
     diagnose = dag.get_task("round_1.diagnose")
     assert isinstance(diagnose, BranchPythonOperator)
-    # the remedy that can change the candidate, or the end of the loop when none can
+    # the remedy that can change the candidate, or the end of the loop when none can (then it skips
+    # the other ends itself: the joins would otherwise run on the earlier gates' success)
     assert diagnose.downstream_task_ids == {
         "round_1.tune_model",
         "round_1.augment_features",
         "round_1.augment_data",
         "goal_not_met",
+        "deploy_model",
+        "keep_champion",
     }
     assert dag.get_edge_info("round_1.diagnose", "goal_not_met") == {"label": "no remedy can change it"}
+    assert dag.get_edge_info("round_1.diagnose", "deploy_model") == {"label": "skipped when the loop ends here"}
     for remedy in ("tune_model", "augment_features"):
         assert dag.get_task(f"round_1.{remedy}").downstream_task_ids == {"round_2.feature_engineering"}
     # augment_data's wider re-collection is a task of its own, before the next round
