@@ -53,6 +53,7 @@ from include.lifecycle.models import (
     data_kind,
     fit_and_predict,
     fit_model,
+    predict,
     predict_both,
     save_model,
     smooth_scores,
@@ -178,10 +179,10 @@ class _Trial:
         z = None
         if score_fit_rows and X_fit is X:  # the fit's own predictions are the training scores (no second pass)
             z = fit_and_predict(model, X_fit, y_fit, binary=self.binary)
-        else:  # resampled: score the original rows
+        else:
             fit_model(model, X_fit, y_fit)
-            if score_fit_rows:
-                z = predict_both(model, X, binary=self.binary)[0]
+            if score_fit_rows:  # resampled: score the original rows
+                z = predict(model, X, binary=self.binary)
         if self.transform != "none":
             model = TargetTransformed(model, self.transform)
         return model, z, len(y_fit)
@@ -214,7 +215,8 @@ def _cross_validate(
     """The trial scored on each fold of the train + validation rows (fitted on the other folds)."""
     X = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    amount = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])  # type: ignore[misc]
+    amounts = [p[2] for p in parts if p[2] is not None]
+    amount = np.concatenate(amounts) if len(amounts) == len(parts) else None
     out = []
     for i, (fit_rows, held) in enumerate(cv_splits(y, sel.folds, seed=trial.args.seed, binary=trial.binary), 1):
         model, _, _ = trial.fit(X[fit_rows], y[fit_rows], score_fit_rows=False)
