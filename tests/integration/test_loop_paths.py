@@ -12,7 +12,13 @@ whose ``diagnosis`` settings pick that remedy, then runs the whole DAG with ``da
 - ``augment_data``: daily partitions whose latest training days carry no signal; widening the
   lookback re-collects older days that do (the re-collection's lineage is what gets deployed);
 - a failed run (a split that cannot be made): not retried, and the report says which task
-  failed and why.
+  failed and why;
+- ``champion_kept``: a candidate that meets the goal while the champion is better ends the run
+  at once, without remedy rounds;
+- a remedy that cannot change the candidate (a search grid whose every trial was trained) is not
+  chosen, and when no remedy can, the loop ends before its last round;
+- the best candidate across rounds: a later round made worse by a leaking feature does not replace
+  the earlier round's model.
 """
 
 from __future__ import annotations
@@ -111,6 +117,29 @@ def env(session_tmp: Path) -> dict[str, Path]:
             1, "ts", [(dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))).isoformat() for s in seconds]
         )
         part = data / "daily" / f"ds={day.isoformat()}"
+        part.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(part / "part-0.csv", index=False)
+    # (own generators from here on, so the data sets above stay as they were)
+    # the static rows with w: the XOR signal under more noise (AUC about 0.72 where z has 0.88)
+    weak = static.assign(w=(static["x1"] * static["x2"] + np.random.default_rng(99).normal(0, 0.4, len(static))))
+    (data / "static_w").mkdir(parents=True, exist_ok=True)
+    weak.round(5).to_csv(data / "static_w" / "rows.csv", index=False)
+    # 40 days with s: the label plus noise on the training days of a 12-day window (7 to 12 days
+    # back), unrelated noise on the 6 newest (the validation and test days): a leaking feature
+    leak_rng = np.random.default_rng(7)
+    for back in range(1, 41):
+        day = end - dt.timedelta(days=back)
+        frame = signal_frame(120, leak_rng)
+        leaks = back > 6
+        frame["s"] = (
+            frame["label"] + leak_rng.normal(0, 0.3, len(frame)) if leaks else leak_rng.normal(0.5, 0.58, len(frame))
+        ).round(5)
+        frame.insert(0, "row_id", [f"{day.isoformat()}-{i}" for i in range(len(frame))])
+        seconds = np.sort(leak_rng.integers(0, 86_400, len(frame)))
+        frame.insert(
+            1, "ts", [(dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))).isoformat() for s in seconds]
+        )
+        part = data / "leaky" / f"ds={day.isoformat()}"
         part.mkdir(parents=True, exist_ok=True)
         frame.to_csv(part / "part-0.csv", index=False)
     return {"problems": session_tmp / "loop-problems", "data": data}
@@ -244,3 +273,105 @@ def test_a_run_dated_before_any_data_says_so(airflow_db, env):
     s = read_json(run_dir / "run_summary.json")
     assert s["failed_task"] == "formulate_problem"
     assert "data in window: 0 partitions" in s["error"], s["error"]
+
+
+def _column(name: str) -> dict[str, Any]:
+    return {"name": name, "dtype": "float", "nullable": False}
+
+
+def test_goal_met_but_champion_better_keeps_the_champion_without_remedy_rounds(airflow_db, env):
+    spec = base_spec("loop_kept", "loop_paths/static_w/rows.csv", "single_file")
+    spec["schema"]["columns"].insert(-1, _column("w"))
+    spec["goal"]["target"] = 0.6
+    spec["features"] = {
+        "initial": ["product"],
+        "groups": [
+            {"name": "product", "kind": "raw", "columns": ["z"]},
+            {"name": "weak", "kind": "raw", "columns": ["w"]},
+        ],
+    }
+    state, _, _, first = _run(env, spec)
+    assert state == "success" and first["decision"] == "deployed" and first["model_version"] == 1, first["reason"]
+    # the next run may only use the weaker feature: it meets the goal, the champion is better on the same rows
+    spec["features"]["initial"] = ["weak"]
+    state, _, run_dir, s = _run(env, spec)
+    assert state == "success", s.get("reason")
+    assert s["decision"] == "champion_kept", s["reason"]
+    assert s["model_version"] is None and s["champion_before"] == 1 and s["champion_after"] == 1
+    assert len(s["rounds"]) == 1 and s["rounds"][0]["meets_goal"] is True  # max_rounds is 2: no remedy round
+    assert s["rounds"][0]["diagnosis"] is None and not (run_dir / "round_2").exists()
+    assert "meets the goal but champion version 1 is better" in s["reason"]
+    decision = read_json(run_dir / "round_1" / "evaluation.json")["decision"]
+    assert decision["meets_goal"] is True and decision["no_worse_than_champion"] is False
+    assert read_json(run_dir / "outcome.json")["decision"] == "champion_kept"
+    assert "champion_kept" in (run_dir / "report.html").read_text()
+    assert sorted(p.name for p in (artifacts("loop_kept") / "registry" / "versions").iterdir()) == ["1"]
+
+
+def test_a_remedy_that_cannot_change_the_candidate_is_not_chosen_and_the_loop_ends(airflow_db, env):
+    """Logistic regression over a grid its first round trains whole: tuning (the diagnosis) would
+    train the same trials again, so round 2 adds the next feature group instead; in round 2 neither
+    tuning, a feature group, more history (a single file) nor oversampling (balanced classes) can
+    change the candidate, so the run ends there, one round before max_rounds."""
+    spec = base_spec("loop_no_repeat", "loop_paths/static/rows.csv", "single_file")
+    spec["max_rounds"] = 3
+    spec["goal"]["near_goal"] = 1.0  # every shortfall is close: the diagnosis is tune_model
+    spec["features"] = {
+        "initial": ["xy"],
+        "groups": [
+            {"name": "xy", "kind": "raw", "columns": ["x1", "x2"]},
+            {"name": "noise", "kind": "raw", "columns": ["n1", "n2"]},
+        ],
+    }
+    spec["training"].update(
+        trials_per_candidate=5,
+        candidates=[{"family": "logistic", "params": {"C": 1.0}, "search": {"C": [0.03, 0.3, 1.0, 3.0, 30.0]}}],
+    )
+    state, _, run_dir, s = _run(env, spec)
+    assert state == "success", s.get("reason")
+    assert s["decision"] == "goal_not_met" and s["model_version"] is None
+    assert [r["round"] for r in s["rounds"]] == [1, 2] and not (run_dir / "round_3").exists()
+    first, second = (r["diagnosis"] for r in s["rounds"])
+    assert first["remedy"] == "tune_model" and first["applied"] == "augment_features"
+    assert first["skipped"][0].startswith("tune_model: every trial it plans was trained already in round(s) [1]")
+    plan2 = s["rounds"][1]["plan"]
+    assert plan2["remedy"] == "tune_model" and plan2["feature_groups"] == ["xy", "noise"]
+    assert plan2["changes"][0] == "tune_model has nothing left to give; applied augment_features instead"
+    assert plan2["trials_per_family"] == 5 and plan2["wide_search"] is False  # the same search as round 1
+    assert second["stop"] is True and second["applied"] is None
+    assert [x.split(":")[0] for x in second["skipped"]] == ["tune_model", "augment_features", "augment_data"]
+    assert "oversampling adds no rows" in second["skipped"][2]
+    assert s["reason"].startswith("after 2 round(s) the goal is not met: no remedy can change the candidate")
+    # no two rounds ran the same plan
+    keys = [
+        tuple(json.dumps(r["plan"][k], sort_keys=True) for k in ("feature_groups", "families", "wide_search"))
+        for r in s["rounds"]
+    ]
+    assert len(set(keys)) == len(keys)
+
+
+def test_a_later_worse_round_does_not_replace_the_earlier_candidate(airflow_db, env):
+    """Round 1 (z) misses a high target; round 2 adds s, which leaks the label on the training days
+    only, so its trials are worse on the validation days. Round 2 selects round 1's trial: its
+    evaluation is round 1's model on the same test rows, and the run ends with it, not with the
+    leaking one."""
+    spec = daily_spec("loop_best")
+    spec["data"]["source"] = "loop_paths/leaky"
+    spec["schema"]["columns"].insert(-1, _column("s"))
+    spec["goal"].update(target=0.95, near_goal=0.0)  # short of the goal: add the next feature group
+    spec["features"]["groups"].append({"name": "leak", "kind": "raw", "columns": ["s"]})
+    state, _, run_dir, s = _run(env, spec)
+    assert state == "success", s.get("reason")
+    assert s["decision"] == "goal_not_met"
+    first, second = s["rounds"]
+    assert first["diagnosis"]["applied"] == "augment_features"
+    assert second["plan"]["feature_groups"] == ["xy", "leak"]
+    selection = read_json(run_dir / "round_2" / "selection.json")
+    assert selection["compared_rounds"] == [1, 2] and selection["not_comparable"] == {}
+    own = selection["round_best"]
+    assert own["round"] == 2 and own["validation_score"] < first["validation_score"] - 0.1  # the leak hurts
+    assert selection["best"]["round"] == 1 and selection["best"]["trial_id"] == first["best_trial"]
+    ev2 = read_json(run_dir / "round_2" / "evaluation.json")
+    assert ev2["origin_round"] == 1 and ev2["trial_id"] == first["best_trial"]
+    assert second["best_trial"] == first["best_trial"] and second["test_score"] == first["test_score"]
+    assert read_json(run_dir / "outcome.json")["test_score"] == first["test_score"]
