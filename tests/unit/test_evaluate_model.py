@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     average_precision_score,
@@ -22,10 +21,6 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from xgboost import XGBClassifier
 
 from include.lifecycle.evaluate_model import (
     Calibrator,
@@ -36,7 +31,6 @@ from include.lifecycle.evaluate_model import (
     calibration_plot,
     calibration_table,
     choose_threshold,
-    feature_importance,
     fit_calibrator,
     goal_metric,
     importance_plot,
@@ -394,62 +388,6 @@ def test_calibration_table_quantile_bins():
     assert sum(r["count"] for r in table) == 100
     assert table[0]["observed_rate"] == 0.0 and table[0]["count"] == 90
     assert table[-1]["observed_rate"] == 1.0
-
-
-# --------------------------------------------------------------------------------------
-# feature_importance
-# --------------------------------------------------------------------------------------
-@pytest.fixture
-def tabular():
-    rng = np.random.default_rng(0)
-    n = 600
-    X = rng.normal(size=(n, 4))
-    y = (2.5 * X[:, 2] + 0.5 * X[:, 0] + rng.normal(0, 0.3, n) > 0).astype(int)
-    return X, y, ["a", "b", "c", "d"]
-
-
-def _check_importance(result, names, top_feature):
-    assert [r["feature"] for r in result][0] == top_feature
-    assert sorted(r["feature"] for r in result) == sorted(names)
-    values = [r["importance"] for r in result]
-    assert values == sorted(values, reverse=True)
-    assert all(isinstance(v, float) and v >= 0 for v in values)
-
-
-def test_feature_importance_xgboost(tabular):
-    X, y, names = tabular
-    model = XGBClassifier(n_estimators=30, max_depth=3, random_state=0).fit(X, y)
-    result = feature_importance(model, names)
-    _check_importance(result, names, "c")
-    assert sum(r["importance"] for r in result) == pytest.approx(1.0, abs=1e-5)  # normalised gain
-    assert len(feature_importance(model, names, top=2)) == 2
-
-
-def test_feature_importance_random_forest(tabular):
-    X, y, names = tabular
-    model = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0).fit(X, y)
-    result = feature_importance(model, names)
-    _check_importance(result, names, "c")
-    assert sum(r["importance"] for r in result) == pytest.approx(1.0)
-
-
-def test_feature_importance_logistic_in_pipeline(tabular):
-    X, y, names = tabular
-    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]).fit(X, y)
-    result = feature_importance(model, names)
-    _check_importance(result, names, "c")
-    coef = np.abs(model[-1].coef_[0])
-    assert {r["feature"]: r["importance"] for r in result} == pytest.approx(dict(zip(names, coef, strict=True)))
-
-
-def test_feature_importance_names_from_pipeline_and_unknown_models(tabular):
-    X, y, names = tabular
-    colors = np.array(["red", "blue", "green"])[np.arange(len(y)) % 3].reshape(-1, 1)
-    model = Pipeline([("onehot", OneHotEncoder()), ("clf", LogisticRegression())]).fit(colors, y)
-    result = feature_importance(model, ["color"])
-    assert sorted(r["feature"] for r in result) == ["x0_blue", "x0_green", "x0_red"]
-    assert feature_importance(KNeighborsClassifier().fit(X, y), names) == []
-    assert feature_importance(object(), names) == []
 
 
 # --------------------------------------------------------------------------------------

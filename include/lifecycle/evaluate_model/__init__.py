@@ -43,7 +43,6 @@ from include.lifecycle.evaluate_model.figures import (
     rounds_plot,
 )
 from include.lifecycle.evaluate_model.importance import (
-    feature_importance,
     permutation_importance,
     raw_column_groups,
 )
@@ -66,7 +65,6 @@ __all__ = [
     "calibration_plot",
     "calibration_table",
     "choose_threshold",
-    "feature_importance",
     "fit_calibrator",
     "goal_metric",
     "importance_plot",

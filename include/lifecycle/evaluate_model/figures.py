@@ -54,8 +54,8 @@ def importance_plot(importance: list[dict[str, Any]], title: str = "Feature impo
     """A horizontal bar chart of the ``top`` rows of an importance list, largest at the top.
 
     Rows of :func:`~include.lifecycle.evaluate_model.permutation_importance` (``mean`` and ``std``)
-    are drawn with their spread as error bars, the axis naming the drop of the metric; rows of
-    :func:`~include.lifecycle.evaluate_model.feature_importance` (``importance``) as plain bars.
+    are drawn with their spread as error bars, the axis naming the drop of the metric;
+    rows of ``{"feature", "importance"}`` as plain bars.
     """
     rows = list(importance)[: max(top, 0)][::-1]  # largest at the top
     fig = Figure(figsize=(7, max(2.5, 0.28 * len(rows) + 1.2)), dpi=_DPI)
