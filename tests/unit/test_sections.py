@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -376,6 +377,26 @@ def test_evaluate_data_fails_completeness_and_freshness_when_the_newest_days_are
     assert verdict["failed"] == ["completeness", "freshness"]
     assert verdict["coverage"]["missing_days"] == [f"2026-03-0{d}" for d in range(1, 6)]
     assert verdict["coverage"]["staleness_days"] == 5
+
+
+def test_evaluate_data_on_a_single_file_says_completeness_and_freshness_do_not_apply(env: Env) -> None:
+    rng = np.random.default_rng(2)
+    rows = pd.concat([day_frame(dt.date(2026, 1, d), rng, inverted=False) for d in range(1, 9)]).drop(columns="ts")
+    source = env.tmp / "static.csv"
+    rows.to_csv(source, index=False)
+    write_spec(env.world.problems, single_file_spec("unit_static_eda", str(source), positive_label=1))
+    got = _run_until_evaluate_data("unit_static_eda", RUN_ID, AS_OF)
+    assert got["verdict"] == "fit" and got["rows"] == 200
+    verdict = env.json(LAYOUT.eda_verdict, "unit_static_eda")
+    checks = {c["name"]: c for c in verdict["checks"]}
+    for name in ("completeness", "freshness"):
+        assert checks[name]["applicable"] is False and checks[name]["passed"]
+        assert checks[name]["detail"] == "not applicable: a single file has no daily partitions"
+    assert checks["drift"]["detail"] == FIRST_MODEL
+    assert (
+        "Not applicable: a single file has no daily partitions"
+        in env.path(LAYOUT.eda_report, "unit_static_eda").read_text()
+    )
 
 
 # --- feature_engineering --------------------------------------------------------------------------
