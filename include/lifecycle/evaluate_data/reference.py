@@ -38,9 +38,9 @@ def champion_training_data(
     """``(the champion's training rows, what they are)``, or ``(None, {"why": ...})``.
 
     ``columns``: the columns to compare (those of them in the champion's data set are read, with
-    the time column). The info holds
-    ``version``, ``run_id``, ``round``, ``dataset_rel``, ``train_end`` (ISO instant; None for a
-    random split), ``rows``, ``note`` (a damaged champion skipped) and ``description``."""
+    the time column). The info holds ``version``, ``run_id``, ``round``, ``dataset_rel``,
+    ``train_end`` (ISO instant; None for a random split), ``rows``, ``note`` (a damaged champion
+    skipped) and ``description``."""
     reg = ModelRegistry(problem.sub(REGISTRY))
     if reg.champion() is None:
         return None, {"why": FIRST_MODEL}
