@@ -331,10 +331,11 @@ def label_delay_plot(view: Mapping[str, Any]) -> bytes | None:
     if not hist:
         return None
     fig = _new_fig(10.0, 3.6)
+    fig.subplots_adjust(wspace=0.35)
     ax = fig.add_subplot(1, 2, 1)
     ax.bar([h[0] for h in hist], [h[1] for h in hist], width=0.9, color="#4c78a8")
     ax.axvline(view["maturity_days"] - 0.5, color="#e45756", linestyle="--", linewidth=1)
-    ax.set_xlabel(f"whole days from event to label (left of dashed: within maturity_days = {view['maturity_days']})")
+    ax.set_xlabel(f"whole days from event to label\n(left of dashed: within maturity_days = {view['maturity_days']})")
     ax.set_ylabel("labels")
     ax.set_title("Label delay")
     by_day = view.get("by_day") or []
