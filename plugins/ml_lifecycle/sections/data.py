@@ -161,7 +161,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     import numpy as np
 
     from include.lifecycle.bundle import features_config
-    from include.lifecycle.dataset import SPLITS, TRAIN, MissingTargetError, SplitError, make_split, target_vector
+    from include.lifecycle.dataset import SPLITS, TRAIN, SplitError, TargetError, make_split, target_vector
     from include.lifecycle.features import FeaturePipeline
     from include.lifecycle.preprocess import make_preprocessor
 
@@ -179,7 +179,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
         y = target_vector(df[spec.problem.target], spec)
         made = make_split(df, spec, y, as_of=rc.as_of)
-    except (SplitError, MissingTargetError) as exc:
+    except (SplitError, TargetError) as exc:
         raise AirflowFailException(f"feature_engineering round {round_no}: {exc}") from exc
     splits = made.assignment
     rc.store.write_json(rnd.split, made.windows)
