@@ -82,7 +82,6 @@ CATALOG: dict[str, Artifact] = {
 
 # problem-scoped (shared by all runs of the problem)
 RUNS = "runs"
-EDA_LATEST = "eda/latest.json"
 REGISTRY = "registry"
 CURATED = "curated"
 QUARANTINE = "quarantine"
