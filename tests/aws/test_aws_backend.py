@@ -60,7 +60,9 @@ def first_run(airflow_db, aws_env, clients):
 
 
 def _install_players(mp, aws_env, clients):
-    return install_players(mp, aws_env, clients, Path(tempfile.mkdtemp(prefix="aws-play-")))
+    # under the session's temporary folder (next to the test problems), which the suite removes at the end
+    folder = tempfile.mkdtemp(prefix="aws-play-", dir=aws_env["problems"].parent)
+    return install_players(mp, aws_env, clients, Path(folder))
 
 
 def test_glue_and_sagemaker_waits_are_deferred_to_the_triggerer(first_run) -> None:

@@ -28,7 +28,9 @@ def _json(s3, key: str):
 @pytest.fixture(scope="module")
 def tuned_run(airflow_db, aws_env, clients):
     mp = pytest.MonkeyPatch()
-    played = install_players(mp, aws_env, clients, Path(tempfile.mkdtemp(prefix="aws-tune-")))
+    played = install_players(
+        mp, aws_env, clients, Path(tempfile.mkdtemp(prefix="aws-tune-", dir=aws_env["problems"].parent))
+    )
     try:
         state, run_id, _ = run_dag(PROBLEM_TUNING, LOGICAL_DATE, problems_dir=aws_env["problems"])
     finally:
