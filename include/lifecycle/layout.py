@@ -73,7 +73,10 @@ CATALOG: dict[str, Artifact] = {
     "approval": Artifact("{run}/approval.json", "json", "approve_deployment", "the answer and who gave it"),
     "recheck": Artifact("{run}/recheck.json", "json", "deploy_model", "the gate again after the champion changed"),
     "outcome": Artifact(
-        "{run}/outcome.json", "json", "deploy_model, goal_not_met, approve_deployment (rejected)", "the run's end"
+        "{run}/outcome.json",
+        "json",
+        "deploy_model, goal_not_met, keep_champion, approve_deployment (rejected), through RunContext.record_outcome",
+        "the run's end",
     ),
     "failures": Artifact("{run}/failures", "folder", "FailureRecorder (on_failure_callback)", "a failed task's error"),
     "run_summary": Artifact("{run}/run_summary.json", "json", "publish_report", "the run, machine-readable"),
@@ -311,7 +314,7 @@ class CollectSummary(TypedDict, total=False):
 
 
 class Outcome(TypedDict, total=False):
-    """``outcome.json``: how the run ended (deployed, not_promoted, goal_not_met, rejected)."""
+    """``outcome.json``: how the run ended (deployed, not_promoted, goal_not_met, champion_kept, rejected)."""
 
     decision: str
     version: int | None

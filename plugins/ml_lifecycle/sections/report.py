@@ -67,7 +67,7 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
             "decision": "failed",
             "version": None,
             "failed_task": None,
-            "error": "neither deploy_model nor goal_not_met recorded an outcome",
+            "error": "no end task (deploy_model, goal_not_met, keep_champion) recorded an outcome",
             "reason": "the run ended without an outcome (no task recorded a failure)",
         }
     rounds = rc.rounds()
