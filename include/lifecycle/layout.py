@@ -87,7 +87,6 @@ CATALOG: dict[str, Artifact] = {
 RUNS = "runs"
 REGISTRY = "registry"
 CURATED = "curated"
-QUARANTINE = "quarantine"
 SCORES = "scores"
 ALERTS = "alerts"
 
