@@ -839,7 +839,10 @@ def test_publish_report_without_an_outcome_fails(env: Env) -> None:
     with pytest.raises(AirflowFailException, match="the run ended without an outcome"):
         sections.publish_report(NAME, **context())
     summary = env.json(LAYOUT.run_summary)
-    assert summary["decision"] == "failed" and "no end task (deploy_model, goal_not_met, keep_champion)" in summary["error"]
+    assert (
+        summary["decision"] == "failed"
+        and "no end task (deploy_model, goal_not_met, keep_champion)" in summary["error"]
+    )
 
 
 # --- score_new_data (BatchScoringOperator) ---------------------------------------------------------
