@@ -331,20 +331,22 @@ class ChampionOnTest:
 
 
 def unseen_rows(
-    times: np.ndarray | None, *, champion_data_end: str | None, same_held_out_rows: bool
-) -> tuple[np.ndarray | None, str]:
-    """Which test rows a champion never trained or validated on: time-ordered data, the rows at or
-    after the end of the champion's data window; a static file, all of them if the champion's own
-    held-out rows were these very rows (same data, same split), else none (None: cannot tell)."""
+    n: int, times: np.ndarray | None, *, champion_data_end: str | None, same_held_out_rows: bool
+) -> tuple[np.ndarray, str]:
+    """Which of the ``n`` test rows a champion never trained or validated on, and why.
+
+    Its own held-out test rows (the same rows: same data, same split, e.g. a static file, or a
+    run on the same window as the champion's) are all unseen by it; otherwise, for time-ordered
+    data, the rows at or after the end of its data window; otherwise none (it cannot be told)."""
+    if same_held_out_rows:
+        return np.ones(n, dtype=bool), "the champion's own held-out test rows (same data, same split)"
     if times is not None and champion_data_end:
         end = np.datetime64(champion_data_end[:10], "D")
         day = np.asarray(times).astype("datetime64[D]")
         return day >= end, f"rows from {champion_data_end[:10]} on, after the champion's data window"
     if times is None:
-        if same_held_out_rows:
-            return None, "the champion's own held-out test rows (same data, same split)"
-        return None, "the champion was held out on other rows: its training rows may be among these"
-    return None, "the champion's lineage does not say which data it was trained on"
+        return np.zeros(n, dtype=bool), "the champion was held out on other rows: its training rows may be among these"
+    return np.zeros(n, dtype=bool), "the champion's lineage does not say which data it was trained on"
 
 
 def compare_with_champion(

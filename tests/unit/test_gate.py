@@ -120,10 +120,16 @@ def test_only_rows_after_the_champions_data_window_count() -> None:
     times = np.array(
         ["2026-10-27T10:00", "2026-10-28T23:59", "2026-10-29T00:00", "2026-10-31T12:00"], dtype="datetime64[m]"
     )
-    unseen, basis = unseen_rows(times, champion_data_end="2026-10-29", same_held_out_rows=False)
+    unseen, basis = unseen_rows(4, times, champion_data_end="2026-10-29", same_held_out_rows=False)
     assert unseen.tolist() == [False, False, True, True] and "2026-10-29" in basis
-    static, why = unseen_rows(None, champion_data_end=None, same_held_out_rows=True)
-    assert static is None and "same data, same split" in why
+    # the champion's own held-out rows (a run on the same window, or a static file with or without
+    # a time column): all of them, though they lie before the end of its window
+    same, why = unseen_rows(4, times, champion_data_end="2026-11-01", same_held_out_rows=True)
+    assert same.tolist() == [True] * 4 and "same data, same split" in why
+    static, _ = unseen_rows(3, None, champion_data_end=None, same_held_out_rows=True)
+    assert static.tolist() == [True] * 3
+    other, why = unseen_rows(3, None, champion_data_end=None, same_held_out_rows=False)
+    assert not other.any() and "other rows" in why
 
 
 def _champion(scores: np.ndarray, unseen: np.ndarray, *, newer: bool = False) -> ChampionOnTest:

@@ -106,10 +106,8 @@ def champion_on_test(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, 
         if version == current:  # an older model never replaces a champion trained on newer data
             newer = bool(data_end and candidate_end and data_end > candidate_end)
         unseen, basis = unseen_rows(
-            times, champion_data_end=data_end, same_held_out_rows=lineage.get("test_rows_digest") == digest
+            len(rows), times, champion_data_end=data_end, same_held_out_rows=lineage.get("test_rows_digest") == digest
         )
-        if unseen is None:
-            unseen = np.full(len(rows), lineage.get("test_rows_digest") == digest and times is None)
         if not unseen.any() and record is not chain[-1]:
             notes.append(f"v{version}: {basis}, none of the test rows")
             continue
