@@ -94,7 +94,9 @@ def bench_spec() -> dict[str, Any]:
     return spec
 
 
-def _env(work: Path, artifacts: Path) -> dict[str, str]:
+def airflow_env(work: Path, artifacts: Path, problems: Path | None = None) -> dict[str, str]:
+    """The environment of an ``airflow dags test`` / plain-Python run of the project under ``work``:
+    its own Airflow home, data, artifacts and problems folder (default ``<work>/problems``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ML_"))}
     env.update(
         AIRFLOW_HOME=str(work / "airflow"),
@@ -103,7 +105,7 @@ def _env(work: Path, artifacts: Path) -> dict[str, str]:
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
         AIRFLOW_VAR_ML_PII_HASH_KEY="bench-only-key",
-        ML_PROBLEMS_DIR=str(work / "problems"),
+        ML_PROBLEMS_DIR=str(problems or work / "problems"),
         ML_DATA_ROOT=str(work / "data"),
         ML_ARTIFACT_ROOT=str(artifacts),
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
@@ -127,7 +129,7 @@ def prepare(work: Path, rows: int) -> dict[str, Any]:
 
 
 def run_airflow(work: Path) -> dict[str, Any]:
-    env = _env(work, work / "artifacts-airflow")
+    env = airflow_env(work, work / "artifacts-airflow")
     db = work / "airflow" / "airflow.db"
     if not db.exists():
         subprocess.run([PY, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
@@ -177,7 +179,7 @@ def _epoch(stamp: str) -> float:
 
 def run_plain(work: Path) -> dict[str, Any]:
     """(b) in a fresh interpreter, so its peak RSS is its own; timed from spawn to exit."""
-    env = _env(work, work / "artifacts-plain")
+    env = airflow_env(work, work / "artifacts-plain")
     t_spawn = time.time()
     proc = subprocess.run(
         [PY, str(Path(__file__).resolve()), "--plain-child", str(work), "--spawned-at", repr(t_spawn)],
@@ -278,7 +280,7 @@ def plain_child(work: Path, spawned_at: float) -> None:
 
 def run_train_comparison(work: Path, reps: int) -> dict[str, Any]:
     """The training step against bare ``xgboost.train``, in a fresh interpreter of its own."""
-    env = _env(work, work / "artifacts-plain")
+    env = airflow_env(work, work / "artifacts-plain")
     proc = subprocess.run(
         [PY, str(Path(__file__).resolve()), "--train-child", str(work), "--train-reps", str(reps)],
         env=env,

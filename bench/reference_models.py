@@ -66,26 +66,11 @@ SCORERS = {
 
 
 # --- 1. the lifecycle run ---------------------------------------------------------------------
-def _env(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ML_"))}
-    env.update(
-        AIRFLOW_HOME=str(work / "airflow"),
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
-        AIRFLOW_VAR_ML_PII_HASH_KEY="bench-only-key",
-        ML_PROBLEMS_DIR=str(ROOT / "include" / "problems"),
-        ML_DATA_ROOT=str(work / "data"),
-        ML_ARTIFACT_ROOT=str(work / "artifacts"),
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
-    )
-    return env
-
-
 def run_lifecycle(work: Path, problem: str) -> float:
     """One whole-DAG run of ``problem`` for AS_OF under ``work``; its wall time in seconds."""
-    env = _env(work)
+    from lifecycle import airflow_env  # bench/lifecycle.py: the same environment as make bench
+
+    env = airflow_env(work, work / "artifacts", ROOT / "include" / "problems")
     if not (work / "airflow" / "airflow.db").exists():
         subprocess.run([PY, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     t0 = time.perf_counter()
