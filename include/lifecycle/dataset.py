@@ -4,7 +4,8 @@ The split respects time when the problem has a time column: train on the past, v
 the following days, test on the latest days, so no model ever sees the future it is judged on.
 The windows are durations back from one end instant (the end of the labelled data), never
 calendar dates, so a run at 00:00 and one at 23:59 of the same day split alike. Without a time
-column the split is random, stratified and seeded.
+column the split is random, stratified and drawn from the rows' values (the same test rows
+for every training seed).
 
 A split that cannot be judged (a window without positives, a training part without a class) is
 a :class:`SplitError`, never a model scored 0.0.
@@ -425,36 +426,52 @@ def _time_split(df: pd.DataFrame, spec: Spec, y: np.ndarray | None, as_of: dt.da
     return Split(assignment, windows)
 
 
+def row_keys(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """A 64-bit key per row drawn from the row's values (every column, the target too) and ``seed``.
+
+    The same rows give the same keys in any order, run and process (pandas' value hashing, then a
+    splitmix64 finaliser to mix in the seed); identical rows get identical keys."""
+    h = pd.util.hash_pandas_object(df, index=False).to_numpy(dtype="uint64")
+    with np.errstate(over="ignore"):
+        z = h + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % (1 << 64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def _random_split(df: pd.DataFrame, spec: Spec, y: np.ndarray | None) -> Split:
+    """Stratified by class for a binary problem; which rows go where is decided by each row's key
+    (:func:`row_keys` of ``spec.split_columns``: the data's per-row key if it declares one, else
+    every column, so ``df`` must then hold the whole data set; with ``training.split.seed``), not
+    by ``training.seed``: the test rows are a
+    property of the data, the same for every training seed and every run on the same rows (so a
+    champion's held-out rows are its challenger's), and a row keeps its part when rows are added
+    unless it sits at a boundary. Identical rows sit side by side in key order, so duplicates land
+    in one part except at a boundary."""
     sp = spec.training.split
     n = len(df)
     out = np.full(n, TRAIN, dtype=object)
-    rng = np.random.default_rng(spec.training.seed)
+    cols = sorted(spec.split_columns(df.columns))  # sorted: the same keys whatever order the columns come in
+    order = np.lexsort((np.arange(n), row_keys(df[cols], sp.seed)))  # by key; ties (identical rows) by position
     binary = spec.is_binary and y is not None
-    if binary:
-        for cls in np.unique(y):
-            idx = np.flatnonzero(y == cls)
-            rng.shuffle(idx)
-            n_test = int(round(len(idx) * sp.test_share))
-            n_val = int(round(len(idx) * sp.validation_share))
-            out[idx[:n_test]] = TEST
-            out[idx[n_test : n_test + n_val]] = VALIDATION
-    else:
-        idx = rng.permutation(n)
-        n_test = int(round(n * sp.test_share))
-        n_val = int(round(n * sp.validation_share))
+    groups = [order[np.asarray(y)[order] == cls] for cls in np.unique(y)] if binary else [order]
+    for idx in groups:
+        n_test = int(round(len(idx) * sp.test_share))
+        n_val = int(round(len(idx) * sp.validation_share))
         out[idx[:n_test]] = TEST
         out[idx[n_test : n_test + n_val]] = VALIDATION
     yb = np.asarray(y).astype(bool) if binary else None
     shares = {TRAIN: 1 - sp.test_share - sp.validation_share, VALIDATION: sp.validation_share, TEST: sp.test_share}
-    windows: dict[str, Any] = {"kind": "random", "seed": spec.training.seed}
+    by = f"key {spec.data.key}" if cols == [spec.data.key] else "row values"
+    windows: dict[str, Any] = {"kind": "random", "by": by, "seed": sp.seed}
     for name in SPLITS:
         mask = out == name
         rows = int(mask.sum())
         pos = int(yb[mask].sum()) if yb is not None else None
         windows[name] = {"share": shares[name], "rows": rows, "positives": pos}
         what = (
-            f"{name} split (random, share {shares[name]:g} of {n} rows, seed {spec.training.seed}) would hold "
+            f"{name} split (random by row values, share {shares[name]:g} of {n} rows, training.split.seed "
+            f"{sp.seed}) would hold "
             f"{rows} rows"
         )
         if pos is not None and (pos == 0 or pos == rows):

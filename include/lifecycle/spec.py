@@ -295,6 +295,13 @@ class SplitSpec(_Strict):
     )
     validation_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
     test_share: float = Field(0.2, gt=0, lt=0.5, description="used when there is no time column")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="no time column: which rows are train, validation and test is drawn from each row's values "
+        "and this seed, not from training.seed, so every training seed and every run on the same rows is "
+        "judged on the same test rows; change it only to draw another split",
+    )
 
 
 class TrainingSpec(_Strict):
@@ -564,6 +571,15 @@ class Spec(_Strict):
         keep |= {c for g in groups for c in g.columns}
         skip = ({d.key, *self.pii_columns} - {None}) - keep
         return [c for c in columns if c not in skip]
+
+    def split_columns(self, columns: Iterable[str]) -> list[str]:
+        """The columns a split without a time column is drawn from (see ``dataset.row_keys``): the
+        per-row key when the data declares one, else every column of the data set (the target too).
+        A caller that reads only some columns adds these, so every section draws the same split."""
+        if self.data.time_column:
+            return []
+        columns = list(columns)
+        return [self.data.key] if self.data.key and self.data.key in columns else columns
 
     def profile_roles(self, df: pd.DataFrame) -> tuple[list[str], list[str]]:
         """``(numeric, categorical)``: the columns of ``df`` the data profile describes, in frame order.

@@ -229,9 +229,40 @@ def test_random_split_is_seeded_and_stratified():
     assert w["kind"] == "random" and w[TEST]["rows"] == (a == TEST).sum() and w[TEST]["positives"] > 0
 
 
+def test_a_random_split_is_a_property_of_the_rows_not_of_the_training_seed():
+    """The test rows are the same whatever ``training.seed`` is, in whatever order the rows come,
+    and mostly the same when rows are added; ``training.split.seed`` draws another split; identical
+    rows land in one part."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"x": rng.normal(size=2_000).round(3), "c": rng.choice(["a", "b", None], 2_000)})
+    y = (rng.random(2_000) < 0.1).astype(int)
+    df["target"] = y
+    spec = _random_spec()
+    base = assign_splits(df, spec, y)
+    other_seed = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": spec.training.seed + 1})})
+    assert (assign_splits(df, other_seed, y) == base).all()
+    # the same rows shuffled: each row keeps its part
+    perm = rng.permutation(len(df))
+    shuffled = assign_splits(df.iloc[perm].reset_index(drop=True), spec, y[perm])
+    assert (shuffled == base[perm]).all()
+    # 5 % more rows: the old rows' parts barely move (only rows at a boundary)
+    more = pd.concat([df, df.sample(100, random_state=3).assign(x=lambda d: d["x"] + 1000)], ignore_index=True)
+    grown = assign_splits(more, spec, more["target"].to_numpy())[: len(df)]
+    assert (grown != base).mean() < 0.06
+    # another split seed: another split, still stratified
+    split2 = spec.training.split.model_copy(update={"seed": 5})
+    reseeded = spec.model_copy(update={"training": spec.training.model_copy(update={"split": split2})})
+    again = assign_splits(df, reseeded, y)
+    assert (again != base).mean() > 0.2 and abs(y[again == TEST].mean() - y.mean()) < 0.01
+    # duplicated rows are never split across parts away from a boundary
+    dup = pd.concat([df.iloc[:300], df.iloc[:300]], ignore_index=True)
+    parts = assign_splits(dup, _random_spec("regression"), np.arange(600.0))
+    assert (parts[:300] != parts[300:]).sum() <= 2
+
+
 def test_a_random_split_without_positives_in_a_part_is_an_error():
     y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])  # 2 positives: 0.2 of them rounds to none
-    with pytest.raises(SplitError, match=r"validation split \(random, share 0.2 of 10 rows.*0 positives"):
+    with pytest.raises(SplitError, match=r"validation split \(random by row values, share 0.2 of 10 rows.*0 positives"):
         assign_splits(pd.DataFrame({"x": range(10)}), _random_spec(), y)
 
 

@@ -175,7 +175,9 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     dataset_columns = rc.store.parquet_columns(plan["dataset_rel"])
     input_columns = [c for c in dataset_columns if c != spec.problem.target]
     pipeline = FeaturePipeline.from_spec(spec, plan["feature_groups"])
-    df = rc.store.read_parquet(plan["dataset_rel"], columns=spec.feature_inputs(pipeline.groups, dataset_columns))
+    # the features' inputs and what a split without a time column is drawn from (the key, or every column)
+    wanted = {*spec.feature_inputs(pipeline.groups, dataset_columns), *spec.split_columns(dataset_columns)}
+    df = rc.store.read_parquet(plan["dataset_rel"], columns=[c for c in dataset_columns if c in wanted])
     try:  # the split (and the labels) are the data's: re-running cannot help, so no retries
         y = target_vector(df[spec.problem.target], spec)
         made = make_split(df, spec, y, as_of=rc.as_of)
