@@ -352,6 +352,28 @@ class DeploySpec(_Strict):
     endpoint_name: str | None = None
 
 
+class MonitoringSpec(_Strict):
+    """The champion watched in production by the ``<problem>_monitoring`` DAG (problems whose daily
+    partitions are batch-scored): realised goal metric on matured labels, drift of the served
+    inputs, and a retraining request (the ``<problem>.retrain_requested`` asset) on evidence."""
+
+    enabled: bool = True
+    window_days: int = Field(14, ge=1, le=365, description="rolling window of matured scored days the verdict uses")
+    min_positives: int = Field(
+        20, ge=1, description="binary: a day or window with fewer positives cannot tell (no value, no verdict)"
+    )
+    bootstrap_resamples: int = Field(500, ge=100, le=20000, description="resamples per realised-metric interval")
+    drift_days: int = Field(3, ge=1, le=90, description="newest scored days compared with the champion's training rows")
+    max_drift_psi: float | None = Field(
+        None, gt=0, description="PSI limit per served feature (default quality.max_drift_psi)"
+    )
+    retrain_on_decay: bool = Field(
+        True, description="request retraining when the realised metric misses the goal with confidence"
+    )
+    retrain_on_drift: bool = Field(False, description="request retraining when a served feature drifts past the limit")
+    alert: bool = Field(True, description="send the retraining request's evidence on the alerts channel")
+
+
 class AlertsSpec(_Strict):
     """Notifications when a run fails or ends without meeting the goal (an Airflow notifier)."""
 
@@ -470,6 +492,7 @@ class Spec(_Strict):
     diagnosis: DiagnosisSpec = DiagnosisSpec()
     deploy: DeploySpec = DeploySpec()
     alerts: AlertsSpec = AlertsSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     aws: AwsSpec = AwsSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -491,6 +491,35 @@ def _fraud_events(rng: np.random.Generator, pop: Population, day_us: int, tx_per
     return rows
 
 
+def _skimming_events(rng: np.random.Generator, pop: Population, day_us: int, tx_per_day: int) -> dict[str, np.ndarray]:
+    """The drift scenario's new fraud pattern: cards skimmed at fuel pumps, cashed out in person at
+    home - one or two contactless payments at fuel stations, daytime, at about four times a normal
+    fill-up. None of the old pattern's signs (abroad, at night, online, risky merchants, bursts)
+    is there, so a model trained before the pattern misses it; the pattern is learnable
+    (category, channel, amount) once its labels arrive. About as many fraud rows as before."""
+    budget = tx_per_day // 2
+    n_cards = int(rng.poisson(tx_per_day * (_BURST_TX_SHARE + _TESTING_TX_SHARE) / 1.5))
+    length = rng.integers(1, 3, size=n_cards)
+    n = int(length.sum())
+    card = np.repeat(_pick(pop.card_cdf, rng.random(n_cards)), length)
+    start = np.repeat(rng.integers(8 * _US_PER_HOUR, 20 * _US_PER_HOUR, size=n_cards), length)
+    tod = np.minimum(start + _group_offsets(rng, length, 15 * 60 * _US_PER_SECOND), _US_PER_DAY - 1)
+    fuel = np.flatnonzero(pop.merchant_category == _CAT_INDEX["fuel"])
+    merchant = fuel[rng.integers(0, len(fuel), size=n)]
+    rows = {
+        "tod": tod.astype(np.int64),
+        "card": card,
+        "merchant": merchant,
+        "amount": _amounts(rng, pop.merchant_category[merchant], rng.lognormal(np.log(4.0), 0.3, n)),
+        "channel": np.full(n, _CH_CONTACTLESS, dtype=np.int64),
+        "country": pop.card_home[card],
+    }
+    if n > budget:
+        rows = {k: v[:budget] for k, v in rows.items()}
+    rows["tod"] = rows["tod"] + day_us
+    return rows
+
+
 def _legit_rows(rng: np.random.Generator, pop: Population, day: dt.date, day_us: int, n: int) -> dict[str, np.ndarray]:
     """Generate ``n`` legitimate rows for ``day``."""
     card = _pick(pop.card_cdf, rng.random(n))
@@ -532,12 +561,15 @@ def _legit_rows(rng: np.random.Generator, pop: Population, day: dt.date, day_us:
     }
 
 
-def _generate_day(pop: Population, day: dt.date, *, tx_per_day: int, seed: int, defect_rate: float) -> _Day:
-    """Generate one transaction partition (as an arrow table) plus its fraud rows."""
+def _generate_day(
+    pop: Population, day: dt.date, *, tx_per_day: int, seed: int, defect_rate: float, new_pattern: bool = False
+) -> _Day:
+    """Generate one transaction partition (as an arrow table) plus its fraud rows; ``new_pattern``:
+    the drift scenario's fraud (:func:`_skimming_events`) instead of the usual one."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1, day.toordinal()]))
     day_us = (day - _EPOCH).days * _US_PER_DAY
 
-    fraud = _fraud_events(rng, pop, day_us, tx_per_day)
+    fraud = (_skimming_events if new_pattern else _fraud_events)(rng, pop, day_us, tx_per_day)
     n_fraud = len(fraud["tod"])
 
     # defects: decide how many and of which kind before sizing the legit block
@@ -627,6 +659,7 @@ def generate(
     defect_rate: float = 0.0005,
     log: Callable[[str], None] | None = None,
     skip_before: dt.date | None = None,
+    drift_from: dt.date | None = None,
 ) -> dict:
     """Generate ``days`` daily partitions of transactions ending at ``end - 1``.
 
@@ -646,6 +679,9 @@ def generate(
             ``[skip_before, end)`` are written: their transactions, and the chargebacks
             reported on them (including those of older transactions that fell due); the
             30 days before ``skip_before`` are generated again in memory for that.
+        drift_from: the drift scenario: from this day on, fraud follows a new pattern (cards
+            skimmed at fuel pumps, see :func:`_skimming_events`) that a model trained before it
+            misses; None (the default) leaves every day as it was.
 
     Returns:
         Summary dict with ``days``, ``rows``, ``frauds``, ``fraud_rate``,
@@ -686,7 +722,14 @@ def generate(
     cb_reported: list[np.ndarray] = []
     for i in range((first - start).days, days):
         day = start + dt.timedelta(days=i)
-        out = _generate_day(pop, day, tx_per_day=tx_per_day, seed=seed, defect_rate=defect_rate)
+        out = _generate_day(
+            pop,
+            day,
+            tx_per_day=tx_per_day,
+            seed=seed,
+            defect_rate=defect_rate,
+            new_pattern=drift_from is not None and day >= drift_from,
+        )
         cb_ids.append(out.fraud_ids)
         cb_reported.append(out.fraud_ts_us + _chargeback_delay_us(seed, day, out.n_fraud))
         if day < write_from:

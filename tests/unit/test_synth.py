@@ -400,3 +400,25 @@ def test_invalid_arguments(tmp_path: Path) -> None:
         synth.generate(tmp_path, end=END, days=0)
     with pytest.raises(ValueError):
         synth.generate(tmp_path, end=END, days=1, defect_rate=-0.1)
+
+
+def test_the_drift_scenario_changes_fraud_from_its_day_on(tmp_path: Path) -> None:
+    """drift_from: the days before it are the usual files byte for byte; from it on, fraud is the
+    new pattern (contactless fill-ups at home, by day) and about as frequent as before."""
+    end, drift_day = dt.date(2026, 3, 31), dt.date(2026, 3, 11)
+    plain, drifted = tmp_path / "plain", tmp_path / "drift"
+    synth.generate(plain, end=end, days=30, tx_per_day=2000, seed=5)
+    synth.generate(drifted, end=end, days=30, tx_per_day=2000, seed=5, drift_from=drift_day)
+    for day in (dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(30)):
+        rel = Path("transactions") / f"ds={day.isoformat()}" / "part-0.parquet"
+        same = (plain / rel).read_bytes() == (drifted / rel).read_bytes()
+        assert same == (day < drift_day), day
+    tx = pd.concat(pd.read_parquet(p) for p in sorted((drifted / "transactions").glob("ds=*/part-0.parquet")))
+    cb = pd.concat(pd.read_parquet(p) for p in sorted((drifted / "chargebacks").glob("ds=*/part-0.parquet")))
+    fraud = tx[tx["transaction_id"].isin(cb["transaction_id"])]
+    new = fraud[fraud["ts"].dt.date >= drift_day]
+    old = fraud[fraud["ts"].dt.date < drift_day]
+    assert len(new) > 20 and len(old) > 20
+    assert (new["merchant_category"] == "fuel").all() and (new["channel"] == "contactless").all()
+    assert (old["merchant_category"] != "fuel").mean() > 0.9
+    assert new["ts"].dt.hour.between(8, 21).all()
