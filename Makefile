@@ -25,6 +25,7 @@ help:
 	@echo "make run   - set up and run the flagship problem ($(PROBLEM)) end to end offline"
 	@echo "make test  - set up, lint (ruff) and run the tests"
 	@echo "make up    - start airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
+	@echo "make mlflow - the MLflow UI on http://127.0.0.1:$${MLFLOW_PORT:-5000} over the runs' tracking store"
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -102,6 +103,20 @@ serve: setup
 
 bench-serving: setup
 	$(PY) bench/serving.py --problem $(PROBLEM)
+
+# The MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the store `make run` writes
+# (include/lifecycle/mlflow_env.py: $MLFLOW_TRACKING_URI, else sqlite:///<artifact root>/mlflow.db, the
+# artifacts in the artifact store, which the server reads and serves). Ctrl-C stops it. With an
+# http(s) or SageMaker tracking server in MLFLOW_TRACKING_URI there is nothing to start: it says where.
+MLFLOW_PORT ?= 5000
+.PHONY: mlflow
+mlflow: setup
+	@set -e; read -r store artifacts <<< "$$($(PY) -c 'from include.lifecycle import mlflow_env as m; print(m.tracking_uri(), m.artifact_location())')"; \
+	case "$$store" in sqlite:*|file:*|postgresql*|mysql*) ;; \
+	  *) echo "the tracking server is $$store (MLFLOW_TRACKING_URI): open its UI there"; exit 0;; esac; \
+	echo "MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) - store $$store, artifacts $$artifacts"; \
+	exec $(VENV)/bin/mlflow server --backend-store-uri "$$store" --default-artifact-root "$$artifacts" \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 lock:
 	$(UV) pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.txt --no-header
