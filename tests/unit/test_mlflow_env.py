@@ -1,0 +1,49 @@
+"""include/lifecycle/mlflow_env.py: where the MLflow store lives, and one experiment per problem."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from include.lifecycle import mlflow_env
+
+
+def test_the_store_defaults_to_sqlite_inside_the_artifact_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_env.tracking_uri(str(tmp_path / "a")) == f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    assert mlflow_env.tracking_uri((tmp_path / "b").as_uri()) == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    assert mlflow_env.artifact_location(str(tmp_path)) == f"{tmp_path.as_uri()}/mlflow-artifacts"
+    monkeypatch.setenv("ML_ARTIFACT_ROOT", str(tmp_path / "env"))
+    assert mlflow_env.tracking_uri() == f"sqlite:///{tmp_path / 'env' / 'mlflow.db'}"
+
+
+def test_mlflow_tracking_uri_wins_and_a_remote_root_needs_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(mlflow_env.TrackingConfigError, match="MLFLOW_TRACKING_URI.*sagemaker-mlflow"):
+        mlflow_env.tracking_uri("s3://bucket/prefix")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert mlflow_env.tracking_uri("s3://bucket/prefix") == "http://127.0.0.1:5999"
+    assert mlflow_env.artifact_location("s3://bucket/prefix/") == "s3://bucket/prefix/mlflow-artifacts"
+
+
+def _create(root: str, out) -> None:
+    c = mlflow_env.client(root)
+    out.put(mlflow_env.experiment_id(c, "card_fraud", root))
+
+
+def test_two_processes_creating_the_experiment_get_the_same_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = str(tmp_path)
+    mlflow_env.client(root).search_experiments()  # the schema, once (as the first task of a run does)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_create, args=(root, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    ids = {out.get(timeout=5) for _ in procs}
+    assert len(ids) == 1
+    exp = mlflow_env.client(root).get_experiment(ids.pop())
+    assert exp.name == "card_fraud" and exp.artifact_location == f"{tmp_path.as_uri()}/mlflow-artifacts/card_fraud"
