@@ -13,6 +13,8 @@ Every YAML file in ``include/problems/`` becomes a DAG with the sections as task
                         (no remedy can change the candidate -> goal_not_met)
                  no, last round -> goal_not_met
     -> publish_report (run_summary.json + report.html)
+       -> log_to_mlflow (the run, its trials, reports and plots in MLflow; whatever happened)
+       -> model_deployed (succeeds when a champion was deployed, skipped when not)
 
 This file only wires tasks: the sections live in ``plugins/ml_lifecycle`` (adapters, operators,
 the backend) and ``include/lifecycle`` (pure logic). A spec that does not validate is left out here, so every
@@ -38,7 +40,7 @@ from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
 from ml_lifecycle import sections
 from ml_lifecycle import task_ids as t
 from ml_lifecycle.approval import DeploymentApprovalOperator
-from ml_lifecycle.assets import champion_model_asset, curated_data_asset
+from ml_lifecycle.assets import champion_model_asset, curated_data_asset, retrain_requested_asset
 from ml_lifecycle.context import resolve
 from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
@@ -46,6 +48,20 @@ from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperato
 from ml_lifecycle.settings import task_defaults
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+
+
+def _schedule(spec: Spec) -> object:
+    """The spec's cron; for a monitored problem its cron *or* the monitor's retraining request
+    (the ``<problem>.retrain_requested`` asset): it retrains on evidence, not only on the clock."""
+    if not spec.monitored:
+        return spec.schedule
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    if spec.schedule is None:
+        return [retrain_requested_asset(spec.name)]
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[retrain_requested_asset(spec.name)]
+    )
 
 
 def _doc(spec: Spec, path: Path) -> str:
@@ -149,7 +165,7 @@ def build_dag(path: Path) -> DAG:
         dag_id=name,
         description=spec.title,
         doc_md=_doc(spec, path),
-        schedule=spec.schedule,
+        schedule=_schedule(spec),
         # far back on purpose: Airflow marks every task of a run dated before start_date as skipped
         # and calls the run a success; a backfill of old dates must run and say what data it found
         start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
@@ -198,6 +214,11 @@ def build_dag(path: Path) -> DAG:
             retries=0,
             on_failure_callback=[record_failure],
         )
+        # after the report, whatever happened: the run in MLflow (retried: a tracking error must
+        # not lose the report, which exists by then), and the run's end at a glance in the grid
+        log_to_mlflow = py(t.LOG_TO_MLFLOW, sections.log_to_mlflow, trigger_rule=TriggerRule.ALL_DONE)
+        model_deployed = py(t.MODEL_DEPLOYED, sections.model_deployed)
+        publish_report >> [log_to_mlflow, model_deployed]
         chain(formulate_problem, collect_and_label, evaluate_data)
 
         into_round: list = [evaluate_data]

@@ -88,6 +88,7 @@ RUNS = "runs"
 REGISTRY = "registry"
 CURATED = "curated"
 SCORES = "scores"
+MONITORING = "monitoring"
 ALERTS = "alerts"
 
 
@@ -274,6 +275,11 @@ def alert_record(run_id: str, event: str, task_id: str | None) -> str:
 
 def scores_dir(ds: str) -> str:
     return f"{SCORES}/ds={ds}"
+
+
+def monitoring_dir(ds: str) -> str:
+    """``monitoring/ds=<day>/``: monitor_champion's monitoring.json, report.html, realised.png."""
+    return f"{MONITORING}/ds={ds}"
 
 
 # --- typed shapes of the JSON artifacts more than one task reads ----------------------------------

@@ -205,12 +205,24 @@ def verdict(spec: Spec, realised_series: Mapping[str, Any], drift: Mapping[str, 
             listed = ", ".join(f"{c} {v:.3f}" for c, v in sorted(over.items(), key=lambda kv: -kv[1])[:6])
             reasons.append(f"drift: PSI above {limit} against the champion's training rows: {listed}")
         evidence["drifted"] = over
+    if w.get("value") is None:
+        reasons.append(f"the goal cannot be judged yet: {w.get('why') or 'no matured scored rows'}")
+    elif not decayed:
+        state = "meets the goal" if goal.met_by(w["value"]) else "misses the goal, but not with confidence (watching)"
+        reasons.append(
+            f"realised {goal.metric} {w['value']:.4f} [{w['low']:.4f}, {w['high']:.4f}] over {w['start']}..{w['end']} "
+            f"{state}"
+        )
+    if drift is not None and not over:
+        reasons.append(
+            f"no served feature drifted past PSI {limit}" if drift.get("columns") else f"drift: {drift.get('why')}"
+        )
     retrain = (decayed and mon.retrain_on_decay) or (bool(over) and mon.retrain_on_drift)
     return {
         "retrain": bool(retrain),
         "decayed": bool(decayed),
         "drifted": sorted(over),
-        "reasons": reasons or ["the champion meets its goal and its inputs have not drifted (or it cannot tell yet)"],
+        "reasons": reasons,
         "evidence": evidence,
     }
 

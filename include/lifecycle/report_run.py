@@ -106,6 +106,7 @@ def run_summary(
         "problem_card": {
             k: problem_card.get(k) for k in ("business_goal", "framing", "success_criterion", "baselines")
         },
+        "trigger": problem_card.get("trigger"),
         "spec_digest": spec.digest(),
         "report_uri": report_uri,
     }
@@ -369,6 +370,15 @@ def _last_goal_check(rounds: list[Mapping[str, Any]], metric: str) -> dict[str, 
     return {f"test rows, round {r['round']}": text}
 
 
+def _trigger_text(trigger: Mapping[str, Any]) -> str:
+    """What started the run, in words: the clock, a person, a backfill, or the monitor's evidence."""
+    asked = trigger.get("retrain_requested")
+    if asked:
+        reasons = "; ".join(asked.get("reasons") or []) or "(no reason recorded)"
+        return f"the monitor's retraining request (run {asked.get('monitor_run_id')}): {reasons}"
+    return str(trigger.get("run_type") or "unknown")
+
+
 def render_run_report(summary: Mapping[str, Any], eda_section: str, plots: Mapping[int, Mapping[str, bytes]]) -> str:
     goal = summary["goal"]
     op = ">=" if goal["higher_is_better"] else "<="
@@ -381,6 +391,7 @@ def render_run_report(summary: Mapping[str, Any], eda_section: str, plots: Mappi
             ),
             "model version": summary["model_version"],
             "champion before / after": f"{summary['champion_before']} / {summary['champion_after']}",
+            **({"triggered by": _trigger_text(summary["trigger"])} if summary.get("trigger") else {}),
             "goal": f"{goal['metric']} {op} {goal['target']}"
             + (f" within an alert rate of {goal['max_alert_rate']:.3%}" if goal.get("max_alert_rate") else ""),
             **_last_goal_check(summary["rounds"], goal["metric"]),

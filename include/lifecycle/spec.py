@@ -595,6 +595,20 @@ class Spec(_Strict):
         skip = ({d.key, *self.pii_columns} - {None}) - keep
         return [c for c in columns if c not in skip]
 
+    @property
+    def monitored(self) -> bool:
+        """Whether the champion is watched in production (the ``<problem>_monitoring`` DAG): its
+        daily partitions are batch-scored and their labels arrive later in a feed."""
+        d = self.data
+        return bool(
+            self.monitoring.enabled
+            and self.deploy.enabled
+            and d.layout == "partitioned"
+            and d.time_column
+            and d.key
+            and d.labels is not None
+        )
+
     def split_columns(self, columns: Iterable[str]) -> list[str]:
         """The columns a split without a time column is drawn from (see ``dataset.row_keys``): the
         per-row key when the data declares one, else every column of the data set (the target too).

@@ -24,6 +24,8 @@ DEPLOY_MODEL = "deploy_model"
 GOAL_NOT_MET = "goal_not_met"
 KEEP_CHAMPION = "keep_champion"  # the goal is met but the champion is better: nothing deployed
 PUBLISH_REPORT = "publish_report"
+LOG_TO_MLFLOW = "log_to_mlflow"  # the run, its trials and reports in MLflow, after the report
+MODEL_DEPLOYED = "model_deployed"  # succeeds when the run deployed a champion, skipped when not
 
 
 def round_group(k: int) -> str:

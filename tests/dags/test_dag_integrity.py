@@ -45,8 +45,25 @@ def test_every_spec_becomes_a_dag_without_import_errors(dagbag):
         for p, s in SHIPPED.items()
         if s.data.layout == "partitioned" and s.data.time_column and s.deploy.enabled
     }
-    assert set(dagbag.dag_ids) == set(SHIPPED) | batch
-    assert {"card_fraud", "breast_cancer", "diabetes", "card_fraud_batch_scoring"} <= set(dagbag.dag_ids)
+    # and one monitoring DAG (dags/monitoring.py) per problem whose scored days get labels later
+    monitored = {f"{p}_monitoring" for p, s in SHIPPED.items() if s.monitored}
+    assert set(dagbag.dag_ids) == set(SHIPPED) | batch | monitored
+    assert {"card_fraud", "breast_cancer", "diabetes", "card_fraud_batch_scoring", "card_fraud_monitoring"} <= set(
+        dagbag.dag_ids
+    )
+
+
+def test_a_monitored_problem_runs_on_its_cron_or_the_monitors_retraining_request(dagbag):
+    monitor = dagbag.dags["card_fraud_monitoring"]
+    assert [t.task_id for t in monitor.topological_sort()] == ["monitor_champion", "request_retraining"]
+    outlets = monitor.get_task("request_retraining").outlets
+    assert [a.name for a in outlets] == ["card_fraud.retrain_requested"]
+    timetable = dagbag.dags["card_fraud"].timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert "card_fraud.retrain_requested" in str(timetable.asset_condition)
+    assert timetable.timetable.expression == "0 2 * * *"
+    # a static problem is not monitored and keeps its schedule (none: run by hand)
+    assert "diabetes_monitoring" not in dagbag.dag_ids and dagbag.dags["diabetes"].schedule is None
 
 
 @pytest.mark.parametrize("problem", sorted(SHIPPED))
@@ -73,7 +90,8 @@ def test_dag_metadata_comes_from_the_spec(dagbag, problem):
 def test_flagship_schedule_is_nightly(dagbag):
     dag = dagbag.dags["card_fraud"]
     assert SHIPPED["card_fraud"].schedule == "0 2 * * *"
-    assert dag.timetable.expression == "0 2 * * *"
+    # the cron, or (a monitored problem) the cron inside "cron or the monitor's retraining request"
+    assert getattr(dag.timetable, "timetable", dag.timetable).expression == "0 2 * * *"
 
 
 @pytest.mark.parametrize("problem", sorted(SHIPPED))
@@ -147,6 +165,18 @@ def test_branches_and_the_loop_edges(dagbag):
     assert dag.get_edge_info("round_1.meets_business_goal", "deploy_model") == {"label": "goal met"}
 
 
+def test_the_run_ends_in_mlflow_and_says_whether_it_deployed(dagbag):
+    for problem in sorted(SHIPPED):
+        dag = dagbag.dags[problem]
+        assert dag.get_task("publish_report").downstream_task_ids == {"log_to_mlflow", "model_deployed"}
+        # logged whatever happened (a failed run too), after the report exists; retried on its own
+        log_to_mlflow = dag.get_task("log_to_mlflow")
+        assert log_to_mlflow.trigger_rule == "all_done" and log_to_mlflow.retries >= 1
+        # green when the run deployed a champion, skipped when not, upstream_failed when the run failed
+        assert dag.get_task("model_deployed").trigger_rule == "all_success"
+        assert not log_to_mlflow.downstream_task_ids and not dag.get_task("model_deployed").downstream_task_ids
+
+
 def test_dag_file_imports_nothing_heavy():
     code = textwrap.dedent(
         f"""
@@ -154,7 +184,8 @@ def test_dag_file_imports_nothing_heavy():
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag(dag_folder={str(DAGS)!r})
         assert not bag.import_errors, bag.import_errors
-        heavy = sorted(m for m in ("sklearn", "xgboost", "matplotlib", "scipy", "pandas", "pyarrow") if m in sys.modules)
+        heavy = ("sklearn", "xgboost", "matplotlib", "scipy", "pandas", "pyarrow", "mlflow")
+        heavy = sorted(m for m in heavy if m in sys.modules)
         print("HEAVY", heavy)
         """
     )

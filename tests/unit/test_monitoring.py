@@ -115,6 +115,7 @@ def test_a_champion_that_meets_its_goal_is_left_alone():
     s = monitoring.series(spec, rows, amount_column="amount")
     v = monitoring.verdict(spec, s, drift=None)
     assert s["window"]["low"] > spec.goal.target and not v["retrain"] and not v["decayed"]
+    assert "meets the goal" in v["reasons"][0]
 
 
 def test_too_few_positives_cannot_tell_and_never_triggers():
@@ -125,7 +126,7 @@ def test_too_few_positives_cannot_tell_and_never_triggers():
     assert s["window"]["value"] is None and "cannot tell" in s["window"]["why"]
     assert all(d["value"] is None for d in s["per_day"])
     v = monitoring.verdict(spec, s, drift=None)
-    assert not v["retrain"] and "cannot tell yet" in v["reasons"][0]
+    assert not v["retrain"] and "cannot be judged yet" in v["reasons"][0] and "cannot tell" in v["reasons"][0]
 
 
 def test_drift_past_the_limit_and_its_noise_triggers_only_when_the_spec_says_so():

@@ -12,14 +12,14 @@ the work to the run's backend.
     evaluation.py  evaluate_model and the champion on the same test rows   (section 7)
     loop.py        meets_business_goal, diagnose, the remedies             (sections 6, 8)
     deploy.py      deploy_model, goal_not_met, keep_champion
-    report.py      publish_report
+    report.py      publish_report, log_to_mlflow, model_deployed
 """
 
 from ml_lifecycle.sections.data import evaluate_data, feature_engineering, formulate_problem
 from ml_lifecycle.sections.deploy import deploy_model, goal_not_met, keep_champion
 from ml_lifecycle.sections.evaluation import evaluate_model
 from ml_lifecycle.sections.loop import diagnose, meets_business_goal, remedy
-from ml_lifecycle.sections.report import publish_report
+from ml_lifecycle.sections.report import log_to_mlflow, model_deployed, publish_report
 from ml_lifecycle.sections.training import plan_trials, select_model
 
 __all__ = [
@@ -31,7 +31,9 @@ __all__ = [
     "formulate_problem",
     "goal_not_met",
     "keep_champion",
+    "log_to_mlflow",
     "meets_business_goal",
+    "model_deployed",
     "plan_trials",
     "publish_report",
     "remedy",

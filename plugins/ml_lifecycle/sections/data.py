@@ -17,6 +17,28 @@ log = logging.getLogger("airflow.task")
 
 
 # --- section 1 -----------------------------------------------------------------------------
+def run_trigger(problem: str, context: Any) -> dict[str, Any]:
+    """What started this run: its run type and, when the monitor's ``<problem>.retrain_requested``
+    asset triggered it, that event's evidence (reasons, window, report, monitor run)."""
+    dag_run = context.get("dag_run")
+    run_type = getattr(dag_run, "run_type", None)
+    out: dict[str, Any] = {"run_type": str(getattr(run_type, "value", run_type)) if run_type else None}
+    events = context.get("triggering_asset_events") or {}
+    try:
+        found = [ev for evs in events.values() for ev in evs]
+    except Exception:  # an accessor that cannot be listed outside a real run
+        found = []
+    wanted = f"{problem}.retrain_requested"
+    for ev in found:
+        asset = getattr(ev, "asset", None)
+        if getattr(asset, "name", None) == wanted:
+            out["retrain_requested"] = {
+                **dict(getattr(ev, "extra", None) or {}),
+                "at": str(getattr(ev, "timestamp", "")),
+            }
+    return out
+
+
 def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
     """Check the spec against the data that is actually there; write the problem card and round 1's plan."""
     from include.lifecycle import formulate
@@ -45,6 +67,9 @@ def formulate_problem(problem: str, **context: Any) -> dict[str, Any]:
         backend=rc.backend.name,
         max_rounds=rc.max_rounds,
     )
+    card["trigger"] = run_trigger(problem, context)
+    if card["trigger"].get("retrain_requested"):
+        log.info("formulate_problem: triggered by the monitor: %s", card["trigger"]["retrain_requested"].get("reasons"))
     rc.store.write_json(layout.problem_card, card)
     for c in checks:
         log.info("formulate_problem: %s %s: %s", "ok  " if c["passed"] else "FAIL", c["check"], c["detail"])

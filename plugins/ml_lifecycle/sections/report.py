@@ -106,3 +106,80 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
         "summary_uri": rc.store.uri(layout.run_summary),
         "report_uri": summary["report_uri"],
     }
+
+
+# --- the run in MLflow, and the run's end at a glance ---------------------------------------------
+def log_to_mlflow(problem: str, **context: Any) -> dict[str, Any]:
+    """Log the run to MLflow from the files it wrote (``include/lifecycle/tracking.py``): one MLflow
+    run in the problem's experiment (params, per-round metrics with intervals, data counts, the
+    decision as a tag, the reports and plots as artifacts) and a nested run per training trial.
+
+    Runs after ``publish_report`` whatever happened (a failed run is logged too, as FAILED), so
+    the report and run_summary.json exist before anything talks to the tracking store. Idempotent:
+    a retry finds the run by its tags and adds nothing twice. A tracking error fails this task
+    only (it is retried: a tracking server down, a locked SQLite store): the report is already
+    written, the decision stands, and the run shows failed with this task red; clearing it logs
+    the run again."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from include.lifecycle import mlflow_env, tracking
+    from ml_lifecycle.settings import artifact_root
+
+    rc = RunContext.from_airflow(problem, context)
+    root = str(artifact_root())
+    dag_id = context["dag"].dag_id if context.get("dag") is not None else problem
+    try:
+        client = mlflow_env.client(artifact_root=root)
+        experiment_id = mlflow_env.experiment_id(client, problem, artifact_root=root)
+        result = tracking.log_run(
+            client,
+            experiment_id,
+            rc.store,
+            rc.run_id,
+            spec=rc.spec,
+            run_conf=rc.params,
+            backend=rc.backend.name,
+            dag_id=dag_id,
+        )
+    except Exception as exc:
+        where = mlflow_env.tracking_uri(root)
+        log.error("log_to_mlflow: the run was NOT logged to %s: %s: %s", where, type(exc).__name__, exc)
+        # an AirflowException keeps the task's retries (fail_fast would end a plain error at once)
+        raise AirflowException(f"MLflow tracking of run {rc.run_id} at {where} failed: {exc}") from exc
+    url = tracking.run_page(tracking.ui_url(), experiment_id, result["mlflow_run_id"])
+    log.info(
+        "log_to_mlflow: run %s logged to %s (experiment %s): decision %s, %d trials as nested runs, "
+        "%d new metric values, %d artifacts; %s",
+        rc.run_id,
+        mlflow_env.tracking_uri(root),
+        experiment_id,
+        result["decision"],
+        result["trials"],
+        result["new_metric_values"],
+        result["artifacts"],
+        url,
+    )
+    if result["param_conflicts"]:
+        log.warning(
+            "log_to_mlflow: params already logged with other values, left as they were: %s", result["param_conflicts"]
+        )
+    return {**result, "url": url}
+
+
+def model_deployed(problem: str, **context: Any) -> dict[str, Any]:
+    """The run's end at a glance in the grid: this task succeeds when the run deployed a new
+    champion and is skipped when it did not (goal not met, champion kept, rejected, not promoted);
+    the skip says why. A failed run never gets here (publish_report failed: upstream failed)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    rc = RunContext.from_airflow(problem, context)
+    summary = rc.store.read_json(rc.layout.run_summary)
+    decision = summary.get("decision")
+    if decision != "deployed":
+        raise AirflowSkipException(f"not deployed: {decision} - {summary.get('reason')}")
+    log.info(
+        "model_deployed: version %s is the champion (was %s)",
+        summary.get("model_version"),
+        summary.get("champion_before"),
+    )
+    return {"decision": decision, "version": summary.get("model_version")}

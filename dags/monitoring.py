@@ -1,0 +1,66 @@
+"""Production monitoring: one DAG per problem whose daily partitions are batch-scored and labelled.
+
+Every day, `monitor_champion` joins the labels that have matured (``data.labels.maturity_days``)
+to the rows batch scoring scored, computes the champion's realised goal metric per day and over
+the rolling window (``monitoring.window_days``) with intervals, measures the drift of the newest
+scored days' inputs against the champion's training rows, and writes
+
+    <artifact root>/<problem>/monitoring/ds=YYYY-MM-DD/monitoring.json   figures and verdict
+    <artifact root>/<problem>/monitoring/ds=YYYY-MM-DD/report.html       series with the goal line
+
+When the window misses the goal with confidence (or, if the spec asks, the inputs drift),
+`request_retraining` updates the asset ``<problem>.retrain_requested`` with the evidence in its
+``extra``: the lifecycle DAG is scheduled on its cron *or* that asset, so it retrains on evidence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
+from ml_lifecycle.assets import retrain_requested_asset
+from ml_lifecycle.errors import fail_fast
+from ml_lifecycle.settings import task_defaults
+
+SCHEDULE = "@daily"
+
+
+def build_dag(spec: Spec) -> DAG:
+    from ml_lifecycle.sections import monitoring
+
+    with DAG(
+        dag_id=f"{spec.name}_monitoring",
+        description=f"{spec.title}: the champion's realised goal metric and drift; retraining on evidence",
+        doc_md=__doc__,
+        schedule=SCHEDULE,
+        start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags={"ml-lifecycle", "monitoring", f"backend:{spec.backend}", *spec.tags},
+        default_args=task_defaults(spec.owner),
+    ) as dag:
+        monitor_champion = PythonOperator(
+            task_id="monitor_champion",
+            python_callable=fail_fast(monitoring.monitor_champion),
+            op_kwargs={"problem": spec.name},
+        )
+        request_retraining = PythonOperator(
+            task_id="request_retraining",
+            python_callable=fail_fast(monitoring.request_retraining),
+            op_kwargs={"problem": spec.name},
+            outlets=[retrain_requested_asset(spec.name)],
+        )
+        monitor_champion >> request_retraining
+    return dag
+
+
+for _path in spec_files():
+    try:
+        _spec = load_spec(_path)
+    except SpecError:
+        continue  # dags/lifecycle_dags.py reports a broken spec with its file, field and rule
+    if _spec.monitored:
+        globals()[f"dag_{_spec.name}_monitoring"] = build_dag(_spec)

@@ -1,0 +1,103 @@
+"""The monitoring DAG (dags/monitoring.py) on a drift scenario, whole DAGs in ``dag.test()``:
+
+1. a champion is trained on the days before a new fraud pattern starts (synth ``drift_from``);
+2. the batch-scoring DAG scores the following days with it;
+3. once their chargebacks have matured, the monitoring DAG finds the realised goal metric below
+   the goal with confidence, writes its report and updates ``<problem>.retrain_requested`` with
+   the evidence in the event's ``extra`` (recorded in Airflow's metadata database);
+4. on the same data before the drift has matured, it requests nothing.
+
+The problem is the flagship's spec under another name, with its own data and artifact roots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.lifecycle import synth
+from tests.integration.dagrun import ROOT, run_dag, write_spec
+
+pytestmark = pytest.mark.integration
+
+NAME = "fraud_drift"
+DRIFT_DAY = dt.date(2026, 10, 1)
+SCORED_DAYS = 9  # DRIFT_DAY - 2 .. DRIFT_DAY + 6
+MATURITY = 10
+
+
+@pytest.fixture(scope="module")
+def env(session_tmp: Path) -> Iterator[dict[str, Path]]:
+    base = session_tmp / "monitoring"
+    artifacts, data, problems = base / "artifacts", base / "data", base / "problems"
+    landing = data / "data" / NAME / "landing"
+    end = DRIFT_DAY + dt.timedelta(days=SCORED_DAYS + MATURITY + 1)
+    synth.generate(landing, end=end, days=(end - DRIFT_DAY).days + 30, tx_per_day=2500, seed=7, drift_from=DRIFT_DAY)
+    spec = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    spec["name"] = NAME
+    spec["max_rounds"] = 1
+    spec["data"]["source"] = f"data/{NAME}/landing/transactions"
+    spec["data"]["labels"]["source"] = f"data/{NAME}/landing/chargebacks"
+    spec["data"]["lookback_days"] = 28
+    spec["monitoring"] = {"window_days": 5, "min_positives": 8, "drift_days": 3}
+    write_spec(problems, spec)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_VAR_ML_ARTIFACT_ROOT", str(artifacts))
+        mp.setenv("ML_ARTIFACT_ROOT", str(artifacts))
+        mp.setenv("ML_DATA_ROOT", str(data))
+        yield {"artifacts": artifacts / NAME, "problems": problems}
+
+
+def _at(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def test_the_monitor_sees_the_champion_decay_and_requests_retraining(airflow_db, env) -> None:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    problems = env["problems"]
+    # 1. the champion: trained on the days before the new pattern (deployed whatever its score:
+    #    the monitor's question is how the deployed model does afterwards)
+    state, _, run_dir = run_dag(NAME, _at(DRIFT_DAY - dt.timedelta(days=2)), problems_dir=problems,
+                                conf={"force_deploy": True})  # fmt: skip
+    assert state == "success"
+    assert json.loads((run_dir / "run_summary.json").read_text())["model_version"] is not None
+    # 2. it scores the days around the drift day, one batch run a day
+    for i in range(SCORED_DAYS):
+        day = DRIFT_DAY - dt.timedelta(days=2) + dt.timedelta(days=i)
+        state, _, _ = run_dag(f"{NAME}_batch_scoring", _at(day + dt.timedelta(days=1)), problems_dir=problems)
+        assert state == "success", day
+    # 4. before the drifted days' labels have matured, the monitor has nothing to say
+    early = DRIFT_DAY + dt.timedelta(days=MATURITY)  # the two days before the drift have matured
+    state, _, _ = run_dag(f"{NAME}_monitoring", _at(early), problems_dir=problems)
+    assert state == "success"
+    quiet = json.loads((env["artifacts"] / "monitoring" / f"ds={early}" / "monitoring.json").read_text())
+    assert not quiet["verdict"]["retrain"], quiet["verdict"]
+    # 3. once they have, the realised goal metric is below the goal with confidence
+    late = DRIFT_DAY + dt.timedelta(days=SCORED_DAYS + MATURITY - 2)
+    state, run_id, _ = run_dag(f"{NAME}_monitoring", _at(late), problems_dir=problems)
+    assert state == "success"
+    folder = env["artifacts"] / "monitoring" / f"ds={late}"
+    summary = json.loads((folder / "monitoring.json").read_text())
+    v, w = summary["verdict"], summary["realised"]["window"]
+    assert v["retrain"] and v["decayed"], v
+    assert w["high"] < summary["realised"]["target"] and w["start"] >= DRIFT_DAY.isoformat(), w
+    drifted = [d for d in summary["realised"]["per_day"] if d["value"] is not None]
+    assert drifted and all(d["value"] < summary["realised"]["target"] for d in drifted)
+    # the same champion on the days before the pattern (the early monitor's window) did better
+    assert quiet["realised"]["window"]["value"] > w["value"], (quiet["realised"]["window"], w)
+    assert summary["counts"]["rows_matured"] > 0 and summary["drift"] is not None
+    assert "RETRAINING REQUESTED" in (folder / "report.html").read_text()
+    # the request is an asset event carrying the evidence
+    with create_session() as session:
+        asset = session.query(AssetModel).filter(AssetModel.name == f"{NAME}.retrain_requested").one()
+        events = session.query(AssetEvent).filter(AssetEvent.asset_id == asset.id).all()
+    assert len(events) == 1 and events[0].source_run_id == run_id
+    extra = events[0].extra
+    assert extra["evidence"]["window"]["high"] < summary["realised"]["target"]
+    assert any("decay" in r for r in extra["reasons"]) and extra["report_uri"].endswith("report.html")
