@@ -25,6 +25,7 @@ help:
 	@echo "make run   - set up and run the flagship problem ($(PROBLEM)) end to end offline"
 	@echo "make test  - set up, lint (ruff) and run the tests"
 	@echo "make up    - start airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
+	@echo "make rollback [VERSION=n] - move $(PROBLEM)'s champion alias back to the previous (or given) version"
 	@echo "make mlflow - the MLflow UI on http://127.0.0.1:$${MLFLOW_PORT:-5000} over the runs' tracking store"
 
 $(VENV)/.installed: requirements.txt
@@ -117,6 +118,12 @@ mlflow: setup
 	echo "MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) - store $$store, artifacts $$artifacts"; \
 	exec $(VENV)/bin/mlflow server --backend-store-uri "$$store" --default-artifact-root "$$artifacts" \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# Move the champion alias of $(PROBLEM) back to the previous champion, or to VERSION=n; the version
+# is checked intact first and the rollback recorded on it (plugins/ml_lifecycle/devtools.py rollback).
+.PHONY: rollback
+rollback: setup
+	$(DEVTOOLS) rollback $(PROBLEM) $(if $(VERSION),--version $(VERSION))
 
 lock:
 	$(UV) pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.txt --no-header

@@ -135,7 +135,7 @@ def read_run(artifact_root: Path, problem: str) -> dict[str, Any]:
         raise SystemExit(f"{problem}: the stored test scores give {again}, the run reported {ev['test_score']}")
     bundle_scores = None
     if summary["decision"] == "deployed":
-        reg = ModelRegistry(store.sub("registry"))
+        reg = ModelRegistry(store, problem)
         version = summary["model_version"]
         with tempfile.TemporaryDirectory() as tmp:
             bundle = ModelBundle.load(reg.materialise(version, tmp))

@@ -27,9 +27,16 @@ class TrackingConfigError(ValueError):
 
 
 def _artifact_root(artifact_root: str | None = None) -> str:
-    """The artifact root as a URI: the argument, else ``$ML_ARTIFACT_ROOT``, else ``<project>/artifacts``."""
+    """The artifact root as a URI: the argument, else ``$ML_ARTIFACT_ROOT``, else ``<project>/artifacts``
+    (an Airflow connection id in an ``s3://conn@bucket/...`` URI is dropped)."""
     root = artifact_root or os.environ.get("ML_ARTIFACT_ROOT") or str(PROJECT_ROOT / "artifacts")
-    return (root if "://" in root else Path(root).resolve().as_uri()).rstrip("/")
+    if "://" not in root:
+        return Path(root).resolve().as_uri().rstrip("/")
+    scheme, _, rest = root.partition("://")
+    bucket, sep, key = rest.partition("/")
+    # Airflow's ObjectStoragePath names its connection in the URI (s3://aws_default@bucket/...): MLflow
+    # and boto3 know only s3://bucket/...
+    return f"{scheme}://{bucket.rsplit('@', 1)[-1]}{sep}{key}".rstrip("/") if scheme != "file" else root.rstrip("/")
 
 
 def tracking_uri(artifact_root: str | None = None) -> str:

@@ -1,7 +1,8 @@
 """Scoring with the champion: the one code path the endpoint (serving.py) and the batch DAG share.
 
-* :func:`load_champion` reads ``registry/champion.json``, materialises that version with every
-  sha256 checked (:meth:`ModelRegistry.materialise`) and loads its :class:`ModelBundle`.
+* :func:`load_champion` reads the registered model's ``champion`` alias (MLflow), materialises
+  that version with every sha256 checked (:meth:`ModelRegistry.materialise`) and loads its
+  :class:`ModelBundle`.
 * :func:`validate_rows` casts raw rows (text from CSV, JSON values) to the spec's schema with
   the same rules as collect_and_label and raises :class:`InvalidRows` naming the column and
   the rule (missing columns, wrong types, values out of range or not allowed).
@@ -72,8 +73,8 @@ class Champion:
 
 
 def champion_version(registry: ModelRegistry) -> int | None:
-    record = registry.champion()
-    return int(record["version"]) if record else None
+    """The version the alias ``champion`` points at (one registry read: what the endpoint polls)."""
+    return registry.champion_version()
 
 
 def load_champion(registry: ModelRegistry, problem: str, *, version: int | None = None) -> Champion:
@@ -82,7 +83,7 @@ def load_champion(registry: ModelRegistry, problem: str, *, version: int | None 
     record = registry.champion()
     if version is None:
         if not record:
-            raise NoChampion(f"{registry.store.uri('champion.json')}: no champion deployed for {problem!r} yet")
+            raise NoChampion(f"{registry.where()}: no alias champion, no champion deployed for {problem!r} yet")
         version = int(record["version"])
     with tempfile.TemporaryDirectory(prefix=f"champion-{problem}-v{version}-") as tmp:
         # the bundle is fully in memory after load: the verified copy can go right away

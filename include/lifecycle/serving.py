@@ -13,7 +13,7 @@ file against the manifest's sha256 first, and never reloads.
                         objects, or {"instances": [...]}); answers JSON (or CSV with
                         ``Accept: text/csv``): one prediction per row with its score, the
                         decision at the champion's threshold and the model version
-    POST /reload        re-read registry/champion.json now (loopback clients only)
+    POST /reload        re-read the registered model's alias ``champion`` now (loopback clients only)
     GET  /status        problem, model version, when it was loaded, the last reload error
 
 Rows go in raw (as in the landing data); they are cast and checked with the spec's schema
@@ -46,8 +46,9 @@ client cannot hold a thread); an idle keep-alive connection is closed after ``--
 seconds. The scoring itself runs ``--scoring-threads`` (1) requests at a time, which is faster
 than letting every connection's thread fight over the GIL.
 
-A new champion is picked up without a restart: a background thread polls ``champion.json``
-(``--poll-seconds``) and ``POST /reload`` (sent by deploy_model) reloads at once. The new
+A new champion is picked up without a restart: a background thread polls the MLflow registered
+model's alias ``champion`` (``--poll-seconds``) and ``POST /reload`` (sent by deploy_model) reloads
+at once; a rollback (``make rollback``) moves the alias back and is picked up the same way. The new
 bundle is loaded and checksum-verified beside the old one, then swapped in with one reference
 assignment; a request uses the champion it started with, so in-flight requests are unaffected.
 A version that fails to load (checksum, missing file) is refused and the old one keeps serving.
@@ -681,8 +682,10 @@ class ServingServer(ThreadingHTTPServer):
 
 
 def registry_for(artifact_root: str, problem: str) -> ModelRegistry:
+    """The registered model ``problem`` of the MLflow store of ``artifact_root`` (its files in
+    ``<artifact root>/<problem>``'s store)."""
     uri = artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
-    return ModelRegistry(Store.from_uri(uri.rstrip("/") + f"/{problem}/registry"))
+    return ModelRegistry(Store.from_uri(uri.rstrip("/") + f"/{problem}"), problem)
 
 
 def make_server(
@@ -699,7 +702,7 @@ def make_server(
     root = artifact_root or os.environ.get("ML_ARTIFACT_ROOT") or str(PROJECT_ROOT / "artifacts")
     spec = spec or load_spec(spec_path(problem))
     registry = registry_for(root, problem)
-    problem_store = Store(registry.store.fs, registry.store.root.rsplit("/", 1)[0])
+    problem_store = registry.store
     if history_days is None:  # the window the model was trained on
         history_days = spec.data.lookback_days if pii_key else 0
     holder = ChampionHolder(registry, spec, problem=problem_store, history_days=history_days, pii_key=pii_key)

@@ -3,8 +3,11 @@
 ``approve_deployment`` is an Airflow human-in-the-loop ApprovalOperator: it shows the round
 history and the candidate's metrics against the goal and the champion (read from the run's
 artifacts) and waits for Approve or Reject in the UI (*Required actions*) or over REST.
-Approve: ``deploy_model`` runs. Reject (or no answer within ``deploy.approval_timeout_hours``):
-nothing is deployed, the outcome ``rejected`` is recorded and the report is still published.
+Approve: ``deploy_model`` runs and records who approved, and when, as tags of the model version
+it registers in MLflow (``approval.approved``, ``approval.by``, ``approval.at``: see
+``include.lifecycle.registry.approval_tags``). Reject (or no answer within
+``deploy.approval_timeout_hours``): nothing is deployed, the outcome ``rejected`` is recorded and
+the report is still published.
 The run param ``skip_approval`` bypasses the question (recorded as such).
 """
 

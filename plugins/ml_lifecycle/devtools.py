@@ -3,6 +3,7 @@
     python -m ml_lifecycle.devtools check-spec PROBLEM
     python -m ml_lifecycle.devtools demo-data [PROBLEM ...] --run-date D --days N --per-day N
     python -m ml_lifecycle.devtools finish-run PROBLEM --since EPOCH --log FILE --artifact-root ROOT
+    python -m ml_lifecycle.devtools rollback PROBLEM [--version N] [--by NAME] [--reason TEXT]
 
 ``check-spec`` validates one problem spec before Airflow runs it and prints the loader's
 message (file, field, rule). ``demo-data`` generates, or extends to today, the synthetic card
@@ -11,6 +12,11 @@ data for the problems whose spec reads it (``data.source`` under ``card_fraud/la
 its start date to when its first task started (``dags test`` records the logical date as the
 start date, so a run of 2026-11-01 would show in the UI as lasting weeks), prints that run's
 summary (or, when it failed or never started, the error) and exits with the run's status.
+``rollback`` (``make rollback PROBLEM=... [VERSION=...]``) moves the MLflow alias ``champion`` of
+the problem's registered model back to the previous champion, or to version N, after checking
+every file of that version against its sha256; who and when are recorded in the version's tags
+and the deployment history. A running endpoint serves it within its poll interval (at once when
+``ml_serving_url`` / ``$ML_SERVING_URL`` names it: it is told to reload).
 
 Airflow's plugin manager imports every module of the plugins folder: this one imports airflow
 and the project's modules only inside its functions.
@@ -187,6 +193,46 @@ def finish_run(problem: str, *, since: float, log_path: Path, artifact_root: str
     return 0 if state == "success" else 1
 
 
+def rollback(
+    problem: str, *, version: int | None, by: str | None, reason: str | None, artifact_root: str | None
+) -> int:
+    """Move the champion alias back (see :meth:`ModelRegistry.rollback`); 0 on success, 1 with the
+    reason on stderr when there is nothing to roll back to or the target is damaged."""
+    import getpass
+
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+
+    if artifact_root:
+        uri = artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+        store = Store.from_uri(f"{uri.rstrip('/')}/{problem}")
+    else:  # the store the problem's tasks use (the spec's backend, the ml_artifact_root variable)
+        from ml_lifecycle.context import resolve
+        from ml_lifecycle.settings import spec_for
+
+        store = resolve(spec_for(problem)).store()
+    registry = ModelRegistry(store, problem)
+    before = registry.champion_version()
+    try:
+        record = registry.rollback(version, by=by or getpass.getuser(), reason=reason)
+    except ValueError as exc:
+        _err(f"rollback of {problem}: {exc}")
+        return 1
+    print(
+        f"{problem}: the alias champion moved from version {before} to version {record['version']} "
+        f"({registry.model_uri(record['version'])}, {registry.tracking_uri}); recorded by {record['rolled_back_by']} "
+        f"at {record['deployed_at']}"
+    )
+    from ml_lifecycle.endpoint import notify_serving
+
+    told = notify_serving(problem, record["version"])
+    if told.get("notified"):
+        print(f"the endpoint at {told['url']} reloaded: serving version {told.get('model_version')}")
+    else:
+        print("a running endpoint picks the new champion up when it next polls (make serve: every 5 s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_lifecycle.devtools", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,7 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--since", type=float, required=True, help="epoch seconds before airflow dags test started")
     p.add_argument("--log", type=Path, required=True, help="the output of airflow dags test")
     p.add_argument("--artifact-root", required=True)
+    p = sub.add_parser("rollback", help="move the champion alias back to the previous (or a given) version")
+    p.add_argument("problem")
+    p.add_argument("--version", type=int, default=None, help="roll back to this version (default: the previous)")
+    p.add_argument("--by", default=None, help="who rolls back (default: the current user)")
+    p.add_argument("--reason", default=None, help="why (kept in the deployment record)")
+    p.add_argument("--artifact-root", default=None, help="default: the store the problem's tasks use")
     args = parser.parse_args(argv)
+    if args.command == "rollback":
+        return rollback(
+            args.problem, version=args.version, by=args.by, reason=args.reason, artifact_root=args.artifact_root
+        )
     if args.command == "check-spec":
         return check_spec(args.problem)
     if args.command == "demo-data":

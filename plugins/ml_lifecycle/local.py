@@ -85,7 +85,7 @@ class LocalBackend(Backend):
         from include.lifecycle.spec import resolve_source
 
         try:
-            champion = load_champion(ModelRegistry(rc.store.sub("registry")), rc.spec.name)
+            champion = load_champion(ModelRegistry(rc.store, rc.spec.name), rc.spec.name)
         except (NoChampion, ChecksumError) as exc:
             raise AirflowFailException(f"cannot score ds={ds}: {exc}") from exc
         source = self.input_store(resolve_source(rc.spec.data.source))

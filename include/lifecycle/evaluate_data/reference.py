@@ -25,7 +25,7 @@ import pandas as pd
 from include.lifecycle.evaluate_data.labels import _utc
 from include.lifecycle.evaluate_data.profiling import profile
 from include.lifecycle.evaluate_data.stability import drift, reference_bins
-from include.lifecycle.layout import REGISTRY, RunLayout
+from include.lifecycle.layout import RunLayout
 from include.lifecycle.registry import ModelRegistry
 from include.lifecycle.store import Store
 
@@ -41,7 +41,7 @@ def champion_training_data(
     the time column). The info holds ``version``, ``run_id``, ``round``, ``dataset_rel``,
     ``train_end`` (ISO instant; None for a random split), ``rows``, ``note`` (a damaged champion
     skipped) and ``description``."""
-    reg = ModelRegistry(problem.sub(REGISTRY))
+    reg = ModelRegistry(problem)
     if reg.champion() is None:
         return None, {"why": FIRST_MODEL}
     champ, damaged = reg.last_intact_champion()
@@ -49,7 +49,7 @@ def champion_training_data(
     if champ is None:
         return None, {"why": f"no reference: no intact champion ({note})", "note": note}
     version = int(champ["version"])
-    lineage = reg.store.read_json_or(f"versions/{version}/lineage.json")
+    lineage = reg.lineage(version)
     if not lineage or not lineage.get("run_id") or lineage.get("round") is None:
         return None, {"why": f"no reference: champion version {version} has no lineage naming its run", "note": note}
     rnd = RunLayout(lineage["run_id"]).round(int(lineage["round"]))

@@ -58,8 +58,9 @@ def upload_model(problem: Store, spec: Spec, version: int) -> str:
     aws = require_aws(spec)
     rel = f"sagemaker/models/v{version}/model.tar.gz"
     if not problem.exists(rel):
-        files = ModelRegistry(problem.sub("registry")).load(version) | {
-            "manifest.json": problem.read_bytes(f"registry/versions/{version}/manifest.json"),
+        registry = ModelRegistry(problem, spec.name)
+        files = registry.load(version) | {
+            "manifest.json": json.dumps(registry.manifest(version), sort_keys=True).encode(),
             # the serving container checks rows with the spec's schema rules (serving.py --model-dir)
             "spec.json": json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode(),
         }

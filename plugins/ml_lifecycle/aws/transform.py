@@ -54,7 +54,7 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         log(f"score_new_data: re-using the transform input of this run ({rc.store.uri(folder)})")
         return rc.store.read_json(f"{folder}/prepare.json")
     try:
-        champion = load_champion(ModelRegistry(rc.store.sub("registry")), spec.name)
+        champion = load_champion(ModelRegistry(rc.store, spec.name), spec.name)
     except NoChampion as exc:
         fail(f"cannot score ds={ds}: {exc}")
     model = champion_model_name(spec, champion.version)

@@ -39,11 +39,35 @@ def promote_or_recheck(rc: RunContext, reg: Any, version: int, ev: dict[str, Any
     )
 
 
+def champion_event_extra(reg: Any, out: dict[str, Any], ev: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The ``extra`` of the ``<problem>.champion_model`` asset event: what a consumer (the batch
+    scoring DAG, a person reading the asset's events) needs without opening the registry."""
+    metric = ev["metric"]
+    ci = ((ev.get("intervals") or {}).get(metric)) or (ev.get("goal_check") or {}).get("interval") or {}
+    version = out.get("version")
+    return {
+        "decision": out["decision"],
+        "version": version,
+        "registered_version": out.get("registered_version", version),
+        "previous_version": out.get("previous_champion"),
+        "metric": metric,
+        "test_score": ev["test_score"],
+        "interval": {k: ci.get(k) for k in ("low", "high", "level", "method") if ci.get(k) is not None} or None,
+        "run_id": run_id,
+        "round": out.get("round"),
+        "model_name": reg.name,
+        "model_uri": reg.model_uri(version) if version is not None else None,
+        "alias_uri": f"models:/{reg.name}@champion",
+        "tracking_uri": reg.tracking_uri,
+    }
+
+
 def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
-    """Register the winning round's bundle as a new version, make it the champion and serve it."""
+    """Register the winning round's bundle as a new version of the problem's registered model in
+    MLflow, move the alias ``champion`` to it (compare-and-set) and serve it; the
+    ``<problem>.champion_model`` asset event carries the version, metric, interval, run and model URI."""
     from include.lifecycle import deploy
-    from include.lifecycle.layout import REGISTRY
-    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.registry import ModelRegistry, approval_tags
 
     rc = RunContext.from_airflow(problem, context)
     rounds = rc.rounds()
@@ -68,13 +92,12 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
     except ValueError as exc:
         raise AirflowFailException(f"deploy_model: {exc}") from exc
     files["lineage.json"] = json.dumps(lineage, indent=2, sort_keys=True).encode()
-    reg = ModelRegistry(rc.store.sub(REGISTRY))
-    # idempotent on retry: a version this run and round already registered is re-used, not duplicated
-    version = next(
-        (v for v in reg.versions() if (reg.metadata(v).get("run_id"), reg.metadata(v).get("round")) == (rc.run_id, k)),
-        None,
-    )
-    if version is None:
+    reg = ModelRegistry(rc.store, rc.spec.name)
+    # idempotent on retry: the version this run and round registered (found by its claim tag) is
+    # re-used; a try killed before MLflow created the version left only files, which are rewritten
+    claim = {"run_id": rc.run_id, "round": k}
+    earlier = reg.find(claim)
+    if earlier is None:
         version = reg.register(
             files,
             {
@@ -85,13 +108,15 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
                 "round": k,
                 "trained_in_round": trained["round"],
             },
-            claim={"run_id": rc.run_id, "round": k},  # a retry after a kill reuses the half-written version
+            claim=claim,
+            tags=approval_tags(rc.store.read_json_or(rc.layout.approval)),
         )
+        log.info("deploy_model: registered version %s of %s", version, reg.where())
     else:
+        version = earlier
         log.info("deploy_model: re-using version %s, registered by an earlier try of this run", version)
-    current = reg.champion()
-    already = current is not None and current["version"] == version  # an earlier try promoted it
-    record = current if already else promote_or_recheck(rc, reg, version, ev)
+    # a retry after a kill that followed the alias move finds its own promotion and completes it
+    record = promote_or_recheck(rc, reg, version, ev)
     if record is None:
         out = {
             "decision": "not_promoted",
@@ -102,6 +127,7 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
             "reason": rc.store.read_json(rc.layout.recheck)["reason"],
         }
         rc.record_outcome(out)
+        _asset_extra(context, problem, champion_event_extra(reg, out, ev, rc.run_id))
         log.info("deploy_model: version %s registered, not promoted - %s", version, out["reason"])
         return out
     out = {
@@ -111,11 +137,26 @@ def deploy_model(problem: str, **context: Any) -> dict[str, Any]:
         "previous_champion": record["previous"],
         "test_score": ev["test_score"],
         "reason": ev["decision"]["reason"],
+        "model_uri": reg.model_uri(version),
         **rc.backend.publish_champion(rc, version, log=log.info),
     }
     rc.record_outcome(out)
-    log.info("deploy_model: version %s is the champion (was %s)", version, record["previous"])
+    _asset_extra(context, problem, champion_event_extra(reg, out, ev, rc.run_id))
+    log.info(
+        "deploy_model: version %s is the champion (was %s): %s", version, record["previous"], reg.model_uri(version)
+    )
     return out
+
+
+def _asset_extra(context: Any, problem: str, extra: dict[str, Any]) -> None:
+    """Set the ``extra`` of this task's ``champion_model`` asset event (the Task SDK's
+    ``outlet_events`` accessor; the event is emitted when the task succeeds)."""
+    from ml_lifecycle.assets import champion_model_asset
+
+    events = context.get("outlet_events")
+    if events is None:  # called outside a task (unit tests of the section with a plain context)
+        return
+    events[champion_model_asset(problem)].extra = extra
 
 
 def _last_evaluated(rc: RunContext) -> dict[str, Any]:

@@ -33,14 +33,8 @@ def _local_copy(rc: RunContext, rel: str, folder: str) -> str:
 
 
 def _champion_chain(reg: Any) -> list[dict[str, Any]]:
-    """The promotion chain, newest first: champion.json, then each record's ``previous``."""
-    by_version = {d["version"]: d for d in reg.deployments()}
-    chain, record = [], reg.champion()
-    while record is not None and record["version"] not in {r["version"] for r in chain}:
-        chain.append(record)
-        previous = record.get("previous")
-        record = by_version.get(previous) if previous is not None else None
-    return chain
+    """The promotion chain, newest first: the champion (MLflow alias), then each record's ``previous``."""
+    return reg.chain()
 
 
 def test_rows_digest(df: Any) -> str:
@@ -72,11 +66,10 @@ def champion_on_test(rc: RunContext, plan: dict[str, Any]) -> tuple[int | None, 
     from include.lifecycle.assessment import ChampionOnTest, unseen_rows
     from include.lifecycle.bundle import ModelBundle
     from include.lifecycle.dataset import TEST, assign_splits, target_vector
-    from include.lifecycle.layout import REGISTRY
     from include.lifecycle.registry import ModelRegistry
 
     spec = rc.spec
-    reg = ModelRegistry(rc.store.sub(REGISTRY))
+    reg = ModelRegistry(rc.store, spec.name)
     df = rc.store.read_parquet(plan["dataset_rel"])
     y = target_vector(df[spec.problem.target], spec)
     test = assign_splits(df, spec, y, as_of=rc.as_of) == TEST  # the very rows the candidate is tested on

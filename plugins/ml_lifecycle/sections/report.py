@@ -44,7 +44,6 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
     """run_summary.json (machine-readable) and report.html (EDA + rounds + decision), whatever
     happened: a run in which a task failed gets ``decision: failed`` with the failing task and its
     error, and this task then fails too, so the run is marked failed."""
-    from include.lifecycle.layout import REGISTRY
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.report_run import render_run_report, run_summary
 
@@ -71,7 +70,7 @@ def publish_report(problem: str, **context: Any) -> dict[str, Any]:
             "reason": "the run ended without an outcome (no task recorded a failure)",
         }
     rounds = rc.rounds()
-    reg = ModelRegistry(rc.store.sub(REGISTRY))
+    reg = ModelRegistry(rc.store, rc.spec.name)
     try:
         champion_after = reg.champion()
     except Exception as exc:  # a damaged registry must not stop the report that explains the run
