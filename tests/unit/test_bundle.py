@@ -22,12 +22,19 @@ from include.lifecycle.models import build_model, fit_model, predict, save_model
 from include.lifecycle.registry import ChecksumError, ModelRegistry
 from include.lifecycle.spec import PROJECT_ROOT, FeatureGroupSpec, Spec, load_spec
 from include.lifecycle.store import Store
+from tests.registry_store import mlflow_db_in, version_file
 
 CARD_FRAUD = PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml"
 CATEGORIES = ["grocery", "fuel", "restaurants", "travel", "gambling", "digital_goods"]
 CHANNELS = ["pos", "ecom", "contactless"]
 EXCLUDE = ["is_fraud", "transaction_id", "ts", "card_number"]
 GROUPS = ("transaction", "card_velocity", "merchant_risk")
+
+
+def _registry(tmp_path: Path) -> ModelRegistry:
+    """The registered model card_fraud in an MLflow store of its own (the artifact root tmp_path)."""
+    mlflow_db_in(tmp_path)
+    return ModelRegistry(Store.from_uri((tmp_path / "card_fraud").as_uri()))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +113,7 @@ def test_bundle_round_trip_through_the_registry(
 ) -> None:
     train, test = data
     files, pre, model = _build_bundle_files(spec, train, family, params, tmp_path, threshold=0.37)
-    registry = ModelRegistry(Store.from_uri(f"file://{tmp_path / 'registry'}"))
+    registry = _registry(tmp_path)
     version = registry.register(files, {"problem": spec.name})
 
     bundle = ModelBundle.load(registry.materialise(version, tmp_path / "champion"))
@@ -182,7 +189,7 @@ def test_bundle_scores_do_not_depend_on_column_order_or_extra_columns(
 ) -> None:
     train, test = data
     files, _, _ = _build_bundle_files(spec, train, "logistic", {"C": 1.0}, tmp_path, threshold=0.5)
-    registry = ModelRegistry(Store.from_uri(f"file://{tmp_path / 'registry'}"))
+    registry = _registry(tmp_path)
     bundle = ModelBundle.load(registry.materialise(registry.register(files, {}), tmp_path / "m"))
     reference = bundle.score(test)
     shuffled = test[list(reversed(test.columns))].assign(unrelated=1.0)
@@ -211,10 +218,9 @@ def test_tampered_bundle_is_refused_before_loading(
     train, _ = data
     params = {"n_estimators": 10, "max_depth": 2}
     files, _, _ = _build_bundle_files(spec, train, "xgboost", params, tmp_path, threshold=0.5)
-    store = Store.from_uri(f"file://{tmp_path / 'registry'}")
-    registry = ModelRegistry(store)
+    registry = _registry(tmp_path)
     version = registry.register(files, {})
-    target = Path(store.path(f"versions/{version}/{name}"))
+    target = version_file(registry, version, name)
     target.write_bytes(target.read_bytes() + b" ")  # appended bytes: still parses, but not what was registered
     out = tmp_path / "champion"
     with pytest.raises(ChecksumError, match=name):

@@ -29,24 +29,16 @@ from include.lifecycle.registry import (
     approval_tags,
 )
 from include.lifecycle.store import Store, sha256_bytes
+from tests.registry_store import mlflow_db_in, version_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "card_fraud"
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database with its schema (creating it takes seconds: done once, then copied)."""
-    root = tmp_path_factory.mktemp("mlflow-template")
-    os.environ.pop(mlflow_env.ENV, None)
-    mlflow_env.client(str(root)).search_experiments()
-    return root / "mlflow.db"
-
-
 @pytest.fixture
-def store(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.delenv(mlflow_env.ENV, raising=False)
-    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    mlflow_db_in(tmp_path)  # the MLflow store of the artifact root tmp_path
     return Store.from_uri((tmp_path / PROBLEM).as_uri())
 
 
@@ -63,9 +55,7 @@ def _files(tag: str) -> dict[str, bytes]:
     }
 
 
-def _file(registry: ModelRegistry, version: int, name: str) -> Path:
-    """Where a version's file lives in the artifact store (to damage it)."""
-    return Path(registry.store.root).parent / registry.tags(version)["bundle_path"] / name
+_file = version_file
 
 
 # --------------------------------------------------------------------------------------
@@ -534,14 +524,14 @@ def moto_s3() -> object:
 
 
 @pytest.fixture
-def s3_registry(moto_s3: str, tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+def s3_registry(moto_s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
     import boto3
     import s3fs
 
     creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
     bucket = f"registry-{tmp_path.name.lower().replace('_', '-')}"[:60]
     boto3.client("s3", endpoint_url=moto_s3, **creds).create_bucket(Bucket=bucket)
-    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    mlflow_db_in(tmp_path)
     monkeypatch.setenv(mlflow_env.ENV, f"sqlite:///{tmp_path / 'mlflow.db'}")  # SQLite cannot live in S3
     fs = s3fs.S3FileSystem(
         key="testing", secret="testing", client_kwargs={"endpoint_url": moto_s3}, skip_instance_cache=True

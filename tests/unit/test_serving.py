@@ -8,8 +8,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from include.lifecycle.scoring import tokenise_pii, validate_rows
 from include.lifecycle.serving import ServingServer, make_server
 from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec
 from include.lifecycle.store import Store
+from tests.registry_store import mlflow_db_in, version_file
 from tests.unit.test_bundle import _build_bundle_files, _transactions
 
 PROBLEM = "card_fraud"
@@ -61,7 +65,9 @@ def root(tmp_path_factory: pytest.TempPathFactory, spec: Spec) -> Path:
 
 
 def _registry(root: Path) -> ModelRegistry:
-    return ModelRegistry(Store.from_uri(f"file://{root}/{PROBLEM}/registry"))
+    """The registered model card_fraud of the MLflow store in artifact root ``root``."""
+    mlflow_db_in(root)
+    return ModelRegistry(Store.from_uri(f"file://{root}/{PROBLEM}"))
 
 
 def _bundle(root: Path, version: int, tmp: Path) -> ModelBundle:
@@ -487,7 +493,7 @@ def test_a_tampered_version_is_refused_and_the_old_champion_keeps_serving(
     server = _start(own, spec, poll_seconds=None)
     try:
         assert json.loads(request(server, "GET", "/ping")[2])["model_version"] == 1
-        model = Path(registry.store.path("versions/2/model.ubj"))
+        model = version_file(registry, 2, "model.ubj")
         model.write_bytes(model.read_bytes() + b" ")
         registry.promote(2, run_id="r2", expected_champion=1)
         status, _, answer = request(server, "POST", "/reload", b"")
@@ -498,6 +504,57 @@ def test_a_tampered_version_is_refused_and_the_old_champion_keeps_serving(
         assert status == 200 and scored["model_version"] == 1
         st = json.loads(request(server, "GET", "/status")[2])
         assert st["model_version"] == 1 and "ChecksumError" in st["last_error"]
+    finally:
+        server.stop()
+
+
+def _rollback(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``make rollback``'s command, as a person runs it (no endpoint URL configured: the endpoint polls)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ML_SERVING_URL", "AIRFLOW_VAR_ML_SERVING_URL")}
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")])
+    cmd = [sys.executable, "-m", "ml_lifecycle.devtools", "rollback", PROBLEM, "--artifact-root", str(root), *args]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_a_rollback_is_served_by_the_running_endpoint_within_its_poll_interval(
+    tmp_path: Path, root: Path, spec: Spec, requests_frame: pd.DataFrame
+) -> None:
+    own = tmp_path / "artifacts"
+    registry = _registry(own)
+    src = _registry(root)
+    for v in (1, 2):
+        assert registry.register(src.load(v), {}) == v
+    registry.promote(1, run_id="r1", expected_champion=None)
+    registry.promote(2, run_id="r2", expected_champion=1)
+    poll = 0.5
+    server = _start(own, spec, poll_seconds=poll)
+    body = csv_body(requests_frame.head(20))
+    expected = {v: _bundle(root, v, tmp_path).score(requests_frame.head(20)) for v in (1, 2)}
+
+    def served_version() -> int:
+        status, scored = invoke(server, body, "text/csv")
+        assert status == 200
+        v = scored["model_version"]
+        np.testing.assert_allclose([p["score"] for p in scored["predictions"]], expected[v], rtol=1e-6, atol=1e-9)
+        return v
+
+    try:
+        assert served_version() == 2
+        done = _rollback(own, "--by", "on-call", "--reason", "v2 alerts too often")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "the alias champion moved from version 2 to version 1" in done.stdout
+        moved = time.monotonic()
+        wait_for(lambda: served_version() == 1, seconds=10)
+        assert time.monotonic() - moved < poll + 5  # the poll interval, plus loading the bundle
+        tags = registry.tags(1)
+        assert (tags["rollback.from"], tags["rollback.by"]) == ("2", "on-call")
+        assert registry.champion()["reason"] == "v2 alerts too often"
+        # no previous champion left before version 1: refused, nothing moves
+        again = _rollback(own)
+        assert again.returncode == 1 and "has no previous champion: give the version" in again.stderr
+        # forward again to a given version (make rollback VERSION=2)
+        assert _rollback(own, "--version", "2").returncode == 0
+        wait_for(lambda: served_version() == 2, seconds=10)
     finally:
         server.stop()
 
