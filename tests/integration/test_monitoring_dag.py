@@ -5,7 +5,10 @@
 3. once their chargebacks have matured, the monitoring DAG finds the realised goal metric below
    the goal with confidence, writes its report and updates ``<problem>.retrain_requested`` with
    the evidence in the event's ``extra`` (recorded in Airflow's metadata database);
-4. on the same data before the drift has matured, it requests nothing.
+4. on the same data before the drift has matured, it requests nothing;
+5. the retraining run (run here directly: ``dag.test()`` does not follow assets; on the scheduler
+   the asset event starts it) trains on the drifted days, its champion scores the next days, and
+   the monitor sees the realised goal metric recover.
 
 The problem is the flagship's spec under another name, with its own data and artifact roots."""
 
@@ -35,7 +38,7 @@ def env(session_tmp: Path) -> Iterator[dict[str, Path]]:
     base = session_tmp / "monitoring"
     artifacts, data, problems = base / "artifacts", base / "data", base / "problems"
     landing = data / "data" / NAME / "landing"
-    end = DRIFT_DAY + dt.timedelta(days=SCORED_DAYS + MATURITY + 1)
+    end = DRIFT_DAY + dt.timedelta(days=46)
     synth.generate(landing, end=end, days=(end - DRIFT_DAY).days + 30, tx_per_day=2500, seed=7, drift_from=DRIFT_DAY)
     spec = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
     spec["name"] = NAME
@@ -56,34 +59,44 @@ def _at(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
-def test_the_monitor_sees_the_champion_decay_and_requests_retraining(airflow_db, env) -> None:
+def _monitor(env: dict[str, Path], day: dt.date) -> tuple[str, dict]:
+    state, run_id, _ = run_dag(f"{NAME}_monitoring", _at(day), problems_dir=env["problems"])
+    assert state == "success"
+    return run_id, json.loads((env["artifacts"] / "monitoring" / f"ds={day}" / "monitoring.json").read_text())
+
+
+def _score(env: dict[str, Path], first: dt.date, days: int) -> None:
+    for i in range(days):
+        day = first + dt.timedelta(days=i)
+        state, _, _ = run_dag(f"{NAME}_batch_scoring", _at(day + dt.timedelta(days=1)), problems_dir=env["problems"])
+        assert state == "success", day
+
+
+@pytest.fixture(scope="module")
+def champion_v1(airflow_db, env) -> dict:
+    """The champion trained on the days before the new pattern (deployed whatever its score: the
+    monitor's question is how the deployed model does afterwards), scoring the days around it."""
+    state, _, run_dir = run_dag(NAME, _at(DRIFT_DAY - dt.timedelta(days=2)), problems_dir=env["problems"],
+                                conf={"force_deploy": True})  # fmt: skip
+    assert state == "success"
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["model_version"] is not None
+    _score(env, DRIFT_DAY - dt.timedelta(days=2), SCORED_DAYS)
+    return summary
+
+
+def test_the_monitor_sees_the_champion_decay_and_requests_retraining(champion_v1, env) -> None:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
-    problems = env["problems"]
-    # 1. the champion: trained on the days before the new pattern (deployed whatever its score:
-    #    the monitor's question is how the deployed model does afterwards)
-    state, _, run_dir = run_dag(NAME, _at(DRIFT_DAY - dt.timedelta(days=2)), problems_dir=problems,
-                                conf={"force_deploy": True})  # fmt: skip
-    assert state == "success"
-    assert json.loads((run_dir / "run_summary.json").read_text())["model_version"] is not None
-    # 2. it scores the days around the drift day, one batch run a day
-    for i in range(SCORED_DAYS):
-        day = DRIFT_DAY - dt.timedelta(days=2) + dt.timedelta(days=i)
-        state, _, _ = run_dag(f"{NAME}_batch_scoring", _at(day + dt.timedelta(days=1)), problems_dir=problems)
-        assert state == "success", day
     # 4. before the drifted days' labels have matured, the monitor has nothing to say
     early = DRIFT_DAY + dt.timedelta(days=MATURITY)  # the two days before the drift have matured
-    state, _, _ = run_dag(f"{NAME}_monitoring", _at(early), problems_dir=problems)
-    assert state == "success"
-    quiet = json.loads((env["artifacts"] / "monitoring" / f"ds={early}" / "monitoring.json").read_text())
+    _, quiet = _monitor(env, early)
     assert not quiet["verdict"]["retrain"], quiet["verdict"]
     # 3. once they have, the realised goal metric is below the goal with confidence
     late = DRIFT_DAY + dt.timedelta(days=SCORED_DAYS + MATURITY - 2)
-    state, run_id, _ = run_dag(f"{NAME}_monitoring", _at(late), problems_dir=problems)
-    assert state == "success"
+    run_id, summary = _monitor(env, late)
     folder = env["artifacts"] / "monitoring" / f"ds={late}"
-    summary = json.loads((folder / "monitoring.json").read_text())
     v, w = summary["verdict"], summary["realised"]["window"]
     assert v["retrain"] and v["decayed"], v
     assert w["high"] < summary["realised"]["target"] and w["start"] >= DRIFT_DAY.isoformat(), w
@@ -101,3 +114,26 @@ def test_the_monitor_sees_the_champion_decay_and_requests_retraining(airflow_db,
     extra = events[0].extra
     assert extra["evidence"]["window"]["high"] < summary["realised"]["target"]
     assert any("decay" in r for r in extra["reasons"]) and extra["report_uri"].endswith("report.html")
+
+
+def test_the_retrained_champion_recovers_on_the_new_pattern(champion_v1, env) -> None:
+    # 5. retrain once the new pattern's labelled days reach the training rows: the newest
+    #    maturity (10) + test (5) + validation (5) days are not trained on, so a retraining the day
+    #    the monitor first asks (drift day + 17) still learns nothing of it; drift day + 27 has 7 days
+    retrain_day = DRIFT_DAY + dt.timedelta(days=27)
+    state, _, run_dir = run_dag(NAME, _at(retrain_day), problems_dir=env["problems"], conf={"force_deploy": True})
+    assert state == "success"
+    v2 = json.loads((run_dir / "run_summary.json").read_text())["model_version"]
+    assert v2 is not None and v2 != champion_v1["model_version"]
+    _score(env, retrain_day, 7)
+    _, after = _monitor(env, retrain_day + dt.timedelta(days=7 + MATURITY + 1))
+    late = DRIFT_DAY + dt.timedelta(days=SCORED_DAYS + MATURITY - 2)  # the monitor's request (test above)
+    decayed = env["artifacts"] / "monitoring" / f"ds={late}" / "monitoring.json"
+    before = json.loads(decayed.read_text()) if decayed.exists() else _monitor(env, late)[1]
+    w, was = after["realised"]["window"], before["realised"]["window"]
+    assert w["model_version"] == v2 and was["model_version"] == champion_v1["model_version"]
+    # the new champion catches what the old one missed: its interval lies above the old one's
+    # (0.54 [0.35, 0.70] against 0.00 [0.00, 0.00] at 2,500 transactions a day: better, still short
+    # of the goal, so the monitor keeps asking - it says so, with the new figures)
+    assert w["low"] > was["high"], (w, was)
+    assert after["verdict"]["evidence"]["window"]["model_version"] == v2
