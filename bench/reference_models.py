@@ -66,11 +66,12 @@ SCORERS = {
 
 
 # --- 1. the lifecycle run ---------------------------------------------------------------------
-def run_lifecycle(work: Path, problem: str) -> float:
-    """One whole-DAG run of ``problem`` for AS_OF under ``work``; its wall time in seconds."""
+def run_lifecycle(work: Path, problem: str, problems: Path | None = None, artifacts: Path | None = None) -> float:
+    """One whole-DAG run of ``problem`` for AS_OF under ``work`` (specs from ``problems``, default
+    include/problems; artifacts under ``artifacts``, default ``<work>/artifacts``); its wall time in seconds."""
     from lifecycle import airflow_env  # bench/lifecycle.py: the same environment as make bench
 
-    env = airflow_env(work, work / "artifacts", ROOT / "include" / "problems")
+    env = airflow_env(work, artifacts or work / "artifacts", problems or ROOT / "include" / "problems")
     if not (work / "airflow" / "airflow.db").exists():
         subprocess.run([PY, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     t0 = time.perf_counter()
@@ -94,7 +95,7 @@ def _digest(df: Any) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def read_run(artifact_root: Path, problem: str) -> dict[str, Any]:
+def read_run(artifact_root: Path, problem: str, spec_file: Path | None = None) -> dict[str, Any]:
     """The run of ``problem`` under ``artifact_root`` (the newest, if several): its summary, the
     decisive round's evaluation, the test rows and train + validation rows of its split (checked
     against the run's records), the candidate's scores on the test rows, and the deployed bundle's
@@ -107,7 +108,7 @@ def read_run(artifact_root: Path, problem: str) -> dict[str, Any]:
     from include.lifecycle.spec import load_spec
     from include.lifecycle.store import Store
 
-    spec = load_spec(ROOT / "include" / "problems" / f"{problem}.yaml")
+    spec = load_spec(spec_file or ROOT / "include" / "problems" / f"{problem}.yaml")
     store = Store.from_uri((artifact_root / problem).resolve().as_uri())
     runs = store.ls(RUNS)
     if not runs:
@@ -158,14 +159,40 @@ def read_run(artifact_root: Path, problem: str) -> dict[str, Any]:
 
 
 # --- 3. the hand-tuned reference --------------------------------------------------------------
-def _grids(binary: bool, seed: int) -> dict[str, tuple[Any, dict[str, list[Any]]]]:
-    """Per family: the estimator (its preprocessing included) and the grid an analyst would search."""
+def _preprocessing(categorical: list[str] | None, numeric: list[str] | None, *, scale: bool) -> list[Any]:
+    """The steps before an estimator: all-numeric input (``categorical`` None) is median-imputed
+    (and scaled for linear models); a frame with text columns gets the usual analyst's
+    ``ColumnTransformer``: numeric median-imputed (scaled), text imputed as "missing" and one-hot
+    encoded (levels seen fewer than 10 times share one column, unseen levels are ignored)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    num = [SimpleImputer(strategy="median"), *([StandardScaler()] if scale else [])]
+    if categorical is None:
+        return num
+    text = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="missing"),
+        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10, sparse_output=False),
+    )
+    return [
+        ColumnTransformer(
+            [("numeric", make_pipeline(*num), list(numeric or [])), ("text", text, list(categorical))],
+            sparse_threshold=0.0,
+        )
+    ]
+
+
+def _grids(
+    binary: bool, seed: int, categorical: list[str] | None = None, numeric: list[str] | None = None
+) -> dict[str, tuple[Any, dict[str, list[Any]]]]:
+    """Per family: the estimator (its preprocessing included) and the grid an analyst would search.
+    ``categorical`` and ``numeric`` name the columns of a frame with text columns (None: an all-numeric array)."""
     import xgboost as xgb
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     linear = (
         ("logistic", LogisticRegression(max_iter=5000), "C", np.logspace(-3, 2, 11))
@@ -179,13 +206,16 @@ def _grids(binary: bool, seed: int) -> dict[str, tuple[Any, dict[str, list[Any]]
     boost = (xgb.XGBClassifier if binary else xgb.XGBRegressor)(
         n_estimators=400, tree_method="hist", random_state=seed, n_jobs=1
     )
+    # xgboost takes missing values as they are; text columns are one-hot encoded for it
+    boost_steps = [] if categorical is None else [_preprocessing(categorical, numeric, scale=False)[0]]
+    boost_key = "" if categorical is None else f"{type(boost).__name__.lower()}__"
     return {
         name: (
-            make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), est),
+            make_pipeline(*_preprocessing(categorical, numeric, scale=True), est),
             {f"{type(est).__name__.lower()}__{key}": list(values)},
         ),
         "random_forest": (
-            make_pipeline(SimpleImputer(strategy="median"), forest),
+            make_pipeline(*_preprocessing(categorical, numeric, scale=False), forest),
             {
                 f"{type(forest).__name__.lower()}__max_depth": [None, 4, 8],
                 f"{type(forest).__name__.lower()}__min_samples_leaf": [1, 3, 10],
@@ -193,13 +223,16 @@ def _grids(binary: bool, seed: int) -> dict[str, tuple[Any, dict[str, list[Any]]
             },
         ),
         "xgboost": (
-            boost,
+            make_pipeline(*boost_steps, boost) if boost_steps else boost,
             {
-                "max_depth": [1, 2, 3, 4] if not binary else [2, 3, 4],
-                "learning_rate": [0.01, 0.03, 0.1],
-                "subsample": [0.7, 1.0],
-                "colsample_bytree": [0.5, 1.0],
-                "min_child_weight": [1, 5],
+                f"{boost_key}{k}": v
+                for k, v in {
+                    "max_depth": [1, 2, 3, 4] if not binary else [2, 3, 4],
+                    "learning_rate": [0.01, 0.03, 0.1],
+                    "subsample": [0.7, 1.0],
+                    "colsample_bytree": [0.5, 1.0],
+                    "min_child_weight": [1, 5],
+                }.items()
             },
         ),
     }
@@ -207,14 +240,29 @@ def _grids(binary: bool, seed: int) -> dict[str, tuple[Any, dict[str, list[Any]]
 
 def raw_columns(df: Any, spec: Any) -> list[str]:
     """Every column a user would model from: the data set without the target, the key, the time and
-    entity columns and PII (the bundled data sets hold only numeric measurements)."""
+    entity columns and PII (text columns are one-hot encoded by the reference, see ``_preprocessing``)."""
     drop = {spec.problem.target, spec.data.key, spec.data.time_column, spec.data.entity_column}
     drop |= {c.name for c in spec.schema_.columns if getattr(c, "pii", False)}
-    cols = [c for c in df.columns if c not in drop]
-    non_numeric = [c for c in cols if not np.issubdtype(df[c].dtype, np.number)]
-    if non_numeric:
-        raise SystemExit(f"{spec.name}: non-numeric columns {non_numeric}: this reference handles numeric data only")
-    return cols
+    return [c for c in df.columns if c not in drop]
+
+
+def text_columns(df: Any, columns: list[str]) -> list[str]:
+    """The columns of ``columns`` that are not numeric (or boolean): the reference one-hot encodes them."""
+    import pandas as pd
+
+    return [c for c in columns if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+
+
+def model_input(df: Any, columns: list[str]) -> tuple[Any, list[str] | None, list[str] | None]:
+    """The reference's input: a float array when every column is numeric (then no column lists),
+    else the frame with text columns as objects (missing as NaN) and the lists of text and numeric columns."""
+    text = text_columns(df, columns)
+    if not text:
+        return df[columns].to_numpy(dtype="float64"), None, None
+    X = df[columns].copy()
+    for c in columns:
+        X[c] = X[c].astype(object).where(X[c].notna(), np.nan) if c in text else X[c].astype("float64")
+    return X, text, [c for c in columns if c not in text]
 
 
 def model_columns(spec: Any, feature_groups: list[str], available: list[str]) -> list[str]:
@@ -223,7 +271,16 @@ def model_columns(spec: Any, feature_groups: list[str], available: list[str]) ->
     return [c for c in available if c in used]
 
 
-def tune_reference(spec: Any, X: np.ndarray, y: np.ndarray, *, cores: int) -> dict[str, Any]:
+def tune_reference(
+    spec: Any,
+    X: Any,
+    y: np.ndarray,
+    *,
+    cores: int,
+    categorical: list[str] | None = None,
+    numeric: list[str] | None = None,
+    repeats: int = 2,
+) -> dict[str, Any]:
     """GridSearchCV per family on ``X, y`` (train + validation rows), scored by the goal metric;
     returns each family's best (fitted on all of ``X``) and the family chosen by its CV score."""
     from sklearn.compose import TransformedTargetRegressor
@@ -233,10 +290,10 @@ def tune_reference(spec: Any, X: np.ndarray, y: np.ndarray, *, cores: int) -> di
     binary = spec.is_binary
     if spec.goal.metric not in SCORERS:
         raise SystemExit(f"{spec.name}: goal metric {spec.goal.metric} needs a threshold; not supported here")
-    cv = (RepeatedStratifiedKFold if binary else RepeatedKFold)(n_splits=5, n_repeats=2, random_state=seed)
+    cv = (RepeatedStratifiedKFold if binary else RepeatedKFold)(n_splits=5, n_repeats=repeats, random_state=seed)
     transform = getattr(spec.problem, "target_transform", "none")
     out: dict[str, Any] = {}
-    for family, (est, grid) in _grids(binary, seed).items():
+    for family, (est, grid) in _grids(binary, seed, categorical, numeric).items():
         if transform != "none":
             fn, inv = (np.log, np.exp) if transform == "log" else (np.log1p, np.expm1)
             est = TransformedTargetRegressor(regressor=est, func=fn, inverse_func=inv)
@@ -262,29 +319,26 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _predict(model: Any, X: np.ndarray, binary: bool) -> np.ndarray:
+def _predict(model: Any, X: Any, binary: bool) -> np.ndarray:
     return model.predict_proba(X)[:, 1] if binary else np.asarray(model.predict(X), dtype="float64")
 
 
 # --- 4. the comparison on the same test rows --------------------------------------------------
-def reference(r: dict[str, Any], columns: list[str], *, cores: int) -> dict[str, Any]:
+def reference(r: dict[str, Any], columns: list[str], *, cores: int, repeats: int = 2) -> dict[str, Any]:
     """The hand-tuned reference on ``columns`` of the run ``r``: tuned and refit on the train +
     validation rows, scored on the test rows with the run's resamples, and the paired difference
     lifecycle model - reference (positive: the lifecycle's model is better)."""
     from sklearn.base import clone
 
-    from include.lifecycle.assessment import goal_value, resample_sets
-    from include.lifecycle.uncertainty import interval, paired_difference
+    from include.lifecycle.assessment import goal_value
 
     spec, y, test, train = r["spec"], r["y"], r["test"], r["train"]
-    goal, binary = spec.goal, spec.is_binary
-    X = r["df"][columns].to_numpy(dtype="float64")
-    tuned = tune_reference(spec, X[~test], y[~test], cores=cores)
-    y_te, sets = y[test], resample_sets(spec, y[test])
-
-    def metric(scores: np.ndarray, threshold: float | None = None):
-        return lambda rows: goal_value(spec, y_te[rows], scores[rows], amount=None, threshold=threshold)
-
+    binary = spec.is_binary
+    X, categorical, numeric = model_input(r["df"], columns)
+    tuned = tune_reference(
+        spec, X[~test], y[~test], cores=cores, categorical=categorical, numeric=numeric, repeats=repeats
+    )
+    y_te = y[test]
     families, scores = {}, {}
     for family, f in tuned["families"].items():
         scores[family] = _predict(f["search"].best_estimator_, X[test], binary)
@@ -298,21 +352,40 @@ def reference(r: dict[str, Any], columns: list[str], *, cores: int) -> dict[str,
             ),
         }
     chosen = tuned["chosen"]
+    return {
+        "columns": columns,
+        "family": chosen,
+        **against(r, scores[chosen]),
+        "families": families,
+    }
+
+
+def against(r: dict[str, Any], ref_scores: np.ndarray) -> dict[str, Any]:
+    """The reference's scores ``ref_scores`` of the test rows of the run ``r``: its test score and
+    interval with the run's bootstrap resamples, and the paired difference lifecycle model - reference
+    (positive: the lifecycle's model is better) on the same resamples."""
+    from include.lifecycle.assessment import goal_value, resample_sets
+    from include.lifecycle.uncertainty import interval, paired_difference
+
+    spec, y_te = r["spec"], r["y"][r["test"]]
+    goal, sets = spec.goal, resample_sets(spec, y_te)
+
+    def metric(scores: np.ndarray, threshold: float | None = None):
+        return lambda rows: goal_value(spec, y_te[rows], scores[rows], amount=None, threshold=threshold)
+
     diff = paired_difference(
         metric(r["scores"], r["threshold"]),
-        metric(scores[chosen]),
+        metric(ref_scores),
         sets,
         higher_is_better=goal.higher_is_better,
         level=goal.confidence,
     )
     return {
-        "columns": columns,
-        "family": chosen,
-        "test_score": families[chosen]["test_score"],
-        "interval": interval(metric(scores[chosen]), sets, level=goal.confidence),
+        "test_score": goal_value(spec, y_te, ref_scores, amount=None, threshold=None),
+        "interval": interval(metric(ref_scores), sets, level=goal.confidence),
         "difference": diff,
         "within_margin": bool(diff["value"] >= -MARGIN),
-        "families": families,
+        "scores": ref_scores,  # the chosen family's test scores (left out of the results file)
     }
 
 
@@ -353,6 +426,8 @@ def compare(problem: str, artifact_root: Path, *, cores: int) -> dict[str, Any]:
         "reference": reference(r, every, cores=cores),
     }
     out["reference_on_model_columns"] = reference(r, own, cores=cores) if own != every else out["reference"]
+    for ref in (out["reference"], out["reference_on_model_columns"]):
+        ref.pop("scores", None)
     return out
 
 
