@@ -368,6 +368,7 @@ def _champion_store(tmp_path, dataset: pd.DataFrame, *, train_end: str | None, v
     from include.lifecycle.layout import RunLayout
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
+    from tests.registry_store import mlflow_db_in
 
     store = Store.from_uri((tmp_path / "problem").as_uri())
     rnd = RunLayout("r1").round(1)
@@ -375,7 +376,8 @@ def _champion_store(tmp_path, dataset: pd.DataFrame, *, train_end: str | None, v
     split = {"kind": "time", "train": {"end": train_end}} if train_end else {"kind": "random", "seed": 3}
     store.write_json(rnd.split, split)
     store.write_parquet(RunLayout("r1").dataset, dataset)
-    reg = ModelRegistry(store.sub("registry"))
+    mlflow_db_in(tmp_path)  # the MLflow store of the artifact root tmp_path
+    reg = ModelRegistry(store)
     lineage = {"run_id": "r1", "round": 1} if version_files else {}
     v = reg.register({"lineage.json": json.dumps(lineage).encode()}, {"run_id": "r1", "round": 1})
     reg.promote(v, run_id="r1", expected_champion=None)

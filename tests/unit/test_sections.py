@@ -148,6 +148,7 @@ class Env:
         """A spec ``name`` like the test's with ``changes``, whose store holds the copied problem's files."""
         write_spec(self.world.problems, variant(name, **changes))
         shutil.copytree(self.artifacts / NAME, self.artifacts / name)
+        _copy_registered_model(self.artifacts, NAME, name)
         return name
 
     def path(self, rel: str, problem: str = NAME) -> Path:
@@ -169,6 +170,29 @@ def _path(world: World, rel: str) -> Path:
 def _uri(world: World, rel: str) -> str:
     """The URI the store gives a file (``file://`` and the path as it is)."""
     return f"file://{_path(world, rel)}"
+
+
+def _registry(artifacts: Path) -> Any:
+    """The problem's registered model in the MLflow store of the artifact root ``artifacts``."""
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+
+    return ModelRegistry(Store.from_uri((artifacts / NAME).as_uri()), NAME)
+
+
+def _copy_registered_model(artifacts: Path, src: str, dst: str) -> None:
+    """The registered model ``dst`` holds ``src``'s versions (same numbers) and champion chain."""
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+
+    old = _registry(artifacts)
+    assert old.name == src
+    new = ModelRegistry(Store.from_uri((artifacts / dst).as_uri()), dst)
+    for v in old.versions():
+        meta = {k: x for k, x in old.metadata(v).items() if k not in ("version", "registered_at")}
+        assert new.register(old.load(v), meta) == v
+    for record in reversed(old.chain()):
+        new.promote(record["version"], run_id=record["run_id"], expected_champion=record["previous"])
 
 
 def _json(world: World, rel: str) -> Any:
@@ -672,23 +696,31 @@ def test_deploy_model_registers_promotes_and_records_the_recollection_lineage(wo
     assert got["previous_champion"] is None and got["test_score"] == world.out["evaluate_2"]["test_score"]
     assert got["serving"]["notified"] is False  # no endpoint configured
     assert _json(world, LAYOUT.outcome) == got
-    registry = world.artifacts / NAME / "registry"
-    assert json.loads((registry / "champion.json").read_text())["version"] == 1
-    lineage = json.loads((registry / "versions" / "1" / "lineage.json").read_text())
+    registry = _registry(world.artifacts)
+    assert registry.champion_version() == 1
+    lineage = registry.lineage(1)
     recollected = _json(world, LAYOUT.collect_summary_in(R2.dir))
     assert lineage["run_id"] == RUN_ID and lineage["round"] == 2
     assert lineage["window"] == recollected["window"] and lineage["rows"] == 400
     assert len(lineage["partitions"]) == 16 and lineage["dataset_uri"].endswith(f"{R2.dir}/dataset.parquet")
     assert lineage["trial"] == world.out["select_2"]["trial_id"] and lineage["code_version"] == "unit-test"
-    files = {p.name for p in (registry / "versions" / "1").iterdir()}
+    files = set(registry.load(1))
     assert {"preprocessor.joblib", "features.json", "threshold.json", "evaluation.json", "model.joblib"} <= files
 
 
 def test_deploy_model_retry_reuses_the_registered_version(env: Env) -> None:
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from ml_lifecycle.assets import champion_model_asset
+
     env.copy("final")
-    again = sections.deploy_model(NAME, **context())
+    events = OutletEventAccessors()
+    again = sections.deploy_model(NAME, **context(), outlet_events=events)
     assert again["decision"] == "deployed" and again["version"] == 1
-    assert sorted(p.name for p in env.path("registry/versions").iterdir()) == ["1"]
+    assert _registry(env.artifacts).versions() == [1]
+    extra = events[champion_model_asset(NAME)].extra  # the champion_model asset event's extra
+    assert (extra["version"], extra["run_id"], extra["model_uri"]) == (1, RUN_ID, f"models:/{NAME}/1")
+    assert extra["test_score"] == again["test_score"] and extra["interval"]["low"] <= extra["test_score"]
 
 
 @pytest.mark.parametrize(
@@ -713,11 +745,11 @@ def test_deploy_model_compares_again_when_the_champion_changed_during_the_run(
         _write_json(env.path(plan_rel), {**plan, "collect_rel": own})
     got = sections.deploy_model(NAME, **context(run_id=other))
     assert got["decision"] == decision and got["round"] == 2
-    assert env.json("registry/champion.json")["version"] == champion
+    assert _registry(env.artifacts).champion_version() == champion
     assert env.json(RunLayout(other).outcome) == got
     recheck = env.json(RunLayout(other).recheck)
     assert recheck["champion_version"] == 1 and recheck["reason"].startswith("the champion changed during this run")
-    assert sorted(p.name for p in env.path("registry/versions").iterdir()) == ["1", "2"]
+    assert _registry(env.artifacts).versions() == [1, 2]
     if decision == "not_promoted":
         assert got["version"] is None and got["registered_version"] == 2 and "trained on newer data" in got["reason"]
     else:  # same data and split as the champion: compared on its own held-out test rows
@@ -729,7 +761,7 @@ def test_deploy_model_refuses_when_no_round_met_the_goal(env: Env) -> None:
     env.copy("round_1")
     with pytest.raises(AirflowFailException, match="no round met the goal: refusing to deploy"):
         sections.deploy_model(NAME, **context())
-    assert not env.path("registry/champion.json").exists() and not env.path(LAYOUT.outcome).exists()
+    assert _registry(env.artifacts).champion() is None and not env.path(LAYOUT.outcome).exists()
 
 
 def test_a_later_worse_round_deploys_the_earlier_rounds_model_with_its_bundle_and_lineage(env: Env) -> None:
@@ -758,18 +790,19 @@ def test_a_later_worse_round_deploys_the_earlier_rounds_model_with_its_bundle_an
     assert sections.meets_business_goal(NAME, 2, **forced) == task_ids.DEPLOY_MODEL
     out = sections.deploy_model(NAME, **forced)
     assert out["decision"] == "deployed" and out["version"] == 1 and out["round"] == 2
-    version = env.path("registry/versions/1")
+    registry = _registry(env.artifacts)
+    version = registry.load(1)
     trial = r1["best"]["trial_id"]
-    assert (version / "model.joblib").read_bytes() == env.path(f"{R1.trial_model(trial)}/model.joblib").read_bytes()
+    assert version["model.joblib"] == env.path(f"{R1.trial_model(trial)}/model.joblib").read_bytes()
     for name in ("preprocessor.joblib", "features.json"):
-        assert (version / name).read_bytes() == env.path(f"{R1.features_dir}/{name}").read_bytes()
-    assert (version / "evaluation.json").read_bytes() == env.path(R2.evaluation).read_bytes()
-    lineage = json.loads((version / "lineage.json").read_text())
+        assert version[name] == env.path(f"{R1.features_dir}/{name}").read_bytes()
+    assert version["evaluation.json"] == env.path(R2.evaluation).read_bytes()
+    lineage = json.loads(version["lineage.json"])
     collected = env.json(LAYOUT.collect_summary)
     assert lineage["round"] == 1 and lineage["selected_in_round"] == 2 and lineage["trial"] == trial
     assert lineage["window"] == collected["window"] and len(lineage["partitions"]) == 8
     assert lineage["dataset_uri"].endswith(LAYOUT.dataset) and lineage["rows"] == collected["dataset_rows"]
-    meta = env.json("registry/versions/1/metadata.json")
+    meta = registry.metadata(1)
     assert meta["round"] == 2 and meta["trained_in_round"] == 1
 
 
@@ -863,7 +896,7 @@ def test_batch_scoring_scores_the_last_day_before_the_interval_end(world: World)
     assert manifest["run_id"] == RUN_ID and manifest["columns"] == list(scores.columns)
 
 
-def test_batch_scoring_a_chosen_day_and_its_failures(env: Env) -> None:
+def test_batch_scoring_a_chosen_day_and_its_failures(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.copy("final")
     assert _score(params={"ds": "2026-02-20"})["ds"] == "2026-02-20"
     assert env.path("scores/ds=2026-02-20/part-0.parquet").exists()
@@ -871,8 +904,10 @@ def test_batch_scoring_a_chosen_day_and_its_failures(env: Env) -> None:
         _score(params={"ds": "2026-02-30"})
     with pytest.raises(AirflowFailException, match="2026-03-05"):
         _score(params={"ds": "2026-03-05"})  # no such partition
-    shutil.rmtree(env.artifacts)
-    env.copy("round_1")  # no champion yet
+    # no champion yet: another artifact root (MLflow keeps its store of a database path open, so
+    # the database is not replaced under it)
+    fresh = Env(env.world, env.tmp / "no-champion", monkeypatch)
+    fresh.copy("round_1")
     with pytest.raises(AirflowFailException, match="cannot score ds=2026-02-28: .*no champion deployed"):
         _score()
-    assert not env.path("scores").exists()
+    assert not fresh.path("scores").exists()
