@@ -43,3 +43,12 @@ def mlflow_db_in(artifact_root: Path) -> Path:
 def version_file(registry: Any, version: int, name: str = "") -> Path:
     """Where file ``name`` of a registered version lives in a local artifact store (to damage it)."""
     return Path(registry.store.root).parent / registry.tags(version)["bundle_path"] / name
+
+
+def registry_of(problem: str, artifact_root: Path | str | None = None) -> Any:
+    """The registered model ``problem`` of the artifact root (default ``$ML_ARTIFACT_ROOT``, as the DAGs use)."""
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.store import Store
+
+    root = Path(artifact_root or os.environ["ML_ARTIFACT_ROOT"])
+    return ModelRegistry(Store.from_uri((root / problem).resolve().as_uri()), problem)

@@ -84,6 +84,14 @@ def aws_env(moto_url, clients, session_tmp):
     s3 = clients["s3"]
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     key_id = clients["kms"].create_key(Description="ml-lifecycle test")["KeyMetadata"]["KeyId"]
+    # MLflow (tracking and the model registry): an artifact root in S3 needs a tracking server (on AWS
+    # the ARN of a SageMaker managed MLflow server); here a SQLite store. MLflow's own uploads (the
+    # run's reports) go to the emulator, encrypted with the spec's key like every other object.
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{session_tmp / 'aws-mlflow.db'}")
+    mp.setenv("MLFLOW_S3_ENDPOINT_URL", moto_url)
+    mp.setenv("MLFLOW_S3_UPLOAD_EXTRA_ARGS", json.dumps({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_id}))
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        mp.setenv(name, value)
     clients["secretsmanager"].create_secret(Name=PII_SECRET, SecretString=os.environ["AIRFLOW_VAR_ML_PII_HASH_KEY"])
 
     landing = session_tmp / "aws-landing"

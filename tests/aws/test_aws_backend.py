@@ -96,7 +96,10 @@ def test_the_dag_runs_green_on_aws_and_writes_its_artifacts_to_s3(first_run, cli
     collect = _json(s3, f"{run}/collect_summary.json")
     assert collect["rows_in"] == collect["rows_curated"] + collect["rows_quarantined"] > 10_000
     assert collect["dataset_uri"].startswith(f"s3://{BUCKET}/ml/{PROBLEM}/runs/")
-    assert _json(s3, f"ml/{PROBLEM}/registry/champion.json")["version"] == 1
+    from include.lifecycle import mlflow_env
+
+    mv = mlflow_env.client().get_model_version_by_alias(PROBLEM, "champion")  # the MLflow registry
+    assert int(mv.version) == 1 and mv.source.startswith(f"s3://{BUCKET}/ml/mlflow-artifacts/{PROBLEM}/")
     keys = _objects(s3, f"ml/{PROBLEM}/")
     assert any(k.startswith(f"ml/{PROBLEM}/curated/ds=") for k in keys)
     assert any(k.startswith(f"{run}/round_1/trials/") and k.endswith("/output/metrics.json") for k in keys)
@@ -301,7 +304,7 @@ def _publisher(aws_env: dict, name: str, endpoint: str, versions: int):
     data["deploy"] = {"endpoint_name": endpoint}
     spec = parse_spec(data)
     store = s3_problem_store(spec)
-    registry = ModelRegistry(store.sub("registry"))
+    registry = ModelRegistry(store, spec.name)
     numbers = list(range(1, versions + 1))
     assert [registry.register({"model.ubj": f"m{v}".encode()}, {"run_id": "r"}) for v in numbers] == numbers
 
@@ -528,7 +531,7 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     try:
         rc = RunContext.from_airflow(PROBLEM, {"run_id": run_id, "logical_date": LOGICAL_DATE, "params": {}})
         spec = load_spec(aws_env["problems"] / f"{PROBLEM}.yaml")
-        champion = load_champion(ModelRegistry(rc.store.sub("registry")), PROBLEM)
+        champion = load_champion(ModelRegistry(rc.store, PROBLEM), PROBLEM)
         local, summary = score_partition(
             spec, champion, source=rc.input_store(spec.data.source), ds=ds, pii_key=pii_key()
         )

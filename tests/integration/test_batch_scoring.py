@@ -41,7 +41,7 @@ def env(session_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     landing = data / "data" / "card_fraud" / "landing"
     # ten days of new transactions, a few broken rows on purpose
     synth.generate(landing, end=LOGICAL_DATE.date(), days=10, tx_per_day=300, seed=11, defect_rate=0.02)
-    registry = ModelRegistry(Store.from_uri(f"file://{artifacts}/card_fraud/registry"))
+    registry = ModelRegistry(Store.from_uri(f"file://{artifacts}/card_fraud"), "card_fraud")
     files, _, _ = _build_bundle_files(
         SPEC,
         _transactions(3000, seed=1),
@@ -131,8 +131,7 @@ def test_deploy_notification_makes_the_endpoint_load_the_new_champion(airflow_db
     server.start()
     try:
         assert server.holder.current.version == 1
-        files = {n: d for n, d in registry.load(1).items() if n not in ("manifest.json", "metadata.json")}
-        version = registry.register(files, {"problem": "card_fraud"})
+        version = registry.register(registry.load(1), {"problem": "card_fraud"})
         registry.promote(version, run_id="test-2", expected_champion=1)
         monkeypatch.setenv("ML_SERVING_URL", server.url)
         answer = notify_serving("card_fraud", version)
@@ -146,7 +145,7 @@ def test_deploy_notification_makes_the_endpoint_load_the_new_champion(airflow_db
     monkeypatch.delenv("ML_SERVING_URL")
     assert notify_serving("card_fraud", 2) == {"notified": False, "reason": "variable ml_serving_url not set"}
     # the promotion is recorded in the registry
-    assert [d["version"] for d in sorted(registry.deployments(), key=lambda d: d["version"])] == [1, 2]
+    assert [d["version"] for d in registry.deployments()] == [1, 2]
 
 
 def test_batch_dag_is_daily_with_retries_and_only_for_partitioned_problems() -> None:

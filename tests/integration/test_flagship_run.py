@@ -161,9 +161,12 @@ def test_the_champion_loads_verified_and_scores_new_rows(first_run):
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
 
-    reg = ModelRegistry(Store.from_uri((artifacts("card_fraud") / "registry").as_uri()))
-    champ = reg.champion()
+    reg = ModelRegistry(Store.from_uri(artifacts("card_fraud").as_uri()), "card_fraud")
+    champ = reg.champion()  # the alias champion of the registered model card_fraud in MLflow
     assert champ["version"] == 1 and champ["run_id"] == first_run["run_id"]
+    assert int(reg.client.get_model_version_by_alias("card_fraud", "champion").version) == 1
+    tags = reg.tags(1)
+    assert tags["airflow.run_id"] == first_run["run_id"] and tags["lineage.spec_digest"] == SPEC.digest()
     files = reg.load(1)  # verifies every file against the manifest's sha256
     lineage = json.loads(files["lineage.json"])
     assert lineage["run_id"] == first_run["run_id"]
@@ -182,6 +185,22 @@ def test_the_champion_loads_verified_and_scores_new_rows(first_run):
     scores = bundle.score(rows)
     assert scores.shape == (2000,) and ((scores >= 0) & (scores <= 1)).all()
     assert bundle.threshold is not None
+
+
+def test_the_champion_model_asset_event_carries_version_metric_interval_and_run(first_run):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        asset = session.query(AssetModel).filter(AssetModel.name == "card_fraud.champion_model").one()
+        events = session.query(AssetEvent).filter(AssetEvent.asset_id == asset.id).all()
+        extras = [(e.source_run_id, e.extra) for e in events]
+    extra = next(x for run, x in extras if run == first_run["run_id"])
+    summary = read_json(first_run["run_dir"] / "run_summary.json")
+    assert extra["decision"] == "deployed" and extra["version"] == summary["model_version"] == 1
+    assert extra["run_id"] == first_run["run_id"] and extra["model_uri"] == "models:/card_fraud/1"
+    assert extra["metric"] == SPEC.goal.metric and extra["interval"]["low"] <= extra["test_score"]
+    assert extra["interval"]["high"] >= extra["test_score"]
 
 
 def test_rerun_for_the_same_logical_date_rebuilds_the_same_curated_data(first_run):

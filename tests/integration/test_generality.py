@@ -191,7 +191,7 @@ def test_messy_csv_runs_with_yaml_only_and_becomes_champion(airflow_db, churn_en
     finally:
         os.environ.pop("ML_PROBLEMS_DIR", None)
     assert again["decision"] == "deployed" and again["version"] == 1
-    reg = ModelRegistry(Store.from_uri((artifacts("churn") / "registry").as_uri()))
+    reg = ModelRegistry(Store.from_uri(artifacts("churn").as_uri()), "churn")
     assert reg.versions() == [1]
     assert reg.champion()["version"] == 1 and reg.champion()["previous"] is None
 
@@ -217,7 +217,7 @@ def test_candidate_worse_than_champion_is_not_deployed(airflow_db, churn_env):
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.store import Store
 
-    reg = ModelRegistry(Store.from_uri((artifacts("churn") / "registry").as_uri()))
+    reg = ModelRegistry(Store.from_uri(artifacts("churn").as_uri()), "churn")
     assert reg.versions() == [1]
     assert reg.champion()["version"] == 1
 

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.dagrun import artifacts, read_json, run_dag, write_spec
+from tests.integration.dagrun import read_json, run_dag, write_spec
+from tests.registry_store import registry_of, version_file
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +159,7 @@ def _assert_deployed_from_round_2(run_dir: Path, run_id: str, summary: dict[str,
     assert [r["meets_goal"] for r in rounds] == [False, True], [r["test_score"] for r in rounds]
     assert rounds[0]["diagnosis"]["remedy"] == remedy
     assert summary["model_version"] == 1 and summary["champion_after"] == 1
-    lineage = json.loads((artifacts(summary["problem"]) / "registry" / "versions" / "1" / "lineage.json").read_text())
+    lineage = registry_of(summary["problem"]).lineage(1)
     assert lineage["run_id"] == run_id and lineage["round"] == 2
     assert (run_dir / "report.html").stat().st_size > 5_000
     return lineage
@@ -244,7 +245,7 @@ def test_a_failed_run_is_not_retried_and_still_reports(airflow_db, env):
     html = (run_dir / "report.html").read_text()
     assert "round_1.feature_engineering" in html and "training.split" in html
     # the failed run left the registry alone
-    assert not (artifacts("loop_failed") / "registry" / "champion.json").exists()
+    assert registry_of("loop_failed").champion() is None
 
 
 def test_a_damaged_champion_is_reported_and_retraining_replaces_it(airflow_db, env):
@@ -252,8 +253,8 @@ def test_a_damaged_champion_is_reported_and_retraining_replaces_it(airflow_db, e
     spec["training"]["initial_candidates"] = ["random_forest"]  # meets the goal in round 1
     state, _, _, first = _run(env, spec)
     assert state == "success" and first["model_version"] == 1, first["reason"]
-    registry = artifacts("loop_damaged") / "registry"
-    model_file = next(p for p in (registry / "versions" / "1").iterdir() if p.name.startswith("model"))
+    registry = registry_of("loop_damaged")
+    model_file = next(p for p in version_file(registry, 1).iterdir() if p.name.startswith("model"))
     model_file.write_bytes(b"not the registered model")  # corrupted on disk
 
     state, run_id, run_dir, second = _run(env, spec)
@@ -262,7 +263,7 @@ def test_a_damaged_champion_is_reported_and_retraining_replaces_it(airflow_db, e
     assert second["champion_before"] == 1 and second["champion_after"] == 2
     verdict = read_json(run_dir / "round_1" / "evaluation.json")["decision"]["reason"]
     assert "champion version(s) [1] are damaged" in verdict and "no intact champion" in verdict
-    assert sorted(p.name for p in (registry / "versions").iterdir()) == ["1", "2"]  # no orphan
+    assert registry.versions() == [1, 2] and registry.champion_version() == 2  # no orphan
 
 
 def test_a_run_dated_before_any_data_says_so(airflow_db, env):
@@ -305,7 +306,7 @@ def test_goal_met_but_champion_better_keeps_the_champion_without_remedy_rounds(a
     assert decision["meets_goal"] is True and decision["no_worse_than_champion"] is False
     assert read_json(run_dir / "outcome.json")["decision"] == "champion_kept"
     assert "champion_kept" in (run_dir / "report.html").read_text()
-    assert sorted(p.name for p in (artifacts("loop_kept") / "registry" / "versions").iterdir()) == ["1"]
+    assert registry_of("loop_kept").versions() == [1]
 
 
 def test_a_remedy_that_cannot_change_the_candidate_is_not_chosen_and_the_loop_ends(airflow_db, env):

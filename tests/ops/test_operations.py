@@ -16,6 +16,7 @@ import pytest
 from include.lifecycle.spec import load_spec
 from tests.integration.dagrun import ROOT, artifacts, read_json, run_dag
 from tests.ops.opsspec import make_data, ops_spec, write_spec
+from tests.registry_store import registry_of
 
 END = dt.date(2026, 10, 1)
 LOGICAL_DATE = dt.datetime(2026, 9, 30, tzinfo=dt.UTC)  # data interval ends at END
@@ -184,7 +185,14 @@ def test_skip_approval_param_deploys_without_asking(airflow_db, ops_env, monkeyp
     assert approval["meets_goal"] is True and approval["round"] == 1
     summary = read_json(run_dir / "run_summary.json")
     assert summary["decision"] == "deployed"
-    assert summary["model_version"] == read_json(artifacts("ops_approval") / "registry" / "champion.json")["version"]
+    registry = registry_of("ops_approval")
+    assert summary["model_version"] == registry.champion_version()
+    tags = registry.tags(summary["model_version"])  # the approval is recorded on the model version
+    assert (tags["approval.approved"], tags["approval.by"], tags["approval.at"]) == (
+        "true",
+        approval["by"],
+        approval["at"],
+    )
 
     # a retry of approve_deployment in the same run re-uses the recorded answer: nobody is asked
     # twice (asking would need the HITL API, which does not exist outside a task runner)
@@ -253,7 +261,7 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     store = Store.from_uri(str(artifacts("ops_auto")))
     spec = load_spec(ops_env / "ops_auto.yaml")
     rc = RunContext(spec=spec, backend=LocalBackend(spec), store=store, run_id=run_id, as_of=LOGICAL_DATE, params={})
-    reg = ModelRegistry(store.sub("registry"))
+    reg = ModelRegistry(store, spec.name)
     champion = reg.champion()["version"]
 
     def copy_of(version: int, *, data_end: str | None = None) -> dict[str, bytes]:

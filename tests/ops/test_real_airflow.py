@@ -368,6 +368,8 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     assert s0["decision"] == "deployed" and s0["model_version"] == 1, s0["reason"]
     approval = read_json(nightly_dir / "approval.json")
     assert approval["approved"] is True and approval["by"] == "admin"
+    reg = ModelRegistry(Store.from_uri(str(af["artifacts"])), DAG_ID)  # the registered model, in MLflow
+    assert reg.tags(1)["approval.by"] == "admin" and reg.tags(1)["approval.at"] == approval["at"]
 
     # 3. a manual run as the UI's trigger form makes it (logical date: now) with a param: the
     # person rejects; nothing is deployed, the report says why
@@ -391,7 +393,7 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
         (today - dt.timedelta(days=18)).isoformat(),
         today.isoformat(),
     ]
-    assert read_json(af["artifacts"] / "registry" / "champion.json")["version"] == 1
+    assert reg.champion_version() == 1
 
     # 4. a backfill of 5 dates, two runs at a time, approval skipped by the runs' conf
     first, last = today - dt.timedelta(days=8), today - dt.timedelta(days=4)
@@ -444,7 +446,6 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
     assert len({read_json(runs_dir / safe_run_id(r) / "collect_summary.json")["dataset_rel"] for r in summaries}) == 5
 
     # 5. the registry: the nightly run's version is still the one champion, promoted once, intact
-    reg = ModelRegistry(Store.from_uri(str(af["artifacts"] / "registry")))
     assert [d["version"] for d in reg.deployments()] == [1]
     assert reg.champion()["version"] == 1 and reg.champion()["previous"] is None
     all_runs = {nightly["dag_run_id"], manual["dag_run_id"], *summaries}
