@@ -170,8 +170,8 @@ def _ci(c: dict[str, Any]) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     cols = (
         ("data set", 16),
-        ("goal", 14),
-        ("seed", 5),
+        ("goal", 18),
+        ("seed", 6),
         ("decision", 14),
         ("lifecycle model [95% CI]", 26),
         ("model", 30),
@@ -231,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="repeats of the reference's 5-fold CV")
     p.add_argument("--keep", action="store_true", help="keep the working folder")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/public-<date>.json")
+    p.add_argument("--print", action="store_true", help="only print the table of the results file")
     args = p.parse_args(argv)
     out = args.out or ROOT / "bench" / "results" / f"public-{dt.date.today().isoformat()}.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
+    if args.print:
+        print(table(previous.get("results", [])))
+        return 0
     kept = {r["problem"]: r for r in previous.get("results", []) if r["problem"] not in args.problems}
     results = []
     for problem in args.problems:  # one data set at a time; the file is written after each
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(record, indent=2, default=str))
         tmp.replace(out)
-    print(table(results), flush=True)
+    print(table([*kept.values(), *results]), flush=True)
     print(f"machine: {rm.machine()}\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
