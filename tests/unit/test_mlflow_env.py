@@ -25,6 +25,8 @@ def test_mlflow_tracking_uri_wins_and_a_remote_root_needs_it(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert mlflow_env.tracking_uri("s3://bucket/prefix") == "http://127.0.0.1:5999"
     assert mlflow_env.artifact_location("s3://bucket/prefix/") == "s3://bucket/prefix/mlflow-artifacts"
+    # Airflow's ObjectStoragePath names its connection in the URI; MLflow and boto3 do not know it
+    assert mlflow_env.artifact_location("s3://aws_default@bucket/prefix") == "s3://bucket/prefix/mlflow-artifacts"
 
 
 def _create(root: str, out) -> None:
