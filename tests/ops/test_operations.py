@@ -299,6 +299,76 @@ def test_a_champion_promoted_meanwhile_is_compared_again(airflow_db, ops_env):
     assert recheck["deploy"] is False and "trained on newer data" in recheck["reason"]
 
 
+_DEPLOY_AT_ONCE = """
+import json, sys, time
+from pathlib import Path
+from ml_lifecycle import sections
+
+problem, run_id, when, go = sys.argv[1:5]
+while not Path(go).exists():  # both processes start deploy_model at the same moment
+    time.sleep(0.01)
+import datetime as dt
+out = sections.deploy_model(problem, run_id=run_id, data_interval_end=dt.datetime.fromisoformat(when), params={})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+def test_two_runs_deploying_at_once_replace_the_champion_one_after_the_other(airflow_db, ops_env, tmp_path):
+    """Two backfill runs of the same window reach deploy_model at the same moment, both having
+    compared against "no champion", while a third run has promoted version 1 meanwhile. The alias
+    moves by compare-and-set under the registry lock: they cannot both replace version 1; each
+    compares again with the champion it finds and the second replaces the first's, so the MLflow
+    registry holds one chain 1 <- a <- b and every promotion is recorded once."""
+    import shutil
+    import subprocess
+    import sys
+
+    from include.lifecycle.store import safe_run_id
+
+    write_spec(ops_env, ops_spec("ops_race"))
+    state, run_id, run_dir = run_dag("ops_race", LOGICAL_DATE, problems_dir=ops_env)
+    assert state == "success" and read_json(run_dir / "run_summary.json")["decision"] == "deployed"
+    registry = registry_of("ops_race")
+    assert registry.champion_version() == 1
+    racers = [f"backfill__2026-09-30T00:00:00+00:00-race{i}" for i in (1, 2)]
+    for racer in racers:  # the same rounds, evaluated before version 1 existed
+        folder = run_dir.parent / safe_run_id(racer)
+        shutil.copytree(run_dir, folder)
+        for name in ("outcome.json", "run_summary.json", "report.html", "recheck.json"):
+            (folder / name).unlink(missing_ok=True)
+        assert read_json(folder / "round_1" / "evaluation.json")["champion_version"] is None
+    go = tmp_path / "go"
+    env = {**os.environ, "ML_PROBLEMS_DIR": str(ops_env), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DEPLOY_AT_ONCE, "ops_race", racer, LOGICAL_DATE.isoformat(), str(go)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for racer in racers
+    ]
+    go.touch()
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [r["decision"] for r in results] == ["deployed", "deployed"], results
+    first, second = sorted(results, key=lambda r: r["previous_champion"] != 1)
+    assert first["previous_champion"] == 1 and second["previous_champion"] == first["version"]
+    assert registry.versions() == [1, 2, 3] and registry.champion_version() == second["version"]
+    chain = [(d["version"], d["previous"]) for d in registry.deployments()]
+    assert chain == [(1, None), (first["version"], 1), (second["version"], first["version"])]
+    for racer, result in zip(racers, results, strict=True):
+        # each registered its own version (found again by its claim) and compared again, saying so
+        assert registry.find({"run_id": racer, "round": 1}) == result["version"]
+        recheck = read_json(run_dir.parent / safe_run_id(racer) / "recheck.json")
+        assert "the champion changed during this run" in recheck["reason"]
+
+
 @pytest.fixture
 def smtp_sink(monkeypatch):
     from tests.ops.smtpsink import SmtpSink
