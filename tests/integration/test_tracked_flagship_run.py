@@ -106,6 +106,24 @@ def test_the_run_and_its_trials_are_on_the_tracking_server(tracked_run):
     assert f"round_{last}/plots/pr_curve.png" in pngs
 
 
+def test_the_deployed_model_is_a_version_of_the_run_on_the_server_with_the_alias_champion(tracked_run):
+    """The registry is the server's: the deployed version was registered from the DAG run's MLflow
+    run (its bundle under the run's artifacts, the manifest and lineage as tags) and the alias
+    ``champion`` points at it."""
+    from include.lifecycle import tracking
+
+    summary = read_json(tracked_run["run_dir"] / "run_summary.json")
+    client = _client(tracked_run["server"].url)
+    mv = client.get_model_version_by_alias(PROBLEM, "champion")
+    assert int(mv.version) == summary["model_version"] == summary["champion_after"]
+    run = client.get_run(mv.run_id)
+    assert run.data.tags[tracking.TAG_RUN_ID] == tracked_run["run_id"] == mv.tags["airflow.run_id"]
+    assert mv.source.startswith(run.info.artifact_uri) and "manifest" in mv.tags
+    assert mv.tags["lineage.spec_digest"] == summary["spec_digest"]
+    bundle = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(mv.run_id, mv.source.split("/artifacts/")[-1])}
+    assert {"features.json", "preprocessor.joblib", "threshold.json", "lineage.json"} <= bundle
+
+
 def test_the_run_says_deployed_at_a_glance(tracked_run):
     states = _task_states(tracked_run["run_id"])
     assert states["publish_report"] == "success"
