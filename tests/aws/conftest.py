@@ -87,9 +87,13 @@ def aws_env(moto_url, clients, session_tmp):
     # MLflow (tracking and the model registry): an artifact root in S3 needs a tracking server (on AWS
     # the ARN of a SageMaker managed MLflow server); here a SQLite store. MLflow's own uploads (the
     # run's reports) go to the emulator, encrypted with the spec's key like every other object.
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{session_tmp / 'aws-mlflow.db'}")
-    mp.setenv("MLFLOW_S3_ENDPOINT_URL", moto_url)
-    mp.setenv("MLFLOW_S3_UPLOAD_EXTRA_ARGS", json.dumps({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_id}))
+    # (set per test by mlflow_for_aws_tests below, never for the whole session: the tests after these
+    # would all share this one store and its registered models)
+    mlflow_vars = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{session_tmp / 'aws-mlflow.db'}",
+        "MLFLOW_S3_ENDPOINT_URL": moto_url,
+        "MLFLOW_S3_UPLOAD_EXTRA_ARGS": json.dumps({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_id}),
+    }
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         mp.setenv(name, value)
     clients["secretsmanager"].create_secret(Name=PII_SECRET, SecretString=os.environ["AIRFLOW_VAR_ML_PII_HASH_KEY"])
@@ -139,8 +143,17 @@ def aws_env(moto_url, clients, session_tmp):
     tuned["training"] |= {"initial_candidates": ["xgboost"], "trials_per_candidate": 3}
     tuned["deploy"] = {"enabled": True, "endpoint_name": "card-fraud-aws-tuning-test"}
     (problems / f"{PROBLEM_TUNING}.yaml").write_text(yaml.safe_dump(tuned, sort_keys=False))
-    yield {"url": moto_url, "problems": problems, "kms_key_id": key_id, "spec": spec}
+    yield {"url": moto_url, "problems": problems, "kms_key_id": key_id, "spec": spec, "mlflow_vars": mlflow_vars}
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def mlflow_for_aws_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that uses the AWS emulator gets its MLflow settings for its own duration only."""
+    if "aws_env" not in request.fixturenames:
+        return
+    for name, value in request.getfixturevalue("aws_env")["mlflow_vars"].items():
+        monkeypatch.setenv(name, value)
 
 
 def _s3_get(s3: Any, uri: str) -> bytes:
