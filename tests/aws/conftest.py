@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -147,13 +148,15 @@ def aws_env(moto_url, clients, session_tmp):
     mp.undo()
 
 
-@pytest.fixture(autouse=True)
-def mlflow_for_aws_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test that uses the AWS emulator gets its MLflow settings for its own duration only."""
-    if "aws_env" not in request.fixturenames:
-        return
-    for name, value in request.getfixturevalue("aws_env")["mlflow_vars"].items():
-        monkeypatch.setenv(name, value)
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_for_aws_tests(aws_env: dict) -> Iterator[None]:
+    """The AWS tests' MLflow settings, for each module of tests/aws (module-scoped and autouse, so
+    they are set before a module's own fixtures run the DAG) and undone after it."""
+    mp = pytest.MonkeyPatch()
+    for name, value in aws_env["mlflow_vars"].items():
+        mp.setenv(name, value)
+    yield
+    mp.undo()
 
 
 def _s3_get(s3: Any, uri: str) -> bytes:
