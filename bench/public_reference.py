@@ -48,7 +48,7 @@ import public_data  # noqa: E402  (bench/public_data.py)
 import reference_models as rm  # noqa: E402  (bench/reference_models.py)
 
 SPECS = ROOT / "bench" / "public_specs"
-PROBLEMS = ("credit_data", "telco_churn", "slid_wages", "schooling_wages")
+PROBLEMS = ("credit_data", "telco_churn", "slid_wages", "schooling_wages", "loan_interest")
 
 
 def seeded_spec(problem: str, seed: int, folder: Path, specs: Path = SPECS) -> Path:
