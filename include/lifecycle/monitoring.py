@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.lifecycle.evaluate_data.labels import _utc
 from include.lifecycle.evaluate_model import MetricUndefined
 from include.lifecycle.spec import Spec
 from include.lifecycle.uncertainty import interval, resamples
@@ -43,8 +44,8 @@ LOW, HIGH = "low", "high"
 
 
 def _utc_naive(ts: pd.Series) -> pd.Series:
-    ts = pd.to_datetime(ts, utc=True, errors="coerce")
-    return ts.dt.tz_localize(None)
+    """UTC wall times without the zone (naive ones are taken as UTC), by the collect step's rule."""
+    return _utc(ts).dt.tz_localize(None)
 
 
 def matured_rows(
@@ -58,9 +59,7 @@ def matured_rows(
     if d.time_column is None or d.time_column not in scores.columns:
         raise ValueError(f"monitoring needs the scored rows' time column {d.time_column!r}")
     maturity = d.labels.maturity_days if d.labels else 0
-    instant = (
-        pd.Timestamp(as_of).tz_convert("UTC").tz_localize(None) if pd.Timestamp(as_of).tzinfo else pd.Timestamp(as_of)
-    )
+    instant = _utc(as_of).tz_localize(None)
     times = _utc_naive(scores[d.time_column])
     mature = (times <= instant - pd.Timedelta(days=maturity)).to_numpy(dtype=bool)
     out = scores.loc[mature].copy()
