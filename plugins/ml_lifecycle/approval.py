@@ -131,7 +131,10 @@ class DeploymentApprovalOperator(ApprovalOperator):
             # Airflow 3.3.2 can lose an answer given within about a second of the question: the
             # scheduler requeues the resumed task before it has reaped the worker that parked it,
             # then fails that try ("finished with state success, but ... queued"). The answer is in
-            # Airflow's record of the failed try, which a task cannot read: ask again, and say so.
+            # Airflow's record of the failed try, which a task cannot read: ask again, and say so. Airflow
+            # keeps the first try's HITL subject and body (one record per task instance; a retry only
+            # clears its answer), so the UI shows the first question: the log and the approval alert
+            # (which reads approval_request.json's summary) carry the "asked again".
             self.log.warning(
                 "approve_deployment: try %d; an earlier try asked at %s and recorded no answer (if someone "
                 "answered within a second or so of the question, Airflow lost it): asking again",
