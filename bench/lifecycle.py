@@ -78,8 +78,9 @@ SECTIONS = [
 ]
 
 
-def bench_spec() -> dict[str, Any]:
-    """The flagship spec, one round, one xgboost trial, every feature group switched on."""
+def bench_spec(trials: int = 1) -> dict[str, Any]:
+    """The flagship spec, one round, one xgboost trial (or ``trials``, over a small grid around the
+    same parameters), every feature group switched on."""
     import yaml
 
     spec = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
@@ -90,9 +91,12 @@ def bench_spec() -> dict[str, Any]:
     spec["features"]["initial"] = [g["name"] for g in spec["features"]["groups"]]
     spec["training"].update(
         initial_candidates=["xgboost"],
-        trials_per_candidate=1,
+        trials_per_candidate=trials,
+        max_trials=max(trials, spec["training"].get("max_trials", 1)),
         candidates=[{"family": "xgboost", "params": XGB_PARAMS}],
     )
+    if trials > 1:
+        spec["training"]["candidates"][0]["search"] = {"max_depth": [4, 6, 8], "learning_rate": [0.05, 0.1, 0.2]}
     return spec
 
 
@@ -115,13 +119,13 @@ def airflow_env(work: Path, artifacts: Path, problems: Path | None = None) -> di
     return env
 
 
-def prepare(work: Path, rows: int) -> dict[str, Any]:
+def prepare(work: Path, rows: int, trials: int = 1) -> dict[str, Any]:
     import yaml
 
     from include.lifecycle import synth
 
     (work / "problems").mkdir(parents=True, exist_ok=True)
-    (work / "problems" / f"{PROBLEM}.yaml").write_text(yaml.safe_dump(bench_spec(), sort_keys=False))
+    (work / "problems" / f"{PROBLEM}.yaml").write_text(yaml.safe_dump(bench_spec(trials), sort_keys=False))
     per_day = rows // LOOKBACK
     t0 = time.perf_counter()
     summary = synth.generate(
@@ -518,8 +522,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in results:
                 r["scaling_4m_over_1m"] = scale
     out = args.out or ROOT / "bench" / "results" / f"{dt.date.today().isoformat()}.json"
+    # merged into the day's file: bench/scheduler.py keeps its figures there under "scheduler"
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data.update(machine=machine(), results=results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
+    out.with_suffix(".json.tmp").write_text(json.dumps(data, indent=2, default=str))
+    out.with_suffix(".json.tmp").replace(out)
     print(f"machine: {machine()}\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
