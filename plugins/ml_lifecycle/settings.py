@@ -16,6 +16,16 @@ from include.lifecycle.spec import PROJECT_ROOT, Spec, load_spec, spec_path
 ARTIFACT_ROOT_VARIABLE = "ml_artifact_root"
 PII_KEY_VARIABLE = "ml_pii_hash_key"
 
+# OpenMP (xgboost's and scikit-learn's libgomp) spin-waits at every barrier by default. When any
+# other process wants a core at the same time (the scheduler, another task, another user), a fit
+# with threads = cores degrades sharply: a 0.6 s xgboost fit took 23 s on 2 cores with a load of
+# 2.4 (bench/scheduler.py, 2026-11-27). Waiting passively costs little and keeps a fit near its
+# share. libgomp reads this once, when it loads: every task process imports this module while it
+# parses its DAG file, before a section imports xgboost or scikit-learn. A setting of the
+# environment's own wins.
+OPENMP_WAIT_POLICY = "PASSIVE"
+os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
+
 
 def task_defaults(owner: str, **extra: Any) -> dict[str, Any]:
     """default_args of every lifecycle DAG: the spec's owner, retries with exponential back-off."""
@@ -39,9 +49,11 @@ def machine_cores() -> int:
 
 def trial_slots() -> int:
     """How many training trials of one DAG may run at once on this machine (``$ML_TRIAL_SLOTS``,
-    else half the cores): with :func:`trial_threads` each, concurrent trials x threads <= cores."""
+    else half the cores; never more than the cores): with :func:`trial_threads` each, concurrent
+    trials x threads <= cores."""
     env = os.environ.get("ML_TRIAL_SLOTS")
-    return max(1, int(env)) if env else max(1, machine_cores() // 2)
+    cores = machine_cores()
+    return min(cores, max(1, int(env))) if env else max(1, cores // 2)
 
 
 def trial_threads() -> int:
