@@ -88,6 +88,7 @@ RUNS = "runs"
 REGISTRY = "registry"
 CURATED = "curated"
 SCORES = "scores"
+CAPTURES = "captures"
 MONITORING = "monitoring"
 ALERTS = "alerts"
 
@@ -275,6 +276,17 @@ def alert_record(run_id: str, event: str, task_id: str | None) -> str:
 
 def scores_dir(ds: str) -> str:
     return f"{SCORES}/ds={ds}"
+
+
+def capture_dir(ds: str) -> str:
+    """``captures/ds=<day>/``: the endpoint's captured rows of that day (by the rows' time), one
+    Parquet file per flush, named ``<writer>-<seq>.parquet`` by the server process that wrote it
+    (never overwritten; files of several servers sit side by side)."""
+    return f"{CAPTURES}/ds={ds}"
+
+
+def capture_file(ds: str, writer: str, seq: int) -> str:
+    return f"{capture_dir(ds)}/{writer}-{seq:06d}.parquet"
 
 
 def monitoring_dir(ds: str) -> str:

@@ -13,7 +13,7 @@
   that past from :class:`EntityHistory` (recent curated partitions, :func:`load_history`).
 * :func:`score_partition` scores one ``ds=YYYY-MM-DD`` landing partition for the batch DAG:
   the days before it are curated too (PII tokenised) and are the context; only the
-  partition's rows are kept.
+  partition's rows are kept, with their inputs when the spec captures (``serving.capture``).
 
 Nothing here imports airflow.
 """
@@ -254,10 +254,19 @@ def finish_scores(
     spec: Spec, rows: pd.DataFrame, scored: pd.DataFrame, counts: dict[str, Any], *, ds: str, version: int,
     threshold: float | None, history: list[str], history_rows: int,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:  # fmt: skip
-    """The scores of ``rows`` in time order with the time column, and the run's accounting."""
-    out = scored
-    if spec.data.time_column:
-        out.insert(1 if spec.data.key else 0, spec.data.time_column, rows[spec.data.time_column].to_numpy())
+    """The scores of ``rows`` in time order with the time column, and the run's accounting.
+
+    With ``serving.capture`` (the default) the scores are the day's capture: the model's inputs
+    (curated, so the PII columns hold their tokens) sit between the time and the score
+    (:func:`include.lifecycle.capture.capture_frame`), for the monitor's drift."""
+    from include.lifecycle.capture import capture_frame
+
+    if spec.serving.capture:
+        out = capture_frame(spec, rows, scored, pii_key=None, tokenised=True)
+    else:
+        out = scored
+        if spec.data.time_column:
+            out.insert(1 if spec.data.key else 0, spec.data.time_column, rows[spec.data.time_column].to_numpy())
     out = out.sort_values([c for c in (spec.data.time_column, spec.data.key) if c], kind="stable")
     out = out.reset_index(drop=True)
     summary = {
@@ -291,9 +300,9 @@ def score_partition(
     The ``history_days`` partitions before ``ds`` (default: the spec's lookback, the window the
     model trained on) are curated as context for the per-entity features and then dropped. The
     partition's rows that break the schema are not scored; they are counted (``rows_quarantined``
-    by rule), so ``rows_in = rows_scored + rows_quarantined``. The PII columns are tokenised by
-    the curation and are not part of the output: it has the row key, the time column, the score,
-    the decision and the model version.
+    by rule), so ``rows_in = rows_scored + rows_quarantined``. The output has the row key, the
+    time column, the score, the decision and the model version, and with ``serving.capture`` the
+    model's inputs too (:func:`finish_scores`), the PII columns as the curation's tokens (never raw).
     """
     rows, context, counts, history = curate_for_scoring(
         spec, source=source, ds=ds, pii_key=pii_key, history_days=history_days

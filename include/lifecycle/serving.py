@@ -14,7 +14,7 @@ file against the manifest's sha256 first, and never reloads.
                         ``Accept: text/csv``): one prediction per row with its score, the
                         decision at the champion's threshold and the model version
     POST /reload        re-read the registered model's alias ``champion`` now (loopback clients only)
-    GET  /status        problem, model version, when it was loaded, the last reload error
+    GET  /status        problem, model version, when it was loaded, the last reload error, capture counts
 
 Rows go in raw (as in the landing data); they are cast and checked with the spec's schema
 rules (:func:`include.lifecycle.scoring.validate_rows`) and scored with the champion's saved
@@ -52,6 +52,18 @@ at once; a rollback (``make rollback``) moves the alias back and is picked up th
 bundle is loaded and checksum-verified beside the old one, then swapped in with one reference
 assignment; a request uses the champion it started with, so in-flight requests are unaffected.
 A version that fails to load (checksum, missing file) is refused and the old one keeps serving.
+
+Data capture (spec ``serving.capture``, default on; ``--capture on|off`` overrides it): every
+answered row is recorded for the monitor under ``<artifact root>/<problem>/captures/ds=<day>/``
+(key, time, the model's inputs with the PII columns tokenised by the PII key - left out without
+it -, score, decision, model version, ``captured_at``) by a
+:class:`~include.lifecycle.capture.CaptureWriter`: a request only appends to a bounded buffer
+(``--capture-max-rows``), a background thread writes one Parquet file per flush (every
+``--capture-flush-rows`` rows or ``--capture-flush-seconds``) and stopping the server (SIGTERM,
+Ctrl-C, :meth:`ServingServer.stop`) writes the rest. A capture failure never fails a prediction:
+the lost rows are logged and counted in ``/status`` (``capture``) and ``/ping`` (``capture_lost_rows``).
+The model-dir form (the SageMaker container) captures nothing: there SageMaker's own data capture
+is the counterpart.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ import logging
 import os
 import re
 import select
+import signal
 import socket
 import sys
 import threading
@@ -75,6 +88,12 @@ from typing import Any
 
 import pandas as pd
 
+from include.lifecycle.capture import (
+    DEFAULT_FLUSH_ROWS,
+    DEFAULT_FLUSH_SECONDS,
+    DEFAULT_MAX_ROWS,
+    CaptureWriter,
+)
 from include.lifecycle.collect import list_partitions
 from include.lifecycle.registry import ModelRegistry
 from include.lifecycle.scoring import (
@@ -466,9 +485,13 @@ class ServingHandler(BaseHTTPRequestHandler):
             if c is None:
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "no champion", "error": holder.last_error})
             else:
-                self._json(HTTPStatus.OK, {"status": "ok", "model_version": c.version})
+                doc: dict[str, Any] = {"status": "ok", "model_version": c.version}
+                if self.server.capture is not None and self.server.capture.rows_missing:
+                    doc["capture_lost_rows"] = self.server.capture.rows_missing  # scoring works, capture does not
+                self._json(HTTPStatus.OK, doc)
         elif path in ("/status", "/"):
-            self._json(HTTPStatus.OK, holder.status() | {"connections": self.server.limits()})
+            capture = self.server.capture.status() if self.server.capture else {"enabled": False}
+            self._json(HTTPStatus.OK, holder.status() | {"connections": self.server.limits(), "capture": capture})
         else:
             self._error(RequestError(HTTPStatus.NOT_FOUND, f"no route {path}: GET /ping, POST /invocations"))
 
@@ -518,6 +541,8 @@ class ServingHandler(BaseHTTPRequestHandler):
             log.exception("scoring failed")
             self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"scoring failed: {type(exc).__name__}"))
             return
+        if self.server.capture is not None:  # queued for the writer thread; never raises
+            self.server.capture.add(rows, scored)
         if "text/csv" in (self.headers.get("Accept") or ""):
             self._send(HTTPStatus.OK, predictions_csv(scored, spec.data.key), "text/csv")
         else:
@@ -554,10 +579,12 @@ class ServingServer(ThreadingHTTPServer):
         scoring_threads: int = 1,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         backlog: int = DEFAULT_BACKLOG,
+        capture: CaptureWriter | None = None,
     ) -> None:
         if max_connections < 1 or backlog < 1 or timeout_seconds <= 0 or keepalive_seconds <= 0:
             raise ValueError("max_connections, backlog, timeout_seconds and keepalive_seconds must be positive")
         self.holder = holder
+        self.capture = capture
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
         self.timeout_seconds = timeout_seconds
@@ -663,7 +690,9 @@ class ServingServer(ThreadingHTTPServer):
                 self.holder.refresh_history()
 
     def load_and_poll(self) -> None:
-        """Load the champion now and start the thread that watches for a new one."""
+        """Load the champion now, start the thread that watches for a new one (and the capture's writer)."""
+        if self.capture is not None:
+            self.capture.start()
         self.holder.reload()
         if self.poll_seconds:
             threading.Thread(target=self._poll, name="champion-poll", daemon=True).start()
@@ -679,6 +708,12 @@ class ServingServer(ThreadingHTTPServer):
         self._stop.set()
         self.shutdown()
         self.server_close()
+        self.stop_capture()
+
+    def stop_capture(self) -> None:
+        """Write the captured rows still waiting (after the last request was answered)."""
+        if self.capture is not None:
+            self.capture.stop()
 
 
 def registry_for(artifact_root: str, problem: str) -> ModelRegistry:
@@ -697,8 +732,14 @@ def make_server(
     port: int = DEFAULT_PORT,
     history_days: int | None = None,
     pii_key: bytes | None = None,
+    capture: bool | None = None,
+    capture_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> ServingServer:
+    """A server for the champion of ``problem`` in ``artifact_root``'s registry; ``capture``
+    (default: the spec's ``serving.capture``) records the answered rows in the problem's store
+    (``capture_options``: :class:`~include.lifecycle.capture.CaptureWriter`'s flush_rows,
+    flush_seconds, max_rows)."""
     root = artifact_root or os.environ.get("ML_ARTIFACT_ROOT") or str(PROJECT_ROOT / "artifacts")
     spec = spec or load_spec(spec_path(problem))
     registry = registry_for(root, problem)
@@ -706,7 +747,10 @@ def make_server(
     if history_days is None:  # the window the model was trained on
         history_days = spec.data.lookback_days if pii_key else 0
     holder = ChampionHolder(registry, spec, problem=problem_store, history_days=history_days, pii_key=pii_key)
-    return ServingServer((host, port), holder, **options)
+    writer = None
+    if spec.serving.capture if capture is None else capture:
+        writer = CaptureWriter(problem_store, spec, pii_key=pii_key, **(capture_options or {}))
+    return ServingServer((host, port), holder, capture=writer, **options)
 
 
 def load_model_dir(model_dir: str | Path) -> tuple[Spec, Champion]:
@@ -771,6 +815,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="0: reload only on POST /reload")
     p.add_argument("--scoring-threads", type=int, default=1, help="requests scored at the same time (GIL-bound)")
     p.add_argument(
+        "--capture",
+        choices=["spec", "on", "off"],
+        default="spec",
+        help="record the answered rows under <artifact root>/<problem>/captures/ (default: the spec's serving.capture)",
+    )
+    p.add_argument(
+        "--capture-flush-rows", type=int, default=DEFAULT_FLUSH_ROWS, help="write captured rows this many at a time"
+    )
+    p.add_argument(
+        "--capture-flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS, help="... or when the oldest is this old"
+    )
+    p.add_argument(
+        "--capture-max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help="captured rows kept in memory at most (more are dropped and counted)",
+    )
+    p.add_argument(
         "--history-days",
         type=int,
         default=None,
@@ -801,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
         scoring_threads=args.scoring_threads,
         history_days=args.history_days,
         pii_key=(os.environ.get(PII_KEY_ENV) or "").encode() or None,
+        capture={"spec": None, "on": True, "off": False}[args.capture],
+        capture_options={
+            "flush_rows": args.capture_flush_rows,
+            "flush_seconds": args.capture_flush_seconds,
+            "max_rows": args.capture_max_rows,
+        },
     )
     server.load_and_poll()
     st = server.holder.status()
@@ -815,6 +883,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(server: ServingServer) -> int:
+    # SIGTERM (docker stop, kill, a supervisor) ends the loop like Ctrl-C, so the capture is flushed
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -822,6 +892,7 @@ def _serve(server: ServingServer) -> int:
     finally:
         server._stop.set()
         server.server_close()
+        server.stop_capture()
     return 0
 
 

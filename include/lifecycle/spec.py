@@ -352,6 +352,17 @@ class DeploySpec(_Strict):
     endpoint_name: str | None = None
 
 
+class ServingSpec(_Strict):
+    """How the champion is served (the endpoint, include/lifecycle/serving.py, and batch scoring)."""
+
+    capture: bool = Field(
+        True,
+        description="record every scored row (key, inputs with PII tokenised, score, decision, model version, "
+        "time) in the artifact store for the monitor: the endpoint under captures/ds=<day>/, batch scoring "
+        "in its scores/ds=<day>/ file",
+    )
+
+
 class MonitoringSpec(_Strict):
     """The champion watched in production by the ``<problem>_monitoring`` DAG (problems whose daily
     partitions are batch-scored): realised goal metric on matured labels, drift of the served
@@ -491,6 +502,7 @@ class Spec(_Strict):
     training: TrainingSpec
     diagnosis: DiagnosisSpec = DiagnosisSpec()
     deploy: DeploySpec = DeploySpec()
+    serving: ServingSpec = ServingSpec()
     alerts: AlertsSpec = AlertsSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     aws: AwsSpec = AwsSpec()

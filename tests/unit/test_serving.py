@@ -650,3 +650,98 @@ def test_model_dir_with_a_tampered_file_is_refused(root: Path, spec: Spec, tmp_p
     (folder / "threshold.json").write_text('{"threshold": 0.0}')
     with pytest.raises(ChecksumError, match="threshold.json"):
         load_model_dir(folder)
+
+
+# --- data capture (spec serving.capture; include/lifecycle/capture.py) ----------------------------
+def _champion_root(src: Path, dest: Path) -> Path:
+    """An artifact root of its own whose champion is a copy of ``src``'s version 1."""
+    registry, source = _registry(dest), _registry(src)
+    files = {n: d for n, d in source.load(1).items() if n not in ("manifest.json", "metadata.json")}
+    registry.promote(registry.register(files, {}), run_id="deploy-1", expected_champion=None)
+    return dest
+
+
+def _captures(root: Path) -> pd.DataFrame:
+    files = sorted((root / PROBLEM).glob("captures/ds=*/*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def test_the_endpoint_captures_every_answered_row_with_the_pii_tokenised(
+    root: Path, spec: Spec, tmp_path: Path, requests_frame: pd.DataFrame
+) -> None:
+    from include.lifecycle.collect import tokenise
+
+    artifacts = _champion_root(root, tmp_path / "artifacts")
+    key = b"capture-key-of-the-curated-data"
+    server = _start(artifacts, spec, pii_key=key, capture_options={"flush_rows": 100, "flush_seconds": 3600})
+    answered: dict[str, dict] = {}
+    try:
+        status, doc = invoke(server, csv_body(requests_frame.head(150)), "text/csv")
+        assert status == 200
+        rows = json.loads(requests_frame.iloc[150:155].to_json(orient="records", date_format="iso", date_unit="us"))
+        status, more = invoke(server, json.dumps(rows).encode(), "application/json")
+        assert status == 200
+        answered = {p["id"]: p for p in doc["predictions"] + more["predictions"]}
+        bad = requests_frame.head(3).assign(amount="lots")
+        assert invoke(server, csv_body(bad), "text/csv")[0] == 400  # not answered: not captured
+        status = json.loads(request(server, "GET", "/status")[2])["capture"]
+        assert status["enabled"] and status["rows_captured"] == 155 and status["failures"] == 0
+        assert status["where"].endswith(f"{PROBLEM}/captures")
+    finally:
+        server.stop()  # writes the rows still waiting
+    got = _captures(artifacts)
+    assert sorted(got["transaction_id"]) == sorted(answered) and got["transaction_id"].is_unique
+    assert list(got.columns) == [
+        "transaction_id", "ts", "card_number", "merchant_id", "merchant_category", "amount", "channel", "country",
+        "score", "decision", "model_version", "captured_at",
+    ]  # fmt: skip
+    for row in got.itertuples():
+        assert row.score == pytest.approx(answered[row.transaction_id]["score"], rel=1e-9)
+        assert row.decision == answered[row.transaction_id]["decision"] and row.model_version == 1
+    # the card numbers as the curated data's tokens, never raw
+    sent = requests_frame.head(155).set_index("transaction_id")
+    want = tokenise(sent.loc[got["transaction_id"], "card_number"].reset_index(drop=True), key)
+    assert got["card_number"].tolist() == want.tolist()
+    raw_cards = set(sent["card_number"])
+    for f in (artifacts / PROBLEM).glob("captures/ds=*/*.parquet"):
+        assert not raw_cards & set(pd.read_parquet(f)["card_number"]), f
+        # each file under the day of its rows' time
+        assert (pd.read_parquet(f)["ts"].dt.strftime("ds=%Y-%m-%d") == f.parent.name).all()
+    assert got["captured_at"].notna().all()
+
+
+def test_a_capture_failure_never_fails_a_prediction_and_shows_in_ping_and_status(
+    root: Path, spec: Spec, tmp_path: Path, requests_frame: pd.DataFrame
+) -> None:
+    from tests.unit.test_capture import BrokenStore
+
+    artifacts = _champion_root(root, tmp_path / "artifacts")
+    server = _start(artifacts, spec, capture_options={"flush_rows": 10, "flush_seconds": 0.1})
+    server.capture.store = BrokenStore()  # the artifact store fails under the running server
+    bundle = _bundle(artifacts, 1, tmp_path)
+    try:
+        for i in range(3):
+            part = requests_frame.iloc[i * 20 : (i + 1) * 20]
+            status, doc = invoke(server, csv_body(part), "text/csv")
+            assert status == 200
+            np.testing.assert_allclose([p["score"] for p in doc["predictions"]], bundle.score(part), rtol=1e-6)
+        wait_for(lambda: server.capture.status()["rows_lost"] == 60)
+        status, _, body = request(server, "GET", "/ping")
+        assert status == 200 and json.loads(body) == {"status": "ok", "model_version": 1, "capture_lost_rows": 60}
+        capture = json.loads(request(server, "GET", "/status")[2])["capture"]
+        assert capture["failures"] >= 1 and "No space left" in capture["last_error"] and capture["rows_written"] == 0
+    finally:
+        server.stop()
+    assert not (artifacts / PROBLEM / "captures").exists()
+
+
+def test_capture_off_writes_nothing(root: Path, spec: Spec, tmp_path: Path, requests_frame: pd.DataFrame) -> None:
+    artifacts = _champion_root(root, tmp_path / "artifacts")
+    off = spec.model_copy(update={"serving": spec.serving.model_copy(update={"capture": False})})
+    for server in (_start(artifacts, off), _start(artifacts, spec, capture=False)):
+        try:
+            assert invoke(server, csv_body(requests_frame.head(10)), "text/csv")[0] == 200
+            assert json.loads(request(server, "GET", "/status")[2])["capture"] == {"enabled": False}
+        finally:
+            server.stop()
+    assert not (artifacts / PROBLEM / "captures").exists()
