@@ -1,9 +1,11 @@
 """Production monitoring: one DAG per problem whose daily partitions are batch-scored and labelled.
 
 Every day, `monitor_champion` joins the labels that have matured (``data.labels.maturity_days``)
-to the rows batch scoring scored, computes the champion's realised goal metric per day and over
-the rolling window (``monitoring.window_days``) with intervals, measures the drift of the newest
-scored days' inputs against the champion's training rows, and writes
+to the rows batch scoring scored and the endpoint captured (one row per key: the endpoint's
+answer wins), computes the champion's realised goal metric per day and over the rolling window
+(``monitoring.window_days``) with intervals, measures the drift of the newest scored days' inputs
+(as captured with the scores, spec ``serving.capture``; else the landing data) against the
+champion's training rows, and writes
 
     <artifact root>/<problem>/monitoring/ds=YYYY-MM-DD/monitoring.json   figures and verdict
     <artifact root>/<problem>/monitoring/ds=YYYY-MM-DD/report.html       series with the goal line

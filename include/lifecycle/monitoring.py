@@ -1,8 +1,13 @@
 """Production monitoring: the champion's realised business metric on scored rows whose labels have
 matured, its drift, and whether the evidence asks for retraining.
 
-The scored rows are what batch scoring (and the endpoint's capture) wrote: the row key, the time,
-the score, the decision at the champion's threshold and the model version. A scored row is
+The scored rows are what batch scoring (``scores/ds=<day>/``) and the endpoint's capture
+(``captures/ds=<day>/``) wrote: the row key, the time, the model's inputs (when captured), the
+score, the decision at the champion's threshold and the model version. :func:`scored_rows` keeps
+one row per key: a row the endpoint answered wins over batch scoring's score of the same row
+(the endpoint's decision is the one the business acted on when the transaction happened; batch
+scoring re-scores after the fact), and of several endpoint answers the latest (``captured_at``:
+a client's retry got the last answer). A scored row is
 *matured* when its time lies at least ``data.labels.maturity_days`` before the monitor's instant
 (most labels that will ever come have come); its label is positive when the label feed holds its
 key with an arrival before that instant, negative otherwise - the same rule training uses
@@ -41,6 +46,50 @@ THRESHOLD_FREE = {"auprc", "roc_auc", "rmse", "mae", "r2"}
 LABEL = "_label"
 DAY = "_day"
 LOW, HIGH = "low", "high"
+
+
+SOURCE = "_source"
+BATCH, ENDPOINT = "batch", "endpoint"
+
+
+def scored_rows(
+    batch: pd.DataFrame | None, endpoint: pd.DataFrame | None, spec: Spec
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Batch scores and endpoint captures as one frame with one row per key (column ``_source``
+    says which; see the module's doc for which wins) and the counts: ``{"rows_batch",
+    "rows_endpoint", "duplicates_dropped", "rows_without_key"}``. Rows without a key cannot be
+    joined to a label and are left out (counted)."""
+    from include.lifecycle.capture import CAPTURED_AT
+
+    key = spec.data.key
+    frames = [f.assign(**{SOURCE: name}) for f, name in ((batch, BATCH), (endpoint, ENDPOINT)) if f is not None]
+    if not frames:
+        raise ValueError("no scored rows: neither batch scores nor endpoint captures")
+    both = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    counts = {
+        "rows_batch": 0 if batch is None else len(batch),
+        "rows_endpoint": 0 if endpoint is None else len(endpoint),
+    }
+    keyless = both[key].isna().to_numpy() if key in both.columns else np.ones(len(both), dtype=bool)
+    both = both.loc[~keyless]
+    # the winner last: batch before endpoint, endpoint answers by the time they were given
+    order = pd.DataFrame(
+        {
+            "rank": (both[SOURCE] == ENDPOINT).astype(int).to_numpy(),
+            "at": _utc_naive(both[CAPTURED_AT]).to_numpy() if CAPTURED_AT in both.columns else pd.NaT,
+        }
+    )
+    sorted_rows = both.iloc[np.lexsort((order["at"].fillna(pd.Timestamp.min).to_numpy(), order["rank"].to_numpy()))]
+    out = sorted_rows.drop_duplicates(key, keep="last")
+    if spec.data.time_column in out.columns:
+        out = out.sort_values([spec.data.time_column, key], kind="stable")
+    counts |= {"duplicates_dropped": len(both) - len(out), "rows_without_key": int(keyless.sum())}
+    return out.reset_index(drop=True), counts
+
+
+def utc(ts: pd.Series) -> pd.Series:
+    """Times as UTC-aware (naive ones are taken as UTC), by the collect step's rule."""
+    return _utc(ts)
 
 
 def _utc_naive(ts: pd.Series) -> pd.Series:
@@ -263,6 +312,23 @@ def series_plot(realised_series: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _sources(counts: Mapping[str, Any]) -> str:
+    """Where the scored rows and the drift's inputs came from (batch scores, endpoint captures)."""
+    if "rows_endpoint" not in counts:
+        return ""
+    text = (
+        f"scored rows: {counts['rows_batch']:,} by batch scoring, {counts['rows_endpoint']:,} captured by the "
+        f"endpoint; {counts['duplicates_dropped']:,} scored twice (the endpoint's answer kept)"
+    )
+    if counts.get("rows_without_key"):
+        text += f", {counts['rows_without_key']:,} without a key left out"
+    drift = counts.get("drift_inputs") or {}
+    text += f". Drift inputs: {drift.get('captured_rows', 0):,} captured rows"
+    if drift.get("landing_days"):
+        text += " and the landing data of " + ", ".join(drift["landing_days"])
+    return f"<p>{html.escape(text)}.</p>"
+
+
 def render_report(problem: str, summary: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     """A self-contained HTML monitoring report."""
     import base64
@@ -292,6 +358,7 @@ def render_report(problem: str, summary: Mapping[str, Any], images: Mapping[str,
         f"<p><b>{'RETRAINING REQUESTED' if v['retrain'] else 'no retraining requested'}</b></p><ul>{reasons}</ul>"
         f"<p>champion version {summary.get('champion_version')}; {summary['counts']['rows_matured']:,} matured scored rows "
         f"of {summary['counts']['rows_scored']:,} (labels mature after {summary['counts']['maturity_days']} days)</p>"
+        f"{_sources(summary['counts'])}"
         f"{imgs}<h2>Per day</h2><table><tr><th>day</th><th>rows</th><th>positives</th><th>{esc(summary['realised']['metric'])}</th>"
         f"<th>interval</th><th>model</th><th>note</th></tr>{rows}</table></body></html>"
     )

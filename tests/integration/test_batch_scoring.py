@@ -1,6 +1,7 @@
 """Serving the champion from Airflow: the batch-scoring DAG (dags/batch_scoring.py) scores one
 landing partition of new, unlabelled transactions with the champion in ``dag.test()``, one score
-per valid input row, no PII, idempotent per partition; the aws backend without aws settings fails clearly;
+per valid input row with its inputs captured (spec serving.capture) and the PII as the curated
+tokens, idempotent per partition; the aws backend without aws settings fails clearly;
 and deploy_model's notification makes a running endpoint load the new champion.
 
 The test has its own artifact root (variable ml_artifact_root) and data root, so its champion
@@ -63,7 +64,11 @@ def test_batch_dag_scores_one_partition_once_per_row_without_pii(airflow_db, env
     folder = env["artifacts"] / "scores" / "ds=2026-11-01"
     scores = pd.read_parquet(folder / "part-0.parquet")
     manifest = json.loads((folder / "_manifest.json").read_text())
-    assert list(scores.columns) == ["transaction_id", "ts", "score", "decision", "model_version"]
+    # the day's capture: key, time, the model's inputs (curated), the answer
+    assert list(scores.columns) == [
+        "transaction_id", "ts", "card_number", "merchant_id", "merchant_category", "amount", "channel", "country",
+        "score", "decision", "model_version",
+    ]  # fmt: skip
 
     # one score per valid input row; the broken rows are counted, not lost
     raw = pd.concat(
@@ -89,9 +94,16 @@ def test_batch_dag_scores_one_partition_once_per_row_without_pii(airflow_db, env
     np.testing.assert_array_equal(scores["decision"].to_numpy(dtype=int), (scores["score"] >= THRESHOLD).astype(int))
     assert manifest["flagged"] == int(scores["decision"].sum())
 
-    # no raw card number anywhere in the output
+    # the inputs as the curated data has them: the card number as its token, no raw card number anywhere
+    curated, _, _ = curate_partition(
+        read_partition_files(Store.from_uri(str(env["landing"])), "2026-11-01", "parquet"),
+        SPEC,
+        pii_key=os.environ["AIRFLOW_VAR_ML_PII_HASH_KEY"].encode(),
+    )
+    mine = curated.set_index("transaction_id").loc[scores["transaction_id"]]
+    assert scores["card_number"].tolist() == mine["card_number"].tolist()
+    np.testing.assert_allclose(scores["amount"].to_numpy(), mine["amount"].to_numpy())
     cards = set(raw["card_number"].dropna().astype(str))
-    assert "card_number" not in scores.columns
     for col in scores.columns:
         assert not set(scores[col].astype(str)) & cards, col
     assert not any(c in (folder / "_manifest.json").read_text() for c in list(cards)[:200])

@@ -156,3 +156,39 @@ def test_a_problem_without_a_time_column_cannot_be_monitored():
     scores, labels = _scored(2, 50, caught_until=2)
     with pytest.raises(ValueError, match="time column"):
         monitoring.matured_rows(scores.drop(columns=["ts"]), labels, spec, as_of=AS_OF)
+
+
+def test_scored_rows_keep_one_row_per_key_the_endpoint_answer_winning() -> None:
+    spec = _spec()
+    ts = pd.Timestamp("2026-10-01 12:00", tz="UTC")
+    batch = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c"],
+            "ts": [ts, ts + pd.Timedelta(hours=1), ts + pd.Timedelta(hours=2)],
+            "score": [0.1, 0.2, 0.3],
+            "decision": [0, 0, 0],
+            "model_version": 1,
+        }
+    )
+    at = pd.Timestamp("2026-10-01 12:00:05", tz="UTC")
+    endpoint = pd.DataFrame(
+        {
+            "transaction_id": ["c", "d", "c", None],
+            "ts": [ts + pd.Timedelta(hours=2), ts + pd.Timedelta(hours=3), ts + pd.Timedelta(hours=2), ts],
+            "amount": [10.0, 20.0, 10.0, 5.0],
+            "score": [0.9, 0.4, 0.8, 0.5],
+            "decision": [1, 0, 1, 0],
+            "model_version": 2,
+            "captured_at": [at + pd.Timedelta(seconds=9), at, at, at],  # c answered twice: the later wins
+        }
+    )
+    rows, counts = monitoring.scored_rows(batch, endpoint, spec)
+    assert rows["transaction_id"].tolist() == ["a", "b", "c", "d"]  # in time order
+    assert rows["_source"].tolist() == ["batch", "batch", "endpoint", "endpoint"]
+    assert rows.set_index("transaction_id").loc["c", "score"] == 0.9
+    assert counts == {"rows_batch": 3, "rows_endpoint": 4, "duplicates_dropped": 2, "rows_without_key": 1}
+    # either source alone
+    assert monitoring.scored_rows(batch, None, spec)[0]["transaction_id"].tolist() == ["a", "b", "c"]
+    assert monitoring.scored_rows(None, endpoint, spec)[1]["duplicates_dropped"] == 1
+    with pytest.raises(ValueError, match="no scored rows"):
+        monitoring.scored_rows(None, None, spec)

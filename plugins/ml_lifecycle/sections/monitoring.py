@@ -1,8 +1,10 @@
 """Watch the champion in production: the ``<problem>_monitoring`` DAG's tasks.
 
-``monitor_champion`` reads the scored days (``scores/ds=*``, written by batch scoring), the label
-feed up to the run's data interval end and the scored days' inputs from the landing partitions;
-it writes ``monitoring/ds=<day>/monitoring.json``, ``report.html`` and ``realised.png``
+``monitor_champion`` reads the scored days - batch scoring's ``scores/ds=*`` and the endpoint's
+captures ``captures/ds=*`` (one row per key: the endpoint's answer wins, see
+``include/lifecycle/monitoring.scored_rows``) -, the label feed up to the run's data interval end
+and the scored rows' inputs: as captured with them (``serving.capture``), else, for days scored
+without them, from the landing partitions; it writes ``monitoring/ds=<day>/monitoring.json``, ``report.html`` and ``realised.png``
 (``include/lifecycle/monitoring.py`` does the statistics) and returns the verdict.
 ``request_retraining`` runs only when the verdict asks for retraining: it updates the
 ``<problem>.retrain_requested`` asset with the evidence in the event's ``extra``, which schedules
@@ -37,11 +39,42 @@ def _read_days(store: Any, days: list[str], rel: Any, columns: list[str] | None 
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def _read_captures(store: Any, days: list[str]) -> Any:
+    """The endpoint's captured rows of ``days`` (every flush file of every server), or None."""
+    import pandas as pd
+
+    from include.lifecycle.layout import capture_dir
+
+    files = [
+        f"{capture_dir(d)}/{name}"
+        for d in days
+        for name, is_dir in store.entries(capture_dir(d))
+        if not is_dir and name.endswith(".parquet")
+    ]
+    frames = [store.read_parquet(f) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _landing_days(store: Any, days: list[str], fmt: str) -> Any:
+    """The raw landing rows of ``days`` (for days scored without their inputs), or None."""
+    import pandas as pd
+
+    from include.lifecycle.collect import partition_files, read_file
+
+    frames = []
+    for d in days:
+        names, _ = partition_files(store, d, fmt) if store.exists(f"ds={d}") else ([], None)
+        frames += [read_file(store, f"ds={d}/{n}", fmt) for n in names]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def monitor_champion(problem: str, **context: Any) -> dict[str, Any]:
     """The champion's realised goal metric on matured labels, drift of its served inputs, the verdict."""
+    import numpy as np
     import pandas as pd
 
     from include.lifecycle import monitoring
+    from include.lifecycle.capture import input_columns
     from include.lifecycle.collect import partition_files, read_file
     from include.lifecycle.evaluate_data.reference import champion_training_data, drift_against
     from include.lifecycle.layout import monitoring_dir, scores_dir
@@ -54,15 +87,19 @@ def monitor_champion(problem: str, **context: Any) -> dict[str, Any]:
     as_of = rc.as_of
     maturity = spec.data.labels.maturity_days if spec.data.labels else 0
     days = _days(as_of.date(), maturity + mon.window_days + SLACK_DAYS)
-    scores = _read_days(rc.store, days, lambda d: f"{scores_dir(d)}/part-0.parquet")
-    if scores is None:
+    batch = _read_days(rc.store, days, lambda d: f"{scores_dir(d)}/part-0.parquet")
+    endpoint = _read_captures(rc.store, days)
+    if batch is None and endpoint is None:
         raise AirflowSkipException(f"{problem}: no scored day in {days[0]}..{days[-1]}: nothing to monitor yet")
+    scores, sources = monitoring.scored_rows(batch, endpoint, spec)
+    time_col, key = spec.data.time_column, spec.data.key
+    scores[time_col] = monitoring.utc(scores[time_col])  # one zone for batch and endpoint rows
     log.info(
-        "monitor_champion: %d scored rows of %d days from %s",
-        len(scores),
-        scores[spec.data.time_column].dt.date.nunique(),
-        rc.store.uri("scores"),
-    )
+        "monitor_champion: %d scored rows of %d days (%d batch-scored from %s, %d captured by the endpoint in %s; "
+        "%d scored twice, the endpoint's answer kept)",
+        len(scores), scores[time_col].dt.date.nunique(), sources["rows_batch"], rc.store.uri("scores"),
+        sources["rows_endpoint"], rc.store.uri("captures"), sources["duplicates_dropped"],
+    )  # fmt: skip
 
     # the label feed: every partition up to the instant (arrivals after it are filtered by time)
     labels = None
@@ -77,25 +114,41 @@ def monitor_champion(problem: str, **context: Any) -> dict[str, Any]:
         labels = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[lab.key, lab.arrived_at])
         log.info("monitor_champion: %d label rows from %s", len(labels), feed.uri())
     rows, counts = monitoring.matured_rows(scores, labels, spec, as_of=as_of)
+    counts |= sources
 
-    # the scored days' inputs (amounts for the goal metric, features for drift), joined by key
-    source = rc.input_store(resolve_source(spec.data.source))
+    # the scored rows' inputs (amounts for the goal metric, features for drift): as captured with
+    # the scores; the landing partitions only for days scored without them (capture off, or older)
+    inputs = input_columns(spec, scores.columns)
+    captured = scores[inputs].notna().any(axis=1).to_numpy() if inputs else np.zeros(len(scores), dtype=bool)
+    day_of = scores[time_col].dt.date.astype(str)
     scored_days = sorted(rows[monitoring.DAY].dt.date.astype(str).unique())
-    newest = sorted(scores[spec.data.time_column].dt.date.astype(str).unique())[-mon.drift_days :]
-    inputs = []
-    for d in sorted(set(scored_days) | set(newest)):
-        names, _ = partition_files(source, d, spec.data.format) if source.exists(f"ds={d}") else ([], None)
-        inputs += [read_file(source, f"ds={d}/{n}", spec.data.format) for n in names]
-    served = pd.concat(inputs, ignore_index=True) if inputs else None
+    newest = sorted(day_of.unique())[-mon.drift_days :]
+    uncaptured = sorted((set(scored_days) | set(newest)) & set(day_of[~captured]))
+    landing = _landing_days(rc.input_store(resolve_source(spec.data.source)), uncaptured, spec.data.format)
     amount_col = spec.data.amount_column
-    if served is not None and amount_col and amount_col in served.columns:
-        amounts = served[[spec.data.key, amount_col]].drop_duplicates(spec.data.key)
-        rows = rows.merge(amounts, on=spec.data.key, how="left", suffixes=("", "_input"))
+    if amount_col:
+        if amount_col not in rows.columns:
+            rows[amount_col] = np.nan
+        if landing is not None and amount_col in landing.columns:
+            first = landing.drop_duplicates(key)
+            raw = pd.Series(first[amount_col].to_numpy(dtype=float), index=first[key].astype(str).to_numpy())
+            rows[amount_col] = rows[amount_col].astype(float).fillna(rows[key].astype(str).map(raw))
     realised = monitoring.series(spec, rows, amount_column=amount_col, seed=spec.training.seed)
 
+    parts = []
+    recent_captured = captured & day_of.isin(newest).to_numpy()
+    if recent_captured.any():
+        parts.append(scores.loc[recent_captured, [time_col, *inputs]])
+    if landing is not None:
+        raw_recent = landing[monitoring.utc(landing[time_col]).dt.date.astype(str).isin(newest).to_numpy()]
+        parts.append(raw_recent.assign(**{time_col: monitoring.utc(raw_recent[time_col])}))
+    counts["drift_inputs"] = {
+        "captured_rows": int(recent_captured.sum()),
+        "landing_days": [d for d in uncaptured if d in newest],
+    }
     drift = None
-    if served is not None:
-        recent = served[pd.to_datetime(served[spec.data.time_column], utc=True).dt.date.astype(str).isin(newest)]
+    if parts:
+        recent = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
         numeric, categorical = spec.profile_roles(recent.drop(columns=[spec.problem.target], errors="ignore"))
         reference, info = champion_training_data(
             rc.store, columns=[*numeric, *categorical], time_column=spec.data.time_column
