@@ -14,7 +14,8 @@ variables; on AWS the same file runs in the framework container.
 How the trial is scored (``--selection``, see ``include/lifecycle/models.py``): ``holdout`` fits
 on the train channel and scores the validation channel; ``cv`` (or ``auto`` on static or small
 data) scores k folds of train + validation (``validation_score`` = their mean, the fold scores and
-their sd recorded) and keeps the model fitted on the train channel. ``metrics.json`` also holds
+their sd recorded) and keeps the model refitted on train + validation (regression) or on the train
+channel (binary: its threshold is chosen on validation; ``fitted_on`` says). ``metrics.json`` also holds
 the smooth validation metrics that break ties of the goal metric (``validation_auprc`` and
 ``validation_log_loss``, or ``validation_rmse`` and ``validation_mae``). With
 ``--target_transform log|log1p`` a regression model is fitted on the transformed target, saved to
@@ -204,6 +205,10 @@ class _Trial:
         return predict_both(model, X, binary=self.binary)
 
 
+def _join(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None or b is None else np.concatenate([a, b])
+
+
 def _mean(values: list[Any]) -> float | None:
     kept = [float(v) for v in values if v is not None]
     return float(np.mean(kept)) if len(kept) == len(values) and kept else None
@@ -266,13 +271,22 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         t1 = time.perf_counter()
         folds = _cross_validate(trial, sel, [(X_tr, y_tr, amt_tr), (X_va, y_va, amt_va)], log) if sel.folds else []
         t_cv = time.perf_counter() - t1
+        # the model kept: a cross-validated regression is refitted on every non-test row (nothing is
+        # chosen on the validation rows later); otherwise fitted on the train channel, so the binary
+        # threshold and calibrator are chosen on validation rows it did not fit
+        refit = bool(folds) and not binary
+        X_fit, y_fit, amt_fit = (
+            (np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), _join(amt_tr, amt_va))
+            if refit
+            else (X_tr, y_tr, amt_tr)
+        )
         t1 = time.perf_counter()
-        model, z_tr, n_fit = trial.fit(X_tr, y_tr, score_fit_rows=True)
+        model, z_fit, n_fit = trial.fit(X_fit, y_fit, score_fit_rows=True)
         t_fit = time.perf_counter() - t1
         s_va, z_va = trial.predictions(model, X_va)
-    assert z_tr is not None
-    s_tr = inverse_target(z_tr, trial.transform) if not binary else z_tr
-    on_train = trial.evaluate(y_tr, s_tr, z_tr, amt_tr)
+    assert z_fit is not None
+    s_fit = inverse_target(z_fit, trial.transform) if not binary else z_fit
+    on_train = trial.evaluate(y_fit, s_fit, z_fit, amt_fit)
     on_validation = trial.evaluate(y_va, s_va, z_va, amt_va)
     # what the trials are compared by: the fold means under cv, the validation channel under holdout
     chosen = {k: _mean([f[k] for f in folds]) for k in on_validation} if folds else on_validation
@@ -286,6 +300,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         **{f"validation_{k}": v for k, v in chosen.items() if k not in ("score", "score_transformed")},
         "selection": sel.name,
         "selection_rule": sel.rule,
+        "fitted_on": "train+validation" if refit else "train",
         "n_train": len(y_tr),
         "n_fit": n_fit,
         "n_validation": len(y_va),
@@ -305,9 +320,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         result.update(
             validation_fold_scores=scores,
             validation_score_sd=float(np.std(scores, ddof=1)),
-            holdout_validation_score=on_validation["score"],  # the kept model on the validation channel
             n_cv=int(sum(f["rows"] for f in folds)),
         )
+        if not refit:  # the kept model on the validation channel (rows it did not fit)
+            result["holdout_validation_score"] = on_validation["score"]
     if trial.transform != "none":
         result.update(
             train_score_transformed=on_train["score_transformed"],

@@ -9,9 +9,11 @@ container on AWS.
 How trials are compared (``training.selection``, recorded per trial as ``selection``):
 
 * ``cv-<k>``: stratified k-fold cross-validation on the train + validation rows (the job receives
-  both channels); ``validation_score`` is the mean of the k fold scores. The model kept is fitted
-  on the train channel only, so the decision threshold chosen later on validation is still chosen
-  on rows the model did not fit.
+  both channels); ``validation_score`` is the mean of the k fold scores. The model kept is then
+  refitted: a regression model on all train + validation rows (nothing is chosen on validation
+  rows after selection, and on small data the extra rows are worth most); a binary model on the
+  train channel only, so the decision threshold and the calibrator chosen later on validation are
+  still chosen on rows the model did not fit. ``fitted_on`` records which.
 * ``holdout``: fitted on the train channel, scored on the validation channel.
 
 ``auto`` (the default) keeps the forward split of time-ordered partitioned data (shuffled folds

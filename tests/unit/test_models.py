@@ -710,8 +710,8 @@ def test_a_static_spec_is_cross_validated_and_a_partitioned_one_keeps_its_holdou
     # one "validation <metric>=<score>" line (SageMaker tuning's objective), carrying the cv mean
     found = [float(m) for line in logs for m in re.findall(r"validation [a-z0-9_]+=([-+0-9.eE]+)", line)]
     assert found == [pytest.approx(cv["validation_score"], abs=1e-4)]
-    # the model kept is fitted on the train channel only: the validation rows stay unseen for the threshold
-    assert cv["n_fit"] == cv["n_train"] == len(train)
+    # a binary model kept is fitted on the train channel only: the validation rows stay unseen for the threshold
+    assert cv["n_fit"] == cv["n_train"] == len(train) and cv["fitted_on"] == "train"
     model = load_model(env["SM_MODEL_DIR"])
     X_va = valid.drop(columns=[TARGET_COL, AMOUNT_COL]).to_numpy(dtype="float32")
     s_va = predict(model, X_va, binary=True)
@@ -835,10 +835,14 @@ def test_a_transformed_tree_model_round_trips_and_scores_its_training_rows(tmp_p
     X_tr = train.drop(columns=[TARGET_COL]).to_numpy(dtype="float32")
     X_va = valid.drop(columns=[TARGET_COL]).to_numpy(dtype="float32")
     y_tr, y_va = train[TARGET_COL].to_numpy(), valid[TARGET_COL].to_numpy()
-    assert result["train_score"] == pytest.approx(goal_metric("rmse", y_tr, predict(model, X_tr, binary=False)))
-    assert result["holdout_validation_score"] == pytest.approx(
-        goal_metric("rmse", y_va, predict(model, X_va, binary=False))
-    )
+    # a cross-validated regression model is refitted on every non-test row: its training score is
+    # on all of them, and no in-sample "holdout" score is reported
+    assert result["fitted_on"] == "train+validation" and result["n_fit"] == len(train) + len(valid)
+    X_all, y_all = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+    assert result["train_score"] == pytest.approx(goal_metric("rmse", y_all, predict(model, X_all, binary=False)))
+    assert "holdout_validation_score" not in result
+    # the refit is the same trial on more rows, not the fold models or the train-channel fit
+    assert result["train_score"] != pytest.approx(goal_metric("rmse", y_tr, predict(model, X_tr, binary=False)))
     # on the price scale (a log-scale rmse would be below 1), better than predicting the mean
     assert 1_000 < result["validation_score"] < 0.8 * float(np.std(y_va))
 
