@@ -12,12 +12,18 @@ sends real rows of the last landing partition and prints a table:
   p50 / p99 latency of the answered requests;
 * batch requests of 1,000 and 10,000 CSV rows (rows/s);
 * in-process: ``ModelBundle.score`` on a whole day and on 100k rows, and the batch DAG's
-  ``score_partition`` (one day plus the lookback days as per-card history) in rows/s.
+  ``score_partition`` (one day plus the lookback days as per-card history) in rows/s;
+* data capture's cost: the same loads (8 keep-alive clients of single-row JSON requests, and
+  batches of 1,000 CSV rows) against the server with ``--capture off`` and ``--capture on`` (PII
+  tokenised), alternating over ``--capture-rounds`` rounds, a scratch artifact root holding a copy
+  of the champion and the captures; throughput with capture over without (the issue's bar:
+  capture costs at most 10 %), and the captured rows counted against the answered ones.
 
 The numbers go to ``bench/results/serving-<date>.json``.
 
     .venv/bin/python bench/serving.py [--problem card_fraud] [--requests 1000] [--load-seconds 5]
     .venv/bin/python bench/serving.py --load-only     # only the load runs (merged into today's file)
+    .venv/bin/python bench/serving.py --capture-only  # only capture on/off (merged into today's file)
 """
 
 from __future__ import annotations
@@ -59,11 +65,16 @@ def free_port() -> int:
 
 
 def start_server(
-    problem: str, artifact_root: str, port: int, history_days: int, pii_key: bytes | None = None
+    problem: str,
+    artifact_root: str,
+    port: int,
+    history_days: int,
+    pii_key: bytes | None = None,
+    capture: str = "off",
 ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "include.lifecycle.serving", "--problem", problem, "--artifact-root", artifact_root]
     cmd += ["--port", str(port), "--poll-seconds", "0", "--max-body-bytes", str(64 * 1024 * 1024)]
-    cmd += ["--history-days", str(history_days)]
+    cmd += ["--history-days", str(history_days), "--capture", capture]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ML_PII_HASH_KEY": pii_key.decode() if pii_key else ""}
     # the server's log goes to a file: a pipe nobody reads would fill up and stall it under load
     log = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the server runs
@@ -260,6 +271,73 @@ def batches(port: int, frame: pd.DataFrame, size: int, repeats: int) -> dict[str
     }
 
 
+def captured_rows(root: str, problem: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in Path(root, problem, "captures").glob("ds=*/*.parquet"))
+
+
+def capture_overhead(
+    problem: str,
+    artifact_root: str,
+    version: int,
+    bodies: list[bytes],
+    frame: pd.DataFrame,
+    *,
+    seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
+    """Throughput with capture on over capture off, same loads, alternating rounds (the machine's
+    other load drifts: alternating spreads it over both sides); medians over the rounds."""
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    key = secrets.token_hex(32).encode()
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as scratch:
+        registry = registry_for(scratch, problem)
+        files = champion_files(registry_for(artifact_root, problem), version)
+        registry.promote(registry.register(files, {}), run_id="bench", expected_champion=None)
+        answered = 0
+        for r in range(rounds):
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                port = free_port()
+                proc = start_server(problem, scratch, port, history_days=0, pii_key=key, capture=mode)
+                try:
+                    single = load(port, bodies, 8, seconds, new_connections=False)
+                    batch = batches(port, frame, 1_000, 5)
+                finally:
+                    proc.terminate()  # SIGTERM: the server writes the captured rows still waiting
+                    proc.wait(timeout=60)
+                if mode == "on":
+                    answered += single["ok"] + 6 * 1_000  # batches(): one warm-up + 5 timed
+                runs[mode].append({"single_rps": single["rows_per_s"], "single_p99_ms": single["p99_ms"],
+                                   "batch_rows_per_s": batch["rows_per_s"]})  # fmt: skip
+        written = captured_rows(scratch, problem)
+
+    def med(mode: str, k: str) -> float:
+        return statistics.median(x[k] for x in runs[mode])
+
+    out: dict[str, Any] = {"rounds": rounds, "seconds_per_load": seconds, "runs": runs}
+    for k in ("single_rps", "batch_rows_per_s"):
+        out[k] = {"off": med("off", k), "on": med("on", k), "on_over_off": med("on", k) / med("off", k)}
+    out["single_p99_ms"] = {"off": med("off", "single_p99_ms"), "on": med("on", "single_p99_ms")}
+    out["rows_answered_with_capture"] = answered
+    out["rows_captured"] = written
+    out["overhead_pct"] = {k: 100 * (1 - out[k]["on_over_off"]) for k in ("single_rps", "batch_rows_per_s")}
+    return out
+
+
+def print_capture(c: dict[str, Any]) -> None:
+    print(
+        f"\ndata capture on vs off (medians of {c['rounds']} alternating rounds, {c['seconds_per_load']:g} s loads)\n"
+    )
+    header = f"{'load':<44} {'off':>10} {'on':>10} {'cost':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, k in (("8 keep-alive clients, single-row JSON (req/s)", "single_rps"),
+                    ("batches of 1,000 CSV rows (rows/s)", "batch_rows_per_s")):  # fmt: skip
+        print(f"{name:<44} {c[k]['off']:>10,.0f} {c[k]['on']:>10,.0f} {c['overhead_pct'][k]:>6.1f}%")
+    print(f"rows answered with capture on: {c['rows_answered_with_capture']:,}; captured: {c['rows_captured']:,}")
+
+
 def timed(fn: Any, repeats: int = 3) -> float:
     fn()
     return statistics.median([_once(fn) for _ in range(repeats)])
@@ -279,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--load-seconds", type=float, default=5.0, help="length of each load run (8, 64, 200 clients)")
     p.add_argument("--load-only", action="store_true", help="only the load runs, merged into today's results file")
+    p.add_argument("--capture-only", action="store_true", help="only capture on/off, merged into today's results file")
+    p.add_argument("--capture-rounds", type=int, default=4, help="alternating capture off/on rounds")
+    p.add_argument("--capture-seconds", type=float, default=8.0, help="length of each capture load run")
     args = p.parse_args(argv)
     load_before = os.getloadavg()[0]
 
@@ -299,9 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     json_bodies = [json.dumps(r).encode() for r in records[: args.requests]]
     csv_bodies = [frame.iloc[[i]].to_csv(index=False).encode() for i in range(min(args.requests, len(frame)))]
 
+    results: dict[str, Any] = {}
+    if args.capture_only:
+        results["capture"] = capture_overhead(args.problem, args.artifact_root, champion.version, json_bodies, frame,
+                                              seconds=args.capture_seconds, rounds=args.capture_rounds)  # fmt: skip
+        print_capture(results["capture"])
+        write_results(args.problem, champion, day, results, load_before, merge=True)
+        return 0
     port = free_port()
     proc = start_server(args.problem, args.artifact_root, port, history_days=0)  # rows of the request only
-    results: dict[str, Any] = {}
     try:
         if not args.load_only:
             results |= {
@@ -400,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         p99_text = f"{p99:.1f}" if p99 is not None else "-"
         print(f"{name:<52} {p50:>9.1f} {p99_text:>9} {r['rows_per_s']:>10,.0f}")
     print_load(results, args.problem, champion.version, load_before)
+    results["capture"] = capture_overhead(args.problem, args.artifact_root, champion.version, json_bodies, frame,
+                                          seconds=args.capture_seconds, rounds=args.capture_rounds)  # fmt: skip
+    print_capture(results["capture"])
     write_results(args.problem, champion, day, results, load_before, merge=False)
     return 0
 

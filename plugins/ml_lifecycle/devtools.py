@@ -4,6 +4,7 @@
     python -m ml_lifecycle.devtools demo-data [PROBLEM ...] --run-date D --days N --per-day N
     python -m ml_lifecycle.devtools finish-run PROBLEM --since EPOCH --log FILE --artifact-root ROOT
     python -m ml_lifecycle.devtools rollback PROBLEM [--version N] [--by NAME] [--reason TEXT]
+    python -m ml_lifecycle.devtools monitor-demo [--per-day N]
 
 ``check-spec`` validates one problem spec before Airflow runs it and prints the loader's
 message (file, field, rule). ``demo-data`` generates, or extends to today, the synthetic card
@@ -17,6 +18,16 @@ the problem's registered model back to the previous champion, or to version N, a
 every file of that version against its sha256; who and when are recorded in the version's tags
 and the deployment history. A running endpoint serves it within its poll interval (at once when
 ``ml_serving_url`` / ``$ML_SERVING_URL`` names it: it is told to reload).
+
+``monitor-demo`` (``make monitor-demo``, after ``make run``) plays the drift scenario of the
+monitoring DAG through the real code paths with a problem of its own (``card_fraud_drift``, the
+flagship spec with its own data): it generates card data with a new fraud pattern from
+``DRIFT_DAY``, trains and deploys a champion the days before, scores the following days with the
+batch-scoring DAG and with the endpoint (its capture), runs the monitoring DAG once the labels
+have matured (decay: retraining requested through the asset), runs the lifecycle DAG again (the
+run the asset starts on the scheduler), serves the new champion and monitors again; it prints
+where the monitoring reports are and writes a timeline report of the whole story
+(``<artifact root>/card_fraud_drift/monitoring/demo.html``).
 
 Airflow's plugin manager imports every module of the plugins folder: this one imports airflow
 and the project's modules only inside its functions.
@@ -233,6 +244,267 @@ def rollback(
     return 0
 
 
+# --- the monitoring demo ----------------------------------------------------------------------
+DRIFT_PROBLEM = "card_fraud_drift"
+DRIFT_DAY = dt.date(2026, 10, 1)
+"""The drift scenario's dates are fixed (the demo and the test do not depend on today)."""
+
+
+def run_dag(dag_id: str, logical_date: dt.datetime, *, problems_dir: Path | None = None,
+            conf: dict[str, Any] | None = None) -> tuple[str, str]:  # fmt: skip
+    """``(state, run_id)`` of one whole run of a DAG of dags/ in this process (``dag.test()``), the
+    specs read from ``problems_dir`` (``$ML_PROBLEMS_DIR``; default: the shipped specs)."""
+    import os
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.lifecycle.spec import PROJECT_ROOT
+
+    old = os.environ.get("ML_PROBLEMS_DIR")
+    if problems_dir is not None:
+        os.environ["ML_PROBLEMS_DIR"] = str(problems_dir)
+    try:
+        bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+        if bag.import_errors:
+            raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        dr = bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
+    finally:
+        if old is None:
+            os.environ.pop("ML_PROBLEMS_DIR", None)
+        else:
+            os.environ["ML_PROBLEMS_DIR"] = old
+    return str(dr.state), dr.run_id
+
+
+def serve_days(
+    spec: Any, days: list[dt.date], *, artifact_root: str, pii_key: bytes, rows_per_request: int = 500
+) -> dict[str, Any]:
+    """Send the landing rows of ``days`` (those that pass the schema: a request with a broken row is
+    refused whole) to the endpoint (include/lifecycle/serving.py, in this process on a free port,
+    the champion of ``artifact_root``) in CSV requests of ``rows_per_request`` rows, then stop it,
+    which writes the captured rows still waiting: ``{"requests", "rows", "capture": {...}}``."""
+    import http.client
+
+    import pandas as pd
+
+    from include.lifecycle.collect import curate_partition, read_partition_files
+    from include.lifecycle.serving import make_server
+    from include.lifecycle.spec import resolve_source
+    from include.lifecycle.store import Store
+
+    source = Store.from_uri(resolve_source(spec.data.source))
+    server = make_server(spec.name, artifact_root=artifact_root, spec=spec, port=0, poll_seconds=None,
+                         pii_key=pii_key, capture=True)  # fmt: skip
+    server.start()
+    sent = requests = 0
+    try:
+        if server.holder.current is None:
+            raise RuntimeError(f"the endpoint has no champion of {spec.name}: {server.holder.last_error}")
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=120)
+        for day in days:
+            frames = read_partition_files(source, day.isoformat(), spec.data.format)
+            raw = pd.concat([df for _, df in frames], ignore_index=True)
+            valid, _, _ = curate_partition(frames, spec, pii_key=pii_key)
+            key, time_col = spec.data.key, spec.data.time_column
+            rows = raw[raw[key].astype(str).isin(set(valid[key].astype(str)))].sort_values(time_col, kind="stable")
+            rows = rows.drop_duplicates(key)
+            for start in range(0, len(rows), rows_per_request):
+                body = rows.iloc[start : start + rows_per_request].to_csv(index=False).encode()
+                conn.request("POST", "/invocations", body=body, headers={"Content-Type": "text/csv"})
+                resp = conn.getresponse()
+                answer = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"the endpoint answered {resp.status}: {answer[:300]!r}")
+                requests += 1
+            sent += len(rows)
+        conn.close()
+    finally:
+        server.stop()  # flushes the capture
+    return {"requests": requests, "rows": sent, "capture": server.capture.status() if server.capture else None}
+
+
+def drift_spec(name: str = DRIFT_PROBLEM) -> dict[str, Any]:
+    """The flagship spec as the drift scenario's problem: its own data, one round, a short window."""
+    import yaml
+
+    from include.lifecycle.spec import PROJECT_ROOT
+
+    spec = yaml.safe_load((PROJECT_ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
+    spec["name"] = name
+    spec["title"] = "Card fraud detection, drift scenario (make monitor-demo)"
+    spec["tags"] = ["fraud", "demo", "monitoring"]
+    spec["max_rounds"] = 1
+    spec["data"]["source"] = f"data/{name}/landing/transactions"
+    spec["data"]["labels"]["source"] = f"data/{name}/landing/chargebacks"
+    spec["data"]["lookback_days"] = 28
+    spec["monitoring"] = {"window_days": 5, "min_positives": 8, "drift_days": 3}
+    return spec
+
+
+def _at(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def timeline_report(problem: str, store: Any, monitor_days: list[dt.date], events: list[str]) -> str:
+    """One HTML page with the realised goal metric per day over the monitors' runs (each day's
+    newest figures), the goal line, the model version per day, and what happened when."""
+    import base64
+    import html
+
+    from include.lifecycle import monitoring
+    from include.lifecycle.layout import monitoring_dir
+
+    per_day: dict[str, dict[str, Any]] = {}
+    summaries = []
+    for day in monitor_days:
+        doc = store.read_json(f"{monitoring_dir(day.isoformat())}/monitoring.json")
+        summaries.append(doc)
+        for d in doc["realised"]["per_day"]:
+            if d["value"] is not None:
+                per_day[d["day"]] = d
+    last = summaries[-1]["realised"]
+    series = {**last, "per_day": [per_day[k] for k in sorted(per_day)], "window": {}}
+    png = monitoring.series_plot(series)
+    rows = "".join(
+        f"<tr><td>{d['day']}</td><td>{','.join(map(str, d['model_versions']))}</td><td>{d['rows']}</td>"
+        f"<td>{d['positives']}</td><td>{d['value']:.3f}</td><td>[{d['low']:.3f}, {d['high']:.3f}]</td>"
+        f"<td>{'meets' if d['value'] >= last['target'] else 'below'}</td></tr>"
+        for d in series["per_day"]
+    )
+    runs = "".join(
+        f"<tr><td>{s['as_of'][:10]}</td><td>{'RETRAINING REQUESTED' if s['verdict']['retrain'] else 'no request'}</td>"
+        f"<td>{html.escape('; '.join(s['verdict']['reasons']))}</td>"
+        f"<td><a href='ds={s['as_of'][:10]}/report.html'>report</a></td></tr>"
+        for s in summaries
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{problem}: monitoring demo</title>"
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}td,th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd;vertical-align:top}</style></head><body>"
+        f"<h1>{problem}: the champion watched through a drift (make monitor-demo)</h1>"
+        f"<ol>{''.join(f'<li>{html.escape(e)}</li>' for e in events)}</ol>"
+        f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'/>"
+        f"<h2>Monitoring runs</h2><table><tr><th>as of</th><th>verdict</th><th>why</th><th></th></tr>{runs}</table>"
+        f"<h2>Realised {html.escape(last['metric'])} per day (goal {last['target']})</h2><table><tr><th>day</th>"
+        f"<th>model</th><th>rows</th><th>positives</th><th>value</th><th>interval</th><th></th></tr>{rows}</table>"
+        "</body></html>"
+    )
+
+
+def monitor_demo(*, per_day: int, seed: int = 7) -> int:
+    """The drift scenario end to end (see the module's doc); prints where the reports are."""
+    import json
+    import os
+    import time
+
+    import yaml
+
+    from include.lifecycle import synth
+    from include.lifecycle.layout import monitoring_dir
+    from include.lifecycle.registry import ModelRegistry
+    from include.lifecycle.spec import data_root, load_spec, resolve_source
+    from include.lifecycle.store import Store
+
+    started = time.monotonic()
+    key = (os.environ.get("AIRFLOW_VAR_ML_PII_HASH_KEY") or "").encode()
+    if not key:
+        _err("monitor-demo needs the PII key in AIRFLOW_VAR_ML_PII_HASH_KEY (make monitor-demo sets it)")
+        return 2
+    name = DRIFT_PROBLEM
+    artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or str(Path.cwd() / "artifacts")
+    os.environ["AIRFLOW_VAR_ML_ARTIFACT_ROOT"] = artifact_root  # the tasks' store is the demo's
+    problems = data_root() / "data" / name / "problems"
+    problems.mkdir(parents=True, exist_ok=True)
+    spec_file = problems / f"{name}.yaml"
+    spec_file.write_text(yaml.safe_dump(drift_spec(name), sort_keys=False))
+    spec = load_spec(spec_file)
+    store = Store.from_uri(Path(artifact_root, name).resolve().as_uri())
+    maturity = spec.data.labels.maturity_days
+
+    def step(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {msg}", flush=True)
+
+    # the timeline (days after DRIFT_DAY): v1 trained on the days before the drift; the batch DAG
+    # scores -2..+3, the endpoint serves +2..+6 (two days scored twice: the endpoint's answer counts)
+    retrain_day = DRIFT_DAY + dt.timedelta(days=27)  # 7 drifted days have matured into the training rows
+    end = retrain_day + dt.timedelta(days=7 + maturity + 2)
+    landing = Path(resolve_source(spec.data.source)).parent
+    if not (landing / "transactions").exists():
+        step(f"generating {per_day:,} transactions a day, a new fraud pattern from {DRIFT_DAY} -> {landing}")
+        synth.generate(landing, end=end, days=(end - DRIFT_DAY).days + 30, tx_per_day=per_day, seed=seed,
+                       drift_from=DRIFT_DAY)  # fmt: skip
+    events: list[str] = []
+    monitors: list[dt.date] = []
+
+    def lifecycle(day: dt.date) -> int:
+        state, _ = run_dag(name, _at(day), problems_dir=problems, conf={"force_deploy": True})
+        if state != "success":
+            raise RuntimeError(f"the lifecycle run of {day} ended {state}")
+        return ModelRegistry(store, name).champion_version()
+
+    def batch(first: dt.date, n: int) -> None:
+        for i in range(n):
+            day = first + dt.timedelta(days=i)
+            state, _ = run_dag(f"{name}_batch_scoring", _at(day + dt.timedelta(days=1)), problems_dir=problems)
+            if state != "success":
+                raise RuntimeError(f"batch scoring of {day} ended {state}")
+
+    def monitor(day: dt.date) -> dict[str, Any]:
+        state, _ = run_dag(f"{name}_monitoring", _at(day), problems_dir=problems)
+        if state != "success":
+            raise RuntimeError(f"the monitor of {day} ended {state}")
+        monitors.append(day)
+        doc = store.read_json(f"{monitoring_dir(day.isoformat())}/monitoring.json")
+        w = doc["realised"]["window"]
+        step(f"monitor as of {day}: window {w.get('start')}..{w.get('end')} v{w.get('model_version')} "
+             f"{doc['realised']['metric']} {w.get('value')} [{w.get('low')}, {w.get('high')}] (goal "
+             f"{doc['realised']['target']}): {'RETRAINING REQUESTED' if doc['verdict']['retrain'] else 'no request'}")  # fmt: skip
+        return doc
+
+    def days(first: dt.date, n: int) -> list[dt.date]:
+        return [first + dt.timedelta(days=i) for i in range(n)]
+
+    step(f"1. train and deploy a champion as of {DRIFT_DAY - dt.timedelta(days=2)} (before the new pattern)")
+    v1 = lifecycle(DRIFT_DAY - dt.timedelta(days=2))
+    events.append(f"{DRIFT_DAY - dt.timedelta(days=2)}: champion v{v1} trained on the days before the new pattern")
+    step(f"2. batch-score {DRIFT_DAY - dt.timedelta(days=2)}..{DRIFT_DAY + dt.timedelta(days=3)} with v{v1}")
+    batch(DRIFT_DAY - dt.timedelta(days=2), 6)
+    served = serve_days(spec, days(DRIFT_DAY + dt.timedelta(days=2), 5), artifact_root=artifact_root, pii_key=key)
+    step(f"   the endpoint answered {served['rows']:,} rows of {DRIFT_DAY + dt.timedelta(days=2)}.."
+         f"{DRIFT_DAY + dt.timedelta(days=6)} in {served['requests']} requests; captured {served['capture']['rows_written']:,}")  # fmt: skip
+    events.append(f"{DRIFT_DAY}: a new fraud pattern starts (skimmed cards at fuel pumps)")
+    events.append(
+        f"{DRIFT_DAY - dt.timedelta(days=2)}..{DRIFT_DAY + dt.timedelta(days=6)}: v{v1} scores every day "
+        f"(batch scoring to {DRIFT_DAY + dt.timedelta(days=3)}, the endpoint's capture from {DRIFT_DAY + dt.timedelta(days=2)})"
+    )
+    step("3. the monitor once the labels have matured")
+    monitor(DRIFT_DAY + dt.timedelta(days=maturity))
+    decayed_day = DRIFT_DAY + dt.timedelta(days=7 + maturity)
+    decayed = monitor(decayed_day)
+    if decayed["verdict"]["retrain"]:
+        events.append(f"{decayed_day}: the monitor requests retraining ({name}.retrain_requested): "
+                      + decayed["verdict"]["reasons"][0])  # fmt: skip
+    step(f"4. the retraining lifecycle run as of {retrain_day} (on the scheduler the asset event starts it)")
+    v2 = lifecycle(retrain_day)
+    events.append(f"{retrain_day}: retrained champion v{v2} deployed (7 days of the new pattern in its training rows)")
+    served = serve_days(spec, days(retrain_day, 7), artifact_root=artifact_root, pii_key=key)
+    step(
+        f"   the endpoint answered {served['rows']:,} rows of {retrain_day}..{retrain_day + dt.timedelta(days=6)} with v{v2}"
+    )
+    events.append(f"{retrain_day}..{retrain_day + dt.timedelta(days=6)}: v{v2} serves (the endpoint's capture)")
+    step("5. the monitor once those labels have matured")
+    after = monitor(retrain_day + dt.timedelta(days=7 + maturity))
+    html_text = timeline_report(name, store, monitors, events)
+    store.write_text("monitoring/demo.html", html_text)
+    w, was = after["realised"]["window"], decayed["realised"]["window"]
+    print(json.dumps({"decayed": {k: was.get(k) for k in ("start", "end", "model_version", "value", "low", "high")},
+                      "after_retrain": {k: w.get(k) for k in ("start", "end", "model_version", "value", "low", "high")},
+                      "goal": after["realised"]["target"]}, indent=1))  # fmt: skip
+    print(f"monitoring reports: {store.uri('monitoring')}/ds=*/report.html")
+    print(f"the whole story:    {store.uri('monitoring/demo.html')}  ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_lifecycle.devtools", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by", default=None, help="who rolls back (default: the current user)")
     p.add_argument("--reason", default=None, help="why (kept in the deployment record)")
     p.add_argument("--artifact-root", default=None, help="default: the store the problem's tasks use")
+    p = sub.add_parser("monitor-demo", help="the monitoring DAG on a drift scenario (after make run)")
+    p.add_argument("--per-day", type=int, default=2500, help="transactions a day of the scenario's data")
+    p.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    if args.command == "monitor-demo":
+        return monitor_demo(per_day=args.per_day, seed=args.seed)
     if args.command == "rollback":
         return rollback(
             args.problem, version=args.version, by=args.by, reason=args.reason, artifact_root=args.artifact_root

@@ -1,10 +1,13 @@
 """The monitoring DAG (dags/monitoring.py) on a drift scenario, whole DAGs in ``dag.test()``:
 
 1. a champion is trained on the days before a new fraud pattern starts (synth ``drift_from``);
-2. the batch-scoring DAG scores the following days with it;
+2. the batch-scoring DAG scores the following days with it, and the endpoint
+   (include/lifecycle/serving.py) answers the later ones, capturing every row; two days are
+   scored by both (the monitor keeps the endpoint's answer);
 3. once their chargebacks have matured, the monitoring DAG finds the realised goal metric below
-   the goal with confidence, writes its report and updates ``<problem>.retrain_requested`` with
-   the evidence in the event's ``extra`` (recorded in Airflow's metadata database);
+   the goal with confidence - on the endpoint's captured rows and their captured inputs -, writes
+   its report and updates ``<problem>.retrain_requested`` with the evidence in the event's
+   ``extra`` (recorded in Airflow's metadata database);
 4. on the same data before the drift has matured, it requests nothing;
 5. the retraining run (run here directly: ``dag.test()`` does not follow assets; on the scheduler
    the asset event starts it) trains on the drifted days, its champion scores the next days, and
@@ -16,20 +19,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from include.lifecycle import synth
-from tests.integration.dagrun import ROOT, run_dag, write_spec
+from include.lifecycle.spec import load_spec
+from ml_lifecycle.devtools import drift_spec, serve_days
+from tests.integration.dagrun import run_dag, write_spec
 
 pytestmark = pytest.mark.integration
+PII_KEY = os.environ["AIRFLOW_VAR_ML_PII_HASH_KEY"].encode()  # set by tests/conftest.py
 
 NAME = "fraud_drift"
 DRIFT_DAY = dt.date(2026, 10, 1)
 SCORED_DAYS = 9  # DRIFT_DAY - 2 .. DRIFT_DAY + 6
+BATCH_DAYS = 6  # DRIFT_DAY - 2 .. DRIFT_DAY + 3 by the batch DAG
+SERVED_FROM = DRIFT_DAY + dt.timedelta(days=2)  # .. DRIFT_DAY + 6 by the endpoint
 MATURITY = 10
 
 
@@ -40,14 +48,7 @@ def env(session_tmp: Path) -> Iterator[dict[str, Path]]:
     landing = data / "data" / NAME / "landing"
     end = DRIFT_DAY + dt.timedelta(days=46)
     synth.generate(landing, end=end, days=(end - DRIFT_DAY).days + 30, tx_per_day=2500, seed=7, drift_from=DRIFT_DAY)
-    spec = yaml.safe_load((ROOT / "include" / "problems" / "card_fraud.yaml").read_text())
-    spec["name"] = NAME
-    spec["max_rounds"] = 1
-    spec["data"]["source"] = f"data/{NAME}/landing/transactions"
-    spec["data"]["labels"]["source"] = f"data/{NAME}/landing/chargebacks"
-    spec["data"]["lookback_days"] = 28
-    spec["monitoring"] = {"window_days": 5, "min_positives": 8, "drift_days": 3}
-    write_spec(problems, spec)
+    write_spec(problems, drift_spec(NAME))  # the flagship's spec with its own data (make monitor-demo's too)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIRFLOW_VAR_ML_ARTIFACT_ROOT", str(artifacts))
         mp.setenv("ML_ARTIFACT_ROOT", str(artifacts))
@@ -81,7 +82,12 @@ def champion_v1(airflow_db, env) -> dict:
     assert state == "success"
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["model_version"] is not None
-    _score(env, DRIFT_DAY - dt.timedelta(days=2), SCORED_DAYS)
+    _score(env, DRIFT_DAY - dt.timedelta(days=2), BATCH_DAYS)
+    spec = load_spec(env["problems"] / f"{NAME}.yaml")
+    days = [SERVED_FROM + dt.timedelta(days=i) for i in range(SCORED_DAYS - BATCH_DAYS + 2)]
+    served = serve_days(spec, days, artifact_root=str(env["artifacts"].parent), pii_key=PII_KEY)
+    assert served["capture"]["rows_written"] == served["rows"] > 0 and served["capture"]["failures"] == 0
+    summary["served"] = served
     return summary
 
 
@@ -105,6 +111,12 @@ def test_the_monitor_sees_the_champion_decay_and_requests_retraining(champion_v1
     # the same champion on the days before the pattern (the early monitor's window) did better
     assert quiet["realised"]["window"]["value"] > w["value"], (quiet["realised"]["window"], w)
     assert summary["counts"]["rows_matured"] > 0 and summary["drift"] is not None
+    # the window's days were answered by the endpoint: its captured rows, and their captured inputs for drift
+    counts = summary["counts"]
+    assert counts["rows_endpoint"] == champion_v1["served"]["rows"] and counts["rows_batch"] > 0
+    assert w["start"] >= SERVED_FROM.isoformat() and counts["duplicates_dropped"] > 0  # two days scored twice
+    assert counts["drift_inputs"]["captured_rows"] > 0 and counts["drift_inputs"]["landing_days"] == []
+    assert "captured by the endpoint" in (folder / "report.html").read_text()
     assert "RETRAINING REQUESTED" in (folder / "report.html").read_text()
     # the request is an asset event carrying the evidence
     with create_session() as session:
