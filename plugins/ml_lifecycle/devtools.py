@@ -264,7 +264,7 @@ def run_dag(dag_id: str, logical_date: dt.datetime, *, problems_dir: Path | None
     if problems_dir is not None:
         os.environ["ML_PROBLEMS_DIR"] = str(problems_dir)
     try:
-        bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+        bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
         if bag.import_errors:
             raise RuntimeError(f"DAG import errors: {bag.import_errors}")
         dr = bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
@@ -391,16 +391,24 @@ def timeline_report(problem: str, store: Any, monitor_days: list[dt.date], event
     )
 
 
-def monitor_demo(*, per_day: int, seed: int = 7) -> int:
-    """The drift scenario end to end (see the module's doc); prints where the reports are."""
+def monitor_demo(*, per_day: int, seed: int = 7, before: int = 7, retrain_after: int = 34) -> int:
+    """The drift scenario end to end (see the module's doc); prints where the reports are.
+
+    The champion v1 is trained ``before`` days before the new pattern starts (DRIFT_DAY); the
+    retraining run is ``retrain_after`` days after it: the newest maturity (10) + test (5) +
+    validation (5) days are never trained on, so a retraining the day the monitor first asks
+    (drift day + 17) would learn nothing of the new pattern yet; the monitor keeps asking every
+    day until then (its request is the asset event), and at +34 two weeks of it are in the
+    training rows."""
     import json
     import os
+    import shutil
     import time
 
     import yaml
 
     from include.lifecycle import synth
-    from include.lifecycle.layout import monitoring_dir
+    from include.lifecycle.layout import CAPTURES, CURATED, MONITORING, SCORES, monitoring_dir
     from include.lifecycle.registry import ModelRegistry
     from include.lifecycle.spec import data_root, load_spec, resolve_source
     from include.lifecycle.store import Store
@@ -413,26 +421,39 @@ def monitor_demo(*, per_day: int, seed: int = 7) -> int:
     name = DRIFT_PROBLEM
     artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or str(Path.cwd() / "artifacts")
     os.environ["AIRFLOW_VAR_ML_ARTIFACT_ROOT"] = artifact_root  # the tasks' store is the demo's
-    problems = data_root() / "data" / name / "problems"
+    folder = data_root() / "data" / name
+    problems = folder / "problems"
     problems.mkdir(parents=True, exist_ok=True)
+    spec_doc = drift_spec(name)
+    spec_doc["max_rounds"] = 2
+    spec_doc["data"]["lookback_days"] = 35  # the flagship's window
     spec_file = problems / f"{name}.yaml"
-    spec_file.write_text(yaml.safe_dump(drift_spec(name), sort_keys=False))
+    spec_file.write_text(yaml.safe_dump(spec_doc, sort_keys=False))
     spec = load_spec(spec_file)
     store = Store.from_uri(Path(artifact_root, name).resolve().as_uri())
     maturity = spec.data.labels.maturity_days
 
     def step(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {msg}", flush=True)
+        print(f"monitor-demo [{time.monotonic() - started:4.0f} s] {msg}", flush=True)
 
-    # the timeline (days after DRIFT_DAY): v1 trained on the days before the drift; the batch DAG
-    # scores -2..+3, the endpoint serves +2..+6 (two days scored twice: the endpoint's answer counts)
-    retrain_day = DRIFT_DAY + dt.timedelta(days=27)  # 7 drifted days have matured into the training rows
+    def days(first: dt.date, n: int) -> list[dt.date]:
+        return [first + dt.timedelta(days=i) for i in range(n)]
+
+    trained = DRIFT_DAY - dt.timedelta(days=before)
+    retrain_day = DRIFT_DAY + dt.timedelta(days=retrain_after)
     end = retrain_day + dt.timedelta(days=7 + maturity + 2)
+    start = trained - dt.timedelta(days=spec.data.lookback_days + 3)
     landing = Path(resolve_source(spec.data.source)).parent
-    if not (landing / "transactions").exists():
-        step(f"generating {per_day:,} transactions a day, a new fraud pattern from {DRIFT_DAY} -> {landing}")
-        synth.generate(landing, end=end, days=(end - DRIFT_DAY).days + 30, tx_per_day=per_day, seed=seed,
-                       drift_from=DRIFT_DAY)  # fmt: skip
+    wanted = {"per_day": per_day, "seed": seed, "drift_from": DRIFT_DAY.isoformat(), "start": start.isoformat(),
+              "end": end.isoformat()}  # fmt: skip
+    stamp = folder / "scenario.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != wanted:
+        shutil.rmtree(landing, ignore_errors=True)
+        step(f"generating {per_day:,} transactions a day {start}..{end}, a new fraud pattern from {DRIFT_DAY}")
+        synth.generate(landing, end=end, days=(end - start).days, tx_per_day=per_day, seed=seed, drift_from=DRIFT_DAY)
+        stamp.write_text(json.dumps(wanted))
+    for sub in (CURATED, SCORES, CAPTURES, MONITORING):  # a fresh story (the registry keeps its versions)
+        shutil.rmtree(Path(artifact_root, name, sub), ignore_errors=True)
     events: list[str] = []
     monitors: list[dt.date] = []
 
@@ -443,8 +464,7 @@ def monitor_demo(*, per_day: int, seed: int = 7) -> int:
         return ModelRegistry(store, name).champion_version()
 
     def batch(first: dt.date, n: int) -> None:
-        for i in range(n):
-            day = first + dt.timedelta(days=i)
+        for day in days(first, n):
             state, _ = run_dag(f"{name}_batch_scoring", _at(day + dt.timedelta(days=1)), problems_dir=problems)
             if state != "success":
                 raise RuntimeError(f"batch scoring of {day} ended {state}")
@@ -456,52 +476,53 @@ def monitor_demo(*, per_day: int, seed: int = 7) -> int:
         monitors.append(day)
         doc = store.read_json(f"{monitoring_dir(day.isoformat())}/monitoring.json")
         w = doc["realised"]["window"]
+        figure = "-" if w.get("value") is None else f"{w['value']:.3f} [{w['low']:.3f}, {w['high']:.3f}]"
+        verdict = "RETRAINING REQUESTED" if doc["verdict"]["retrain"] else "no request"
         step(f"monitor as of {day}: window {w.get('start')}..{w.get('end')} v{w.get('model_version')} "
-             f"{doc['realised']['metric']} {w.get('value')} [{w.get('low')}, {w.get('high')}] (goal "
-             f"{doc['realised']['target']}): {'RETRAINING REQUESTED' if doc['verdict']['retrain'] else 'no request'}")  # fmt: skip
+             f"{doc['realised']['metric']} {figure} (goal {doc['realised']['target']}): {verdict}")  # fmt: skip
         return doc
 
-    def days(first: dt.date, n: int) -> list[dt.date]:
-        return [first + dt.timedelta(days=i) for i in range(n)]
+    def serve(first: dt.date, n: int, version: int | None) -> None:
+        served = serve_days(spec, days(first, n), artifact_root=artifact_root, pii_key=key)
+        step(f"   the endpoint (v{version}) answered {served['rows']:,} rows of {first}..{first + dt.timedelta(days=n - 1)} "
+             f"in {served['requests']} requests; captured {served['capture']['rows_written']:,}")  # fmt: skip
 
-    step(f"1. train and deploy a champion as of {DRIFT_DAY - dt.timedelta(days=2)} (before the new pattern)")
-    v1 = lifecycle(DRIFT_DAY - dt.timedelta(days=2))
-    events.append(f"{DRIFT_DAY - dt.timedelta(days=2)}: champion v{v1} trained on the days before the new pattern")
-    step(f"2. batch-score {DRIFT_DAY - dt.timedelta(days=2)}..{DRIFT_DAY + dt.timedelta(days=3)} with v{v1}")
-    batch(DRIFT_DAY - dt.timedelta(days=2), 6)
-    served = serve_days(spec, days(DRIFT_DAY + dt.timedelta(days=2), 5), artifact_root=artifact_root, pii_key=key)
-    step(f"   the endpoint answered {served['rows']:,} rows of {DRIFT_DAY + dt.timedelta(days=2)}.."
-         f"{DRIFT_DAY + dt.timedelta(days=6)} in {served['requests']} requests; captured {served['capture']['rows_written']:,}")  # fmt: skip
-    events.append(f"{DRIFT_DAY}: a new fraud pattern starts (skimmed cards at fuel pumps)")
+    step(f"1. train and deploy a champion as of {trained} ({before} days before the new pattern)")
+    v1 = lifecycle(trained)
+    events.append(f"{trained}: champion v{v1} trained on the days before the new pattern, deployed")
+    served_from = DRIFT_DAY + dt.timedelta(days=2)
+    step(f"2. v{v1} scores {trained}..{DRIFT_DAY + dt.timedelta(days=6)}: the batch DAG to "
+         f"{DRIFT_DAY + dt.timedelta(days=3)}, the endpoint (its capture) from {served_from}")  # fmt: skip
+    batch(trained, (DRIFT_DAY - trained).days + 4)
+    serve(served_from, 5, v1)
+    events.append(f"{DRIFT_DAY}: a new fraud pattern starts (cards skimmed at fuel pumps)")
     events.append(
-        f"{DRIFT_DAY - dt.timedelta(days=2)}..{DRIFT_DAY + dt.timedelta(days=6)}: v{v1} scores every day "
-        f"(batch scoring to {DRIFT_DAY + dt.timedelta(days=3)}, the endpoint's capture from {DRIFT_DAY + dt.timedelta(days=2)})"
+        f"{trained}..{DRIFT_DAY + dt.timedelta(days=6)}: v{v1} scores every day (batch scoring to "
+        f"{DRIFT_DAY + dt.timedelta(days=3)}, the endpoint from {served_from}; two days scored by both)"
     )
-    step("3. the monitor once the labels have matured")
+    step("3. the monitor once the labels have matured: before the drift's labels, then after")
     monitor(DRIFT_DAY + dt.timedelta(days=maturity))
     decayed_day = DRIFT_DAY + dt.timedelta(days=7 + maturity)
     decayed = monitor(decayed_day)
     if decayed["verdict"]["retrain"]:
-        events.append(f"{decayed_day}: the monitor requests retraining ({name}.retrain_requested): "
+        events.append(f"{decayed_day}: the monitor requests retraining (asset {name}.retrain_requested): "
                       + decayed["verdict"]["reasons"][0])  # fmt: skip
     step(f"4. the retraining lifecycle run as of {retrain_day} (on the scheduler the asset event starts it)")
     v2 = lifecycle(retrain_day)
-    events.append(f"{retrain_day}: retrained champion v{v2} deployed (7 days of the new pattern in its training rows)")
-    served = serve_days(spec, days(retrain_day, 7), artifact_root=artifact_root, pii_key=key)
-    step(
-        f"   the endpoint answered {served['rows']:,} rows of {retrain_day}..{retrain_day + dt.timedelta(days=6)} with v{v2}"
-    )
+    events.append(f"{retrain_day}: retrained champion v{v2} deployed ({retrain_after - 20} days of the new pattern "
+                  "in its training rows)")  # fmt: skip
+    serve(retrain_day, 7, v2)
     events.append(f"{retrain_day}..{retrain_day + dt.timedelta(days=6)}: v{v2} serves (the endpoint's capture)")
     step("5. the monitor once those labels have matured")
     after = monitor(retrain_day + dt.timedelta(days=7 + maturity))
-    html_text = timeline_report(name, store, monitors, events)
-    store.write_text("monitoring/demo.html", html_text)
+    store.write_text(f"{MONITORING}/demo.html", timeline_report(name, store, monitors, events))
     w, was = after["realised"]["window"], decayed["realised"]["window"]
-    print(json.dumps({"decayed": {k: was.get(k) for k in ("start", "end", "model_version", "value", "low", "high")},
-                      "after_retrain": {k: w.get(k) for k in ("start", "end", "model_version", "value", "low", "high")},
-                      "goal": after["realised"]["target"]}, indent=1))  # fmt: skip
-    print(f"monitoring reports: {store.uri('monitoring')}/ds=*/report.html")
-    print(f"the whole story:    {store.uri('monitoring/demo.html')}  ({time.monotonic() - started:.0f} s)")
+    keys = ("start", "end", "model_version", "value", "low", "high")
+    figures = {"goal": after["realised"]["target"], "decayed": {k: was.get(k) for k in keys},
+               "after_retrain": {k: w.get(k) for k in keys}}  # fmt: skip
+    step(f"done: {json.dumps(figures)}")
+    print(f"monitor-demo: the monitoring reports: {store.uri(MONITORING)}/ds=*/report.html", flush=True)
+    print(f"monitor-demo: the whole story: {store.uri(MONITORING + '/demo.html')}", flush=True)
     return 0
 
 
@@ -528,11 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default=None, help="why (kept in the deployment record)")
     p.add_argument("--artifact-root", default=None, help="default: the store the problem's tasks use")
     p = sub.add_parser("monitor-demo", help="the monitoring DAG on a drift scenario (after make run)")
-    p.add_argument("--per-day", type=int, default=2500, help="transactions a day of the scenario's data")
+    p.add_argument("--per-day", type=int, default=4000, help="transactions a day of the scenario's data")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--retrain-after", type=int, default=34, help="days after the drift the retraining run is dated")
     args = parser.parse_args(argv)
     if args.command == "monitor-demo":
-        return monitor_demo(per_day=args.per_day, seed=args.seed)
+        return monitor_demo(per_day=args.per_day, seed=args.seed, retrain_after=args.retrain_after)
     if args.command == "rollback":
         return rollback(
             args.problem, version=args.version, by=args.by, reason=args.reason, artifact_root=args.artifact_root
