@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from include.lifecycle.layout import capture_file
@@ -51,6 +52,8 @@ RESERVED = frozenset({*SCORE_COLUMNS, CAPTURED_AT})
 DEFAULT_FLUSH_ROWS = 5_000
 DEFAULT_FLUSH_SECONDS = 10.0
 DEFAULT_MAX_ROWS = 200_000
+TOKEN_CACHE_SIZE = 500_000
+"""Distinct PII values whose tokens the writer remembers (then it starts afresh): bounded memory."""
 
 
 def input_columns(spec: Spec, columns: Iterable[str]) -> list[str]:
@@ -68,15 +71,17 @@ def capture_frame(
     *,
     pii_key: bytes | None,
     tokenised: bool = False,
-    captured_at: pd.Timestamp | None = None,
+    captured_at: pd.Timestamp | np.ndarray | None = None,
+    token_cache: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """``scored`` (one row per row of ``rows``, in order: the key if any, score, decision, model
     version) with the time column and the model's inputs of ``rows`` beside it: ``key, time,
     inputs..., score, decision, model_version[, captured_at]``.
 
     The PII columns are tokenised with ``pii_key`` (unless ``tokenised``: batch scoring's rows
-    are curated already); without a key they are left out, never written raw."""
-    from include.lifecycle.scoring import tokenise_pii
+    are curated already); without a key they are left out, never written raw. ``captured_at`` is one
+    time or one per row (UTC ``datetime64``); ``token_cache`` carries tokens across calls."""
+    from include.lifecycle.collect import tokenise
 
     d = spec.data
     inputs = input_columns(spec, rows.columns)
@@ -84,7 +89,10 @@ def capture_frame(
     if pii and not tokenised and not pii_key:
         inputs = [c for c in inputs if c not in pii]
     frame = rows[[c for c in (d.time_column,) if c and c in rows.columns] + inputs].reset_index(drop=True)
-    frame = tokenise_pii(frame, spec, pii_key) if pii and not tokenised and pii_key else frame.copy()
+    frame = frame.copy()
+    if pii and not tokenised and pii_key:
+        for col in pii:
+            frame[col] = tokenise(frame[col], pii_key, token_cache)
     source = scored if d.key and d.key in scored.columns else rows
     if d.key and d.key in source.columns:
         frame.insert(0, d.key, source[d.key].to_numpy())
@@ -92,7 +100,9 @@ def capture_frame(
         if col in scored.columns:
             frame[col] = scored[col].array
     if captured_at is not None:
-        frame[CAPTURED_AT] = pd.Series([captured_at] * len(frame), dtype="datetime64[us, UTC]")
+        if isinstance(captured_at, pd.Timestamp):
+            captured_at = np.full(len(frame), captured_at.tz_convert(None).to_datetime64().astype("datetime64[us]"))
+        frame[CAPTURED_AT] = pd.Series(captured_at, dtype="datetime64[us]").dt.tz_localize("UTC")
     return frame
 
 
@@ -134,7 +144,8 @@ class CaptureWriter:
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
         self.writer = writer or _writer_name()
-        self._pending: list[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]] = []
+        self._pending: list[tuple[pd.DataFrame, pd.DataFrame, np.datetime64]] = []
+        self._tokens: dict[str, str] = {}  # PII value -> token, across flushes (bounded: see flush)
         self._pending_rows = 0
         self._oldest: float | None = None  # monotonic time of the oldest waiting request
         self._lock = threading.Lock()
@@ -154,7 +165,7 @@ class CaptureWriter:
         """Queue one request's rows and answers; False (counted, logged) when they were dropped."""
         try:
             n = len(scored)
-            now = pd.Timestamp.now(tz="UTC")
+            now = np.datetime64(time.time_ns() // 1000, "us")  # UTC
             with self._lock:
                 if self._pending_rows + n > self.max_rows:
                     self.counts["rows_dropped"] += n
@@ -208,12 +219,14 @@ class CaptureWriter:
             if not batch:
                 return 0
             try:
-                frame = pd.concat(
-                    [
-                        capture_frame(self.spec, rows, scored, pii_key=self.pii_key, captured_at=at)
-                        for rows, scored, at in batch
-                    ],
-                    ignore_index=True,
+                # one frame per flush, not per request: the PII of all its rows tokenised at once
+                rows = pd.concat([r for r, _, _ in batch], ignore_index=True) if len(batch) > 1 else batch[0][0]
+                scored = pd.concat([s for _, s, _ in batch], ignore_index=True) if len(batch) > 1 else batch[0][1]
+                at = np.repeat(np.array([a for _, _, a in batch]), [len(s) for _, s, _ in batch])
+                if len(self._tokens) > TOKEN_CACHE_SIZE:
+                    self._tokens.clear()
+                frame = capture_frame(
+                    self.spec, rows, scored, pii_key=self.pii_key, captured_at=at, token_cache=self._tokens
                 )
                 written = self._write(frame)
             except Exception as exc:
@@ -227,13 +240,13 @@ class CaptureWriter:
         from include.lifecycle.evaluate_data.labels import _utc
 
         time_col = self.spec.data.time_column
-        when = frame[time_col] if time_col and time_col in frame.columns else frame[CAPTURED_AT]
-        days = (
-            _utc(when).dt.strftime("%Y-%m-%d").fillna(_utc(frame[CAPTURED_AT]).dt.strftime("%Y-%m-%d"))
-        )  # a row without a time goes under the day it was answered
-        for day, part in frame.groupby(days.to_numpy(), sort=True):
+        when = _utc(frame[time_col]) if time_col and time_col in frame.columns else frame[CAPTURED_AT]
+        # a row without a time goes under the day it was answered
+        day = when.dt.floor("D").fillna(frame[CAPTURED_AT].dt.floor("D")).dt.tz_convert(None).to_numpy()
+        for d in np.unique(day):
+            part = frame if (day == d).all() else frame.loc[day == d].reset_index(drop=True)
             self._seq += 1
-            self.store.write_parquet(capture_file(str(day), self.writer, self._seq), part.reset_index(drop=True))
+            self.store.write_parquet(capture_file(str(d)[:10], self.writer, self._seq), part)
             with self._lock:
                 self.counts["files"] += 1
         return len(frame)
