@@ -46,6 +46,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -177,8 +178,40 @@ def _create_pg_database(server: str, name: str) -> str:
     return f"{server}/{name}"
 
 
+# --preload: what the scheduler imports at start (airflow_local_settings, which every Airflow
+# process imports with airflow), so that the LocalExecutor's workers, forked from it, and every
+# task process they fork start with these libraries in memory instead of importing them per task.
+# Third-party libraries only: the project's own modules are imported per task, so an edit to them
+# takes effect without restarting the scheduler.
+PRELOAD = """# Preload the lifecycle's libraries in the scheduler (bench/scheduler.py --preload).
+import os
+import sys
+
+__all__: list[str] = []  # airflow.settings copies every public name of this module: none
+
+if sys.argv[1:2] == ["scheduler"]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp loads (ml_lifecycle.settings)
+    # what a task process imports before the DAG file: the task runner and the DAG bag
+    import airflow.dag_processing.dagbag
+    import airflow.sdk.execution_time.task_runner
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import mlflow
+    import mlflow.tracking
+    import numpy
+    import pandas
+    import pyarrow.parquet
+    import scipy.stats
+    import sklearn.ensemble
+    import sklearn.linear_model
+    import sklearn.metrics
+    import xgboost
+"""
+
+
 def stack_env(
-    work: Path, home: Path, artifacts: Path, db_url: str, port: int, trial_slots: int | None
+    work: Path, home: Path, artifacts: Path, db_url: str, port: int, trial_slots: int | None, tune: dict[str, Any]
 ) -> dict[str, str]:
     env = lifecycle.airflow_env(work, artifacts)
     env.update(
@@ -200,10 +233,18 @@ def stack_env(
         AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(_free_port()),
         AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
         ML_CODE_VERSION="bench",
+        OMP_DISPLAY_ENV="VERBOSE",  # libgomp logs its wait policy in the task log when it loads
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     if trial_slots:
         env["ML_TRIAL_SLOTS"] = str(trial_slots)
+    for key, value in tune.get("config", {}).items():  # --airflow-config section.key=value
+        section, _, name = key.partition(".")
+        env[f"AIRFLOW__{section.upper()}__{name.upper()}"] = value
+    if tune.get("preload"):
+        (home / "preload").mkdir(exist_ok=True)
+        (home / "preload" / "airflow_local_settings.py").write_text(PRELOAD)
+        env["PYTHONPATH"] = os.pathsep.join([str(home / "preload"), env["PYTHONPATH"]])
     return env
 
 
@@ -254,6 +295,28 @@ def airflow_stack(env: dict[str, str], home: Path) -> Generator[tuple[Api, dict[
             f.close()
 
 
+def session_cpu(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each component's session (each was started as a
+    session of its own): its live processes and the children they reaped. The scheduler's holds
+    its executor workers and every task process they forked and reaped (the tasks' own CPU), so
+    its main process is also shown alone (``scheduler_main``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    sessions = {proc.pid: name for name, proc in procs.items()}
+    cpu = dict.fromkeys([*procs, "scheduler_main"], 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = sessions.get(int(fields[3]))  # field 6 of stat: the session id
+        if name:
+            used = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            cpu[name] += used + (int(fields[13]) + int(fields[14])) / tick  # + reaped children's
+            if name == "scheduler" and int(stat.parent.name) == procs["scheduler"].pid:
+                cpu["scheduler_main"] += used
+    return cpu
+
+
 def _ts(stamp: str | None) -> float | None:
     if not stamp:
         return None
@@ -278,7 +341,7 @@ def task_phases(log_file: Path) -> dict[str, float | None]:
     """The task runner's own markers in its log: its first line (the task process is up), the end
     of "Pre Execute" (DAG bundle loaded, DAG file parsed, the task's code begins), the start of
     "Post Execute" (the task's code returned) and the DAG-file parse time it reports."""
-    marks: dict[str, float | None] = {"first_line": None, "code_start": None, "code_end": None, "parse_ms": None}
+    marks: dict[str, Any] = {"first_line": None, "code_start": None, "code_end": None, "parse_ms": None}
     if not log_file.exists():
         return marks
     for line in log_file.read_text(errors="replace").splitlines():
@@ -297,11 +360,21 @@ def task_phases(log_file: Path) -> dict[str, float | None]:
             marks["code_end"] = t
         elif event == "Worker startup parse complete":
             marks["parse_ms"] = rec.get("dag_file_parse_ms")
+        else:
+            name, eq, value = event.strip().partition(" = ")
+            if eq and name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+                marks.setdefault("openmp", {})[name] = value.strip("'")
     return marks
 
 
 def run_once(
-    work: Path, rep: int, db: str, pg_server: str | None, trial_slots: int | None, keep_logs: Path | None
+    work: Path,
+    rep: int,
+    db: str,
+    pg_server: str | None,
+    trial_slots: int | None,
+    keep_logs: Path | None,
+    tune: dict[str, Any],
 ) -> dict[str, Any]:
     """One run of the DAG on a fresh scheduler; the times of the run and of every task instance."""
     base = work / f"sched-{rep}"
@@ -312,7 +385,7 @@ def run_once(
         db_url = _create_pg_database(pg_server, f"bench_{rep}_{secrets.token_hex(3)}")
     else:
         db_url = f"sqlite:///{home / 'airflow.db'}"
-    env = stack_env(work, home, artifacts, db_url, port, trial_slots)
+    env = stack_env(work, home, artifacts, db_url, port, trial_slots, tune)
     migrate = subprocess.run(
         [str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, check=False
     )
@@ -328,8 +401,15 @@ def run_once(
         status, body = api.call("PATCH", f"/api/v2/dags/{PROBLEM}", {"is_paused": False})
         if status != 200:
             raise RuntimeError(f"unpause: {status} {body}")
+        # the api-server builds its execution API on the first request to it (3 s here): a
+        # scheduler that has run anything before has paid that already, so pay it before the clock
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"{api.base}/execution/health", timeout=60) as r:
+            r.read()
+        execution_api_warmup_s = time.perf_counter() - t0
         time.sleep(2)  # the scheduler's next loop sees the DAG unpaused; nothing is running
         load_before = _load()
+        cpu_before = session_cpu(procs)
         t_trigger = time.time()
         status, run = api.call(
             "POST", f"/api/v2/dags/{PROBLEM}/dagRuns", {"logical_date": AS_OF.isoformat(), "conf": {}}
@@ -342,8 +422,11 @@ def run_once(
             status, r = api.call("GET", run_path)
             return r if status == 200 and r["state"] in ("success", "failed") else None
 
-        run = _wait(f"run {run['dag_run_id']}", ended, procs, every=0.25)
+        # the run's end is its end_date in the database: polling once a second only delays seeing
+        # it (poll_lag_s), and spares the api-server's CPU, which the tasks share
+        run = _wait(f"run {run['dag_run_id']}", ended, procs, every=1.0)
         t_seen = time.time()
+        cpu_after = session_cpu(procs)
         status, tis = api.call("GET", run_path + "/taskInstances?limit=100")
         tis = tis["task_instances"]
         trials = []
@@ -359,11 +442,17 @@ def run_once(
         failed = [ti["task_id"] for ti in tis if ti["state"] == "failed"]
         raise RuntimeError(f"the run failed ({failed}); logs under {home / 'logs'}")
     result = summarise_run(home, run, tis, t_trigger, t_seen)
+    # CPU the orchestrator burns while the run goes on, on the same cores as the tasks (the
+    # scheduler's figure leaves out the task processes that ended: see session_cpu)
+    result["cpu_during_run_s"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
+    result["execution_api_first_request_s"] = execution_api_warmup_s  # not in the run's time
     result["load_before"] = load_before
     result["load_after"] = _load()
-    result["trials"] = trial_concurrency(trials)
+    result["trials"] = trial_concurrency(trials, result["task_detail"])
     if keep_logs:
         shutil.copytree(home / "logs", keep_logs / f"rep{rep}-logs", dirs_exist_ok=True)
+        for f in home.glob("*.log"):  # scheduler, dag-processor, api-server
+            shutil.copy(f, keep_logs / f"rep{rep}-{f.name}")
     shutil.rmtree(base, ignore_errors=True)
     return result
 
@@ -403,6 +492,7 @@ def summarise_run(home: Path, run: dict[str, Any], tis: list[dict[str, Any]], t_
                 "process_s": max(0.0, up - start),
                 "parse_s": max(0.0, first - up),
                 "dag_file_parse_ms": ph["parse_ms"],
+                "openmp": ph.get("openmp"),
                 "compute_s": max(0.0, last - first),
                 "finish_s": max(0.0, end - last),
                 "wall_s": end - start,
@@ -449,10 +539,14 @@ def _union(spans: list[tuple[float, float]]) -> float:
     return total + (cur_e - cur_s if cur_e is not None else 0.0)
 
 
-def trial_concurrency(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    """Per trial: threads, wall time; the most trials that ran at once; threads x that <= cores?"""
+def trial_concurrency(
+    trials: list[tuple[dict[str, Any], dict[str, Any]]], detail: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Per trial: threads, wall time, OpenMP wait; the most trials that ran at once; threads x that
+    <= cores?; which other tasks ran during a trial."""
     from ml_lifecycle.settings import machine_cores
 
+    by_key = {(t["task_id"], t["map_index"]): t for t in detail}
     rows = []
     for ti, value in trials:
         start, end = _ts(ti["start_date"]), _ts(ti["end_date"])
@@ -463,6 +557,7 @@ def trial_concurrency(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
                 "threads": value.get("threads"),
                 "wall_s": end - start,
                 "fit_s": (value.get("seconds") or {}).get("fit") if isinstance(value.get("seconds"), dict) else None,
+                "openmp": by_key.get((ti["task_id"], ti["map_index"]), {}).get("openmp"),
                 "start": start,
                 "end": end,
             }
@@ -474,6 +569,14 @@ def trial_concurrency(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
         peak = max(peak, running)
     for r in rows:  # how many trials overlapped this one at some moment (itself included)
         r["concurrent_max"] = 1 + sum(1 for o in rows if o is not r and o["start"] < r["end"] and r["start"] < o["end"])
+    others = sorted(
+        {
+            t["task_id"]
+            for t in detail
+            if not t["task_id"].endswith(".train_model")
+            and any(t["start"] < r["end"] and r["start"] < t["end"] for r in rows)
+        }
+    )
     threads = max((r["threads"] or 0 for r in rows), default=0)
     cores = machine_cores()
     return {
@@ -483,6 +586,7 @@ def trial_concurrency(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
         "threads_per_trial": sorted({r["threads"] for r in rows}, key=lambda x: x or 0),
         "threads_x_concurrent": threads * peak,
         "within_cores": threads * peak <= cores,
+        "other_tasks_during_trials": others,
         "per_trial": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
 
@@ -497,15 +601,31 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_plain(work: Path, rep: int) -> dict[str, Any]:
     artifacts = work / "artifacts-plain"
     shutil.rmtree(artifacts, ignore_errors=True)
+    cpu0 = _children_cpu()
     out = lifecycle.run_plain(work)
+    out["cpu_s"] = _children_cpu() - cpu0  # the plain process, start to exit
     out["load_after"] = _load()
     return out
 
 
-def bench_size(rows: int, reps: int, db: str, pg_server: str | None, trials: int, slots: int | None, keep: bool):
+def bench_size(
+    rows: int,
+    reps: int,
+    db: str,
+    pg_server: str | None,
+    trials: int,
+    slots: int | None,
+    keep: bool,
+    tune: dict[str, Any],
+):
     work = Path(tempfile.mkdtemp(prefix=f"bench-scheduler-{rows}-"))
     try:
         print(f"[{rows:,} rows] generating data ... (load {_load()})", file=sys.stderr, flush=True)
@@ -513,7 +633,7 @@ def bench_size(rows: int, reps: int, db: str, pg_server: str | None, trials: int
         sched, plain = [], []
         for rep in range(reps):
             print(f"[{rows:,} rows] rep {rep + 1}/{reps}: real scheduler ... (load {_load()})", file=sys.stderr)
-            sched.append(run_once(work, rep, db, pg_server, slots, work if keep else None))
+            sched.append(run_once(work, rep, db, pg_server, slots, work if keep else None, tune))
             s = sched[-1]
             print(
                 f"  scheduler {s['wall_s']:.1f} s, tasks {s['per_task_sum_s']}, load {s['load_after']}",
@@ -528,6 +648,10 @@ def bench_size(rows: int, reps: int, db: str, pg_server: str | None, trials: int
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    # CPU: the task processes, executor workers and scheduler (its session) and the api-server
+    # (execution API) against the plain process: less noisy than wall time on a shared machine
+    cpu_a = [s["cpu_during_run_s"]["scheduler"] + s["cpu_during_run_s"]["api-server"] for s in sched]
+    cpu_b = [p["cpu_s"] for p in plain]
     a = _stats([s["wall_s"] for s in sched])
     b = _stats([p["fair_total_s"] for p in plain])
     per_task = {k: _stats([s["per_task_sum_s"][k] for s in sched]) for k in PHASES}
@@ -538,11 +662,14 @@ def bench_size(rows: int, reps: int, db: str, pg_server: str | None, trials: int
         "trial_slots_env": slots,
         "reps": reps,
         "db": db,
+        "tune": tune,
         "prepare": prep,
         "scheduler_wall_s": a,
         "plain_wall_s": b,
         "ratio_median": a["median"] / b["median"],
         "ratios": [x / y for x, y in zip(a["all"], b["all"], strict=True)],
+        "cpu_s": {"scheduler_and_api": _stats(cpu_a), "plain": _stats(cpu_b)},
+        "cpu_ratio_median": statistics.median(cpu_a) / statistics.median(cpu_b),
         "tasks_per_run": tasks,
         "per_task_sum_s": per_task,
         "per_task_mean_s": {k: v["median"] / tasks for k, v in per_task.items()},
@@ -562,6 +689,12 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{a['median']:.1f} s (min {a['min']:.1f}, max {a['max']:.1f}) vs plain {b['median']:.1f} s "
             f"(min {b['min']:.1f}, max {b['max']:.1f}): ratio {r['ratio_median']:.2f}"
         )
+        ca, cb = r["cpu_s"]["scheduler_and_api"]["median"], r["cpu_s"]["plain"]["median"]
+        lines.append(
+            f"  CPU s (median): scheduler+tasks+api-server {ca:.1f} vs plain {cb:.1f}: {r['cpu_ratio_median']:.2f}"
+        )
+        loads = [s["load_before"] for s in r["scheduler_runs"]]
+        lines.append(f"  load average before each scheduler run: {'; '.join(loads)}")
         lines.append(f"  {r['tasks_per_run']} task instances; summed over them (median of reps), seconds:")
         for k, v in r["per_task_sum_s"].items():
             lines.append(f"    {k:11} {v['median']:7.2f}  ({v['median'] / r['tasks_per_run']:.2f} per task)")
@@ -598,16 +731,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--trials", type=int, default=1, help="xgboost trials in the round (1: the ratio's setting)")
     p.add_argument("--trial-slots", type=int, default=None, help="ML_TRIAL_SLOTS for the scheduler (default: its own)")
+    p.add_argument(
+        "--airflow-config",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="an Airflow setting for the stack, e.g. scheduler.scheduler_idle_sleep_time=0.1 (repeatable)",
+    )
+    p.add_argument("--preload", action="store_true", help="the scheduler imports the task libraries at start")
+    p.add_argument("--label", default=None, help="results key (default scheduler, scheduler_<N>_trials)")
     p.add_argument("--keep", action="store_true", help="keep the working folders and the task logs")
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>.json)")
     args = p.parse_args(argv)
+    tune = {"config": dict(kv.split("=", 1) for kv in args.airflow_config), "preload": args.preload}
     results = []
     with postgres() if args.db == "postgres" else _nothing() as pg_server:
         for n in sorted(args.rows):
-            results.append(bench_size(n, args.reps, args.db, pg_server, args.trials, args.trial_slots, args.keep))
+            results.append(bench_size(n, args.reps, args.db, pg_server, args.trials, args.trial_slots, args.keep, tune))
             print(table(results), flush=True)
     out = args.out or ROOT / "bench" / "results" / f"{dt.date.today().isoformat()}.json"
-    key = "scheduler" if args.trials == 1 else f"scheduler_{args.trials}_trials"
+    key = args.label or ("scheduler" if args.trials == 1 else f"scheduler_{args.trials}_trials")
     merge_results(out, key, {"machine": lifecycle.machine(), "results": results})
     print(f"machine: {lifecycle.machine()}\nwritten: {out} (key {key!r})")
     return 0

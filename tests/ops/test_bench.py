@@ -49,3 +49,62 @@ def test_bench_lifecycle_runs_both_sides_and_compares_like_for_like(tmp_path):
     # the training step and bare xgboost.train fit the same trees on the same matrix
     assert r["train"]["same_model"] == {"bare_quantile_dmatrix": True, "bare_dmatrix": True}
     assert r["train"]["train_rows"] == r["plain"]["feature_rows"]["train"]
+
+
+def test_bench_scheduler_runs_the_dag_on_a_real_scheduler_within_the_cores(tmp_path):
+    """bench/scheduler.py on a small window with two trials, two slots: the run goes through a real
+    scheduler (LocalExecutor) and the plain path; every task's time is split into its phases; the
+    trials ran side by side, each with its share of the cores, waiting passively in OpenMP. The
+    results are merged into the file under their own key, next to what was there."""
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"machine": "kept", "results": ["bench/lifecycle.py's"]}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/scheduler.py",
+            "--rows",
+            "40000",
+            "--reps",
+            "1",
+            "--trials",
+            "2",
+            "--trial-slots",
+            "2",
+            "--label",
+            "scheduler_test",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["results"] == ["bench/lifecycle.py's"] and data["machine"] == "kept"
+    (r,) = data["scheduler_test"]["results"]
+    assert r["rows"] == 40_000 and r["trials"] == 2 and r["ratio_median"] > 0
+    (run,) = r["scheduler_runs"]
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import scheduler as bench
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    # the sections on both sides; train_model is two mapped task instances on the scheduler
+    assert set(run["sections_s"]) == set(r["plain_runs"][0]["sections_s"])
+    trials = [t for t in run["task_detail"] if t["task_id"] == "round_1.train_model"]
+    assert sorted(t["map_index"] for t in trials) == [0, 1]
+    for t in run["task_detail"]:  # the phases add up to the task instance's own wall time
+        parts = sum(t[f"{k}_s"] for k in bench.PHASES if k not in ("scheduling", "queue"))
+        assert abs(parts - t["wall_s"]) < 0.05, t
+        assert t["compute_s"] > 0 and t["dag_file_parse_ms"] is not None
+    c = run["trials"]
+    cores = c["cores"]
+    assert c["trials"] == 2 and c["threads_x_concurrent"] <= cores and c["within_cores"]
+    assert all(t["threads"] * c["max_concurrent"] <= cores for t in c["per_trial"])
+    if cores >= 2:  # two slots: the trials ran side by side, one thread each on two cores
+        assert c["max_concurrent"] == 2 and c["threads_per_trial"] == [cores // 2]
+    assert all(t["openmp"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"} for t in c["per_trial"])
+    assert "scheduler" in proc.stdout and "ratio" in proc.stdout
