@@ -191,6 +191,8 @@ class CaptureWriter:
 
     # --- the writer thread -----------------------------------------------------------------------
     def start(self) -> CaptureWriter:
+        import pyarrow.parquet  # noqa: F401 - imported now, not inside the first flush while requests wait
+
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
             self._thread.start()
