@@ -427,6 +427,9 @@ def monitor_demo(*, per_day: int, seed: int = 7, before: int = 7, retrain_after:
     spec_doc = drift_spec(name)
     spec_doc["max_rounds"] = 2
     spec_doc["data"]["lookback_days"] = 35  # the flagship's window
+    # the features the flagship's loop ends with (make run adds the card's history in round 2): the
+    # runs below are forced to deploy their round 1, and the story is the monitor's, not the loop's
+    spec_doc["features"]["initial"] = ["transaction", "card_velocity", "card_history"]
     spec_file = problems / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(spec_doc, sort_keys=False))
     spec = load_spec(spec_file)
