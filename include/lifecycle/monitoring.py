@@ -79,7 +79,9 @@ def scored_rows(
             "at": _utc_naive(both[CAPTURED_AT]).to_numpy() if CAPTURED_AT in both.columns else pd.NaT,
         }
     )
-    sorted_rows = both.iloc[np.lexsort((order["at"].fillna(pd.Timestamp.min).to_numpy(), order["rank"].to_numpy()))]
+    # as integers, NaT (a batch row: no answer time) is the smallest and sorts first
+    at = order["at"].to_numpy(dtype="datetime64[us]").astype("int64")
+    sorted_rows = both.iloc[np.lexsort((at, order["rank"].to_numpy()))]
     out = sorted_rows.drop_duplicates(key, keep="last")
     if spec.data.time_column in out.columns:
         out = out.sort_values([spec.data.time_column, key], kind="stable")
