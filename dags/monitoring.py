@@ -17,32 +17,24 @@ When the window misses the goal with confidence (or, if the spec asks, the input
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 
-from include.lifecycle.spec import Spec, SpecError, load_spec, spec_files
+from include.lifecycle.spec import Spec
 from ml_lifecycle.assets import retrain_requested_asset
+from ml_lifecycle.daily import build_for_specs, daily_dag
 from ml_lifecycle.errors import fail_fast
-from ml_lifecycle.settings import task_defaults
-
-SCHEDULE = "@daily"
 
 
 def build_dag(spec: Spec) -> DAG:
     from ml_lifecycle.sections import monitoring
 
-    with DAG(
-        dag_id=f"{spec.name}_monitoring",
-        description=f"{spec.title}: the champion's realised goal metric and drift; retraining on evidence",
+    with daily_dag(
+        spec,
+        "monitoring",
+        description="the champion's realised goal metric and drift; retraining on evidence",
+        tag="monitoring",
         doc_md=__doc__,
-        schedule=SCHEDULE,
-        start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        tags={"ml-lifecycle", "monitoring", f"backend:{spec.backend}", *spec.tags},
-        default_args=task_defaults(spec.owner),
     ) as dag:
         monitor_champion = PythonOperator(
             task_id="monitor_champion",
@@ -59,10 +51,4 @@ def build_dag(spec: Spec) -> DAG:
     return dag
 
 
-for _path in spec_files():
-    try:
-        _spec = load_spec(_path)
-    except SpecError:
-        continue  # dags/lifecycle_dags.py reports a broken spec with its file, field and rule
-    if _spec.monitored:
-        globals()[f"dag_{_spec.name}_monitoring"] = build_dag(_spec)
+build_for_specs(globals(), "monitoring", lambda spec: spec.monitored, build_dag)

@@ -85,7 +85,6 @@ CATALOG: dict[str, Artifact] = {
 
 # problem-scoped (shared by all runs of the problem)
 RUNS = "runs"
-REGISTRY = "registry"
 CURATED = "curated"
 SCORES = "scores"
 CAPTURES = "captures"
