@@ -27,6 +27,21 @@ Per task the run is split by the metadata database's times and the task's own lo
   compute      the task's code (``execute``), up to "Post Execute" in its log
   finish       -> end: XCom push, the state to the execution API
 
+CPU: the scheduler's session (its main process, the executor's workers and every task process
+they forked) and the api-server (the execution API) during the run, against the plain process's
+CPU: on a shared machine this is steadier than wall time. The load average is recorded with
+every run. The execution API is built on the api-server's first request to it (about 3 s, once
+per api-server): it is warmed before the clock starts, as on a scheduler that has run anything.
+
+Variants, for what the deployment (not the DAG) can change: ``--airflow-config`` sets Airflow
+options of the stack (e.g. ``scheduler.scheduler_idle_sleep_time=0.2``: the scheduler sleeps 1 s
+by default when a loop found nothing to do, so a task waits 0.5 s on average to be queued after
+its upstream ends); ``--preload`` gives the stack an ``airflow_local_settings.py`` (``PRELOAD``)
+with which the scheduler imports the libraries the tasks use at start: the LocalExecutor forks
+its workers from the scheduler and each task process from a worker, so a task then starts with
+pandas, scikit-learn, xgboost and MLflow in memory instead of importing them (MLflow alone takes
+2-3 s here, and several tasks use it).
+
 Trials: every mapped ``train_model`` instance with its threads (``SM_NUM_CPUS``, from its XCom),
 wall time and the most trials that ran at once; ``threads x concurrent <= cores`` is checked and
 recorded (``--trials N`` runs N trials in the round, which (b) runs one after the other; its
@@ -36,6 +51,8 @@ The results go under the key ``"scheduler"`` of ``bench/results/<date>.json``, m
 ``bench/lifecycle.py`` writes there.
 
     .venv/bin/python bench/scheduler.py                       # 1M and 4M rows, 3 repetitions
+    .venv/bin/python bench/scheduler.py --rows 1000000 --label scheduler_tuned --preload \
+        --airflow-config scheduler.scheduler_idle_sleep_time=0.2
     .venv/bin/python bench/scheduler.py --rows 100000 --reps 1
     .venv/bin/python bench/scheduler.py --rows 200000 --reps 1 --trials 4 --trial-slots 2
 """
