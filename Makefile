@@ -90,9 +90,12 @@ up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 
 # Benchmarks are not tests: they measure time and memory and write bench/results/<date>.json.
 BENCH_ROWS ?= 250000 1000000 4000000
+# the flagship on a real scheduler (LocalExecutor) against plain Python, 3 repetitions
+BENCH_SCHED_ROWS ?= 1000000 4000000
 bench: setup
 	$(PY) bench/lifecycle.py --rows $(BENCH_ROWS)
 	$(PY) bench/bench_data_and_features.py
+	$(PY) bench/scheduler.py --rows $(BENCH_SCHED_ROWS) --reps 3
 
 # The champion of $(PROBLEM) behind a SageMaker-style endpoint on 127.0.0.1:$(SERVE_PORT) (after `make run`);
 # with the PII key it keeps the recent curated days as per-card context. deploy_model tells it to
