@@ -558,6 +558,12 @@ def test_batch_scoring_on_aws_is_a_transform_job_with_the_local_backends_scores(
     assert scores["transaction_id"].tolist() == local["transaction_id"].tolist()
     np.testing.assert_allclose(scores["score"].to_numpy(), local["score"].to_numpy(), rtol=1e-6, atol=1e-9)
     assert scores["decision"].tolist() == local["decision"].tolist()
+    # the scores carry the model's inputs for the monitor, as the local backend's do: the card
+    # number as its curated token, never raw
+    assert {"amount", "merchant_category", "card_number"} <= set(scores.columns)
+    pd.testing.assert_series_equal(scores["amount"], local["amount"])
+    assert scores["card_number"].tolist() == local["card_number"].tolist()
+    assert not set(scores["card_number"].astype(str)) & set(landing["card_number"].astype(str))
     assert {k: manifest[k] for k in summary} == json.loads(json.dumps(summary))
 
 

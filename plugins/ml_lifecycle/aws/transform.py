@@ -90,7 +90,12 @@ def prepare_transform(rc: Any, ds: str, *, pii_key: bytes, log: Any) -> dict[str
         if ctx_shard is not None and context is not None:
             part = pd.concat([context.loc[ctx_shard == i], part], ignore_index=True)
         rc.store.write_bytes(f"{folder}/input/part-{i:04d}.csv", part.to_csv(index=False).encode())
-    rc.store.write_parquet(f"{folder}/rows.parquet", rows[[c for c in (key, time_col) if c]])
+    kept = [c for c in (key, time_col) if c]
+    if spec.serving.capture:  # the scores file carries the model's inputs (curated: PII as tokens)
+        from include.lifecycle.capture import input_columns
+
+        kept += [c for c in input_columns(spec, rows.columns) if c not in kept]
+    rc.store.write_parquet(f"{folder}/rows.parquet", rows[kept])
     prepared = {
         "ds": ds,
         "model_name": model,
