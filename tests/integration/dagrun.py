@@ -19,26 +19,13 @@ def run_dag(
     problems_dir: Path | None = None,
     conf: dict[str, Any] | None = None,
 ) -> tuple[str, str, Path]:
-    """(state, run_id, run folder) of one whole-DAG run; the DAG is parsed from dags/ with
-    ``ML_PROBLEMS_DIR`` pointing at ``problems_dir`` (default: the shipped specs)."""
-    from airflow.dag_processing.dagbag import DagBag
-
+    """(state, run_id, run folder) of one whole-DAG run (``devtools.run_dag``: ``dag.test()`` of
+    dags/ with ``ML_PROBLEMS_DIR`` pointing at ``problems_dir``; default: the shipped specs)."""
     from include.lifecycle.store import safe_run_id
+    from ml_lifecycle.devtools import run_dag as run_whole_dag
 
-    old = os.environ.get("ML_PROBLEMS_DIR")
-    if problems_dir is not None:
-        os.environ["ML_PROBLEMS_DIR"] = str(problems_dir)
-    try:
-        bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert not bag.import_errors, bag.import_errors
-        dr = bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
-    finally:
-        if old is None:
-            os.environ.pop("ML_PROBLEMS_DIR", None)
-        else:
-            os.environ["ML_PROBLEMS_DIR"] = old
-    run_dir = artifacts(dag_id) / "runs" / safe_run_id(dr.run_id)
-    return str(dr.state), dr.run_id, run_dir
+    state, run_id = run_whole_dag(dag_id, logical_date, problems_dir=problems_dir, conf=conf)
+    return state, run_id, artifacts(dag_id) / "runs" / safe_run_id(run_id)
 
 
 def artifacts(problem: str) -> Path:
