@@ -36,11 +36,11 @@ per api-server): it is warmed before the clock starts, as on a scheduler that ha
 Variants, for what the deployment (not the DAG) can change: ``--airflow-config`` sets Airflow
 options of the stack (e.g. ``scheduler.scheduler_idle_sleep_time=0.2``: the scheduler sleeps 1 s
 by default when a loop found nothing to do, so a task waits 0.5 s on average to be queued after
-its upstream ends); ``--preload`` gives the stack an ``airflow_local_settings.py`` (``PRELOAD``)
-with which the scheduler imports the libraries the tasks use at start: the LocalExecutor forks
-its workers from the scheduler and each task process from a worker, so a task then starts with
-pandas, scikit-learn, xgboost and MLflow in memory instead of importing them (MLflow alone takes
-2-3 s here, and several tasks use it).
+its upstream ends); the stack imports the project's ``plugins/airflow_local_settings.py``, with which
+the scheduler imports the libraries the tasks use at start (the LocalExecutor forks its workers
+from the scheduler and each task process from a worker, so a task then starts with pandas,
+scikit-learn, xgboost and MLflow in memory instead of importing them: MLflow alone takes 2-3 s
+here, and several tasks use it); ``--no-preload`` turns that off (``ML_PRELOAD_LIBRARIES=false``).
 
 Trials: every mapped ``train_model`` instance with its threads (``SM_NUM_CPUS``, from its XCom),
 wall time and the most trials that ran at once; ``threads x concurrent <= cores`` is checked and
@@ -51,7 +51,8 @@ The results go under the key ``"scheduler"`` of ``bench/results/<date>.json``, m
 ``bench/lifecycle.py`` writes there.
 
     .venv/bin/python bench/scheduler.py                       # 1M and 4M rows, 3 repetitions
-    .venv/bin/python bench/scheduler.py --rows 1000000 --label scheduler_tuned --preload \
+    .venv/bin/python bench/scheduler.py --rows 1000000 --label scheduler_no_preload --no-preload
+    .venv/bin/python bench/scheduler.py --rows 1000000 --label scheduler_idle_0.2 \
         --airflow-config scheduler.scheduler_idle_sleep_time=0.2
     .venv/bin/python bench/scheduler.py --rows 100000 --reps 1
     .venv/bin/python bench/scheduler.py --rows 200000 --reps 1 --trials 4 --trial-slots 2
@@ -66,14 +67,11 @@ import os
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -85,6 +83,8 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "plugins")]
 
 import lifecycle  # noqa: E402  (bench/lifecycle.py: spec, data, plain path, section names)
 
+from ml_lifecycle import localstack  # noqa: E402  (plugins/: the loopback Airflow stack)
+
 PY = sys.executable
 VENV_BIN = Path(PY).parent
 PROBLEM = lifecycle.PROBLEM
@@ -93,223 +93,41 @@ PHASES = ("scheduling", "queue", "process", "parse", "compute", "finish")
 WAIT = 1800  # seconds: a safety bound for each wait, not a measurement
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _has_xgboost(pid: int) -> bool:
+    """Whether a process has xgboost's native library loaded (plugins/airflow_local_settings.py
+    preloads it in the scheduler)."""
+    try:
+        return "libxgboost" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
 
 
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
 
 
-class Api:
-    """The public REST API with a token from the simple auth manager."""
-
-    def __init__(self, base: str, password: str) -> None:
-        self.base, self.password, self.token = base, password, None
-
-    def call(self, method: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
-        req = urllib.request.Request(self.base + path, method=method)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            req.add_header("Content-Type", "application/json")
-        if auth:
-            req.add_header("Authorization", f"Bearer {self.login()}")
-        try:
-            with urllib.request.urlopen(req, data=data, timeout=60) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw.decode(errors="replace")
-
-    def login(self) -> str:
-        if self.token is None:
-            status, body = self.call(
-                "POST", "/auth/token", {"username": "admin", "password": self.password}, auth=False
-            )
-            if status not in (200, 201):
-                raise RuntimeError(f"login failed: {status} {body}")
-            self.token = body["access_token"]
-        return self.token
-
-
 def _wait(what: str, probe, procs: dict[str, subprocess.Popen], every: float = 0.5) -> Any:
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = probe()
-        if result:
-            return result
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"airflow {name} exited with {proc.returncode} while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up waiting for {what}")
-        time.sleep(every)
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run the server as the unprivileged 'nobody' then."""
-    return ["runuser", "-u", "nobody", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@contextmanager
-def postgres() -> Generator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (as tests/ops/test_real_airflow.py starts it)."""
-    pg_bin = Path(shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl").parent
-    base = Path(tempfile.mkdtemp(prefix="bench-sched-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, "nobody", "nogroup")
-    data, port = base / "data", _free_port()
-    initdb = [str(pg_bin / "initdb"), "-D", str(data), "-U", "airflow", "--auth=trust", "-E", "UTF8"]
-    subprocess.run(_as_postgres_user(initdb), check=True, capture_output=True, timeout=120)
-    ctl = [str(pg_bin / "pg_ctl"), "-D", str(data)]
-    opts = f"-k {base} -h 127.0.0.1 -p {port}"
-    subprocess.run(
-        _as_postgres_user([*ctl, "-o", opts, "-l", str(base / "pg.log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_postgres_user([*ctl, "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _create_pg_database(server: str, name: str) -> str:
-    import psycopg2
-
-    host_port = server.rsplit("@", 1)[1]
-    host, port = host_port.split(":")
-    conn = psycopg2.connect(host=host, port=int(port), user="airflow", dbname="postgres")
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return f"{server}/{name}"
-
-
-# --preload: what the scheduler imports at start (airflow_local_settings, which every Airflow
-# process imports with airflow), so that the LocalExecutor's workers, forked from it, and every
-# task process they fork start with these libraries in memory instead of importing them per task.
-# Third-party libraries only: the project's own modules are imported per task, so an edit to them
-# takes effect without restarting the scheduler.
-PRELOAD = """# Preload the lifecycle's libraries in the scheduler (bench/scheduler.py --preload).
-import os
-import sys
-
-__all__: list[str] = []  # airflow.settings copies every public name of this module: none
-
-if sys.argv[1:2] == ["scheduler"]:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp loads (ml_lifecycle.settings)
-    # what a task process imports before the DAG file: the task runner and the DAG bag
-    import airflow.dag_processing.dagbag
-    import airflow.sdk.execution_time.task_runner
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import mlflow
-    import mlflow.tracking
-    import numpy
-    import pandas
-    import pyarrow.parquet
-    import scipy.stats
-    import sklearn.ensemble
-    import sklearn.linear_model
-    import sklearn.metrics
-    import xgboost
-"""
+    return localstack.wait_for(what, probe, procs, every=every, timeout=WAIT)
 
 
 def stack_env(
     work: Path, home: Path, artifacts: Path, db_url: str, port: int, trial_slots: int | None, tune: dict[str, Any]
 ) -> dict[str, str]:
-    env = lifecycle.airflow_env(work, artifacts)
+    env = localstack.stack_env(home, db_url, port, base=lifecycle.airflow_env(work, artifacts))
     env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db_url,
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",  # only the benchmarked DAG is unpaused
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
-        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
-        AIRFLOW__API__HOST="127.0.0.1",
-        AIRFLOW__API__PORT=str(port),
-        AIRFLOW__API__WORKERS="1",
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
-        AIRFLOW__API__SECRET_KEY=secrets.token_hex(32),
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",  # the task logs carry the compute times
-        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
-        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(_free_port()),
-        AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
         ML_CODE_VERSION="bench",
+        # plugins/airflow_local_settings.py: the scheduler preloads the task libraries (default)
+        ML_PRELOAD_LIBRARIES="true" if tune.get("preload", True) else "false",
         OMP_DISPLAY_ENV="VERBOSE",  # libgomp logs its wait policy in the task log when it loads
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     if trial_slots:
         env["ML_TRIAL_SLOTS"] = str(trial_slots)
     for key, value in tune.get("config", {}).items():  # --airflow-config section.key=value
         section, _, name = key.partition(".")
         env[f"AIRFLOW__{section.upper()}__{name.upper()}"] = value
-    if tune.get("preload"):
-        (home / "preload").mkdir(exist_ok=True)
-        (home / "preload" / "airflow_local_settings.py").write_text(PRELOAD)
-        env["PYTHONPATH"] = os.pathsep.join([str(home / "preload"), env["PYTHONPATH"]])
     return env
-
-
-@contextmanager
-def airflow_stack(env: dict[str, str], home: Path) -> Generator[tuple[Api, dict[str, subprocess.Popen]]]:
-    """scheduler, dag-processor and api-server on loopback; stopped (process groups) on the way out."""
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({"admin": password}))
-    port = env["AIRFLOW__API__PORT"]
-    procs: dict[str, subprocess.Popen] = {}
-    logs = {}
-    try:
-        for name, args in {
-            "scheduler": ["scheduler", "--skip-serve-logs"],
-            "dag-processor": ["dag-processor"],
-            "api-server": ["api-server", "--host", "127.0.0.1", "--port", port, "--workers", "1"],
-        }.items():
-            logs[name] = open(home / f"{name}.log", "w")  # noqa: SIM115 - closed in the finally below
-            procs[name] = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), *args],
-                env=env,
-                stdout=logs[name],
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        api = Api(f"http://127.0.0.1:{port}", password)
-
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{api.base}/api/v2/monitor/health", timeout=5) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        _wait("the api-server", up, procs)
-        yield api, procs
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        for f in logs.values():
-            f.close()
 
 
 def session_cpu(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
@@ -397,18 +215,14 @@ def run_once(
     base = work / f"sched-{rep}"
     home, artifacts = base / "home", base / "artifacts"
     home.mkdir(parents=True)
-    port = _free_port()
+    port = localstack.free_port()
     if db == "postgres":
-        db_url = _create_pg_database(pg_server, f"bench_{rep}_{secrets.token_hex(3)}")
+        db_url = localstack.create_database(pg_server, f"bench_{rep}_{secrets.token_hex(3)}")
     else:
         db_url = f"sqlite:///{home / 'airflow.db'}"
     env = stack_env(work, home, artifacts, db_url, port, trial_slots, tune)
-    migrate = subprocess.run(
-        [str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, check=False
-    )
-    if migrate.returncode:
-        raise RuntimeError(migrate.stdout[-3000:] + migrate.stderr[-3000:])
-    with airflow_stack(env, home) as (api, procs):
+    localstack.migrate(env)
+    with localstack.airflow_stack(env) as (api, procs):
 
         def parsed():
             status, dag = api.call("GET", f"/api/v2/dags/{PROBLEM}")
@@ -443,6 +257,7 @@ def run_once(
         # it (poll_lag_s), and spares the api-server's CPU, which the tasks share
         run = _wait(f"run {run['dag_run_id']}", ended, procs, every=1.0)
         t_seen = time.time()
+        preloaded = _has_xgboost(procs["scheduler"].pid)
         cpu_after = session_cpu(procs)
         status, tis = api.call("GET", run_path + "/taskInstances?limit=100")
         tis = tis["task_instances"]
@@ -462,10 +277,14 @@ def run_once(
     # CPU the orchestrator burns while the run goes on, on the same cores as the tasks (the
     # scheduler's figure leaves out the task processes that ended: see session_cpu)
     result["cpu_during_run_s"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
+    result["scheduler_preloaded"] = preloaded  # xgboost's library mapped in the scheduler process
     result["execution_api_first_request_s"] = execution_api_warmup_s  # not in the run's time
     result["load_before"] = load_before
     result["load_after"] = _load()
-    result["trials"] = trial_concurrency(trials, result["task_detail"])
+    # with the preload libgomp loads (and shows its settings) in the scheduler, and every task
+    # process inherits it by fork; without it, each task's own log shows them
+    result["scheduler_openmp"] = openmp_shown(home / "scheduler.log")
+    result["trials"] = trial_concurrency(trials, result["task_detail"], inherited=result["scheduler_openmp"])
     if keep_logs:
         shutil.copytree(home / "logs", keep_logs / f"rep{rep}-logs", dirs_exist_ok=True)
         for f in home.glob("*.log"):  # scheduler, dag-processor, api-server
@@ -556,11 +375,24 @@ def _union(spans: list[tuple[float, float]]) -> float:
     return total + (cur_e - cur_s if cur_e is not None else 0.0)
 
 
+def openmp_shown(log_file: Path) -> dict[str, str] | None:
+    """The OpenMP wait settings libgomp printed (``OMP_DISPLAY_ENV``) in a process's plain log."""
+    shown: dict[str, str] = {}
+    for line in log_file.read_text(errors="replace").splitlines() if log_file.exists() else []:
+        name, eq, value = line.strip().partition(" = ")
+        if eq and name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+            shown[name] = value.strip().strip("'")
+    return shown or None
+
+
 def trial_concurrency(
-    trials: list[tuple[dict[str, Any], dict[str, Any]]], detail: list[dict[str, Any]]
+    trials: list[tuple[dict[str, Any], dict[str, Any]]],
+    detail: list[dict[str, Any]],
+    inherited: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Per trial: threads, wall time, OpenMP wait; the most trials that ran at once; threads x that
-    <= cores?; which other tasks ran during a trial."""
+    """Per trial: threads, wall time, OpenMP wait (its own log's, or ``inherited``: what libgomp
+    showed in the scheduler the trial's process was forked from); the most trials that ran at
+    once; threads x that <= cores?; which other tasks ran during a trial."""
     from ml_lifecycle.settings import machine_cores
 
     by_key = {(t["task_id"], t["map_index"]): t for t in detail}
@@ -574,7 +406,7 @@ def trial_concurrency(
                 "threads": value.get("threads"),
                 "wall_s": end - start,
                 "fit_s": (value.get("seconds") or {}).get("fit") if isinstance(value.get("seconds"), dict) else None,
-                "openmp": by_key.get((ti["task_id"], ti["map_index"]), {}).get("openmp"),
+                "openmp": by_key.get((ti["task_id"], ti["map_index"]), {}).get("openmp") or inherited,
                 "start": start,
                 "end": end,
             }
@@ -755,14 +587,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="an Airflow setting for the stack, e.g. scheduler.scheduler_idle_sleep_time=0.1 (repeatable)",
     )
-    p.add_argument("--preload", action="store_true", help="the scheduler imports the task libraries at start")
+    p.add_argument(
+        "--no-preload",
+        dest="preload",
+        action="store_false",
+        help="ML_PRELOAD_LIBRARIES=false: the scheduler does not import the task libraries at start",
+    )
     p.add_argument("--label", default=None, help="results key (default scheduler, scheduler_<N>_trials)")
     p.add_argument("--keep", action="store_true", help="keep the working folders and the task logs")
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>.json)")
     args = p.parse_args(argv)
     tune = {"config": dict(kv.split("=", 1) for kv in args.airflow_config), "preload": args.preload}
     results = []
-    with postgres() if args.db == "postgres" else _nothing() as pg_server:
+    with localstack.postgres_cluster("bench-sched-pg-") if args.db == "postgres" else _nothing() as pg_server:
         for n in sorted(args.rows):
             results.append(bench_size(n, args.reps, args.db, pg_server, args.trials, args.trial_slots, args.keep, tune))
             print(table(results), flush=True)

@@ -87,6 +87,8 @@ def test_bench_scheduler_runs_the_dag_on_a_real_scheduler_within_the_cores(tmp_p
     (r,) = data["scheduler_test"]["results"]
     assert r["rows"] == 40_000 and r["trials"] == 2 and r["ratio_median"] > 0
     (run,) = r["scheduler_runs"]
+    # plugins/airflow_local_settings.py: the scheduler the stack started had the task libraries loaded
+    assert run["scheduler_preloaded"] is True
     sys.path.insert(0, str(PROJECT_ROOT / "bench"))
     try:
         import scheduler as bench

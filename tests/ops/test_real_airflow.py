@@ -21,15 +21,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,121 +32,28 @@ from typing import Any
 
 import pytest
 
+from ml_lifecycle import localstack
 from tests.integration.dagrun import read_json
 from tests.ops.opsspec import make_data, ops_spec, write_spec
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ops_live"
-PG_BIN = Path(shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl").parent
-VENV_BIN = Path(sys.executable).parent
-WAIT = 420  # seconds: a safety bound for each wait, not an assertion about speed
+WAIT = 900  # seconds: a safety bound for each wait, not an assertion about speed
 READING = 5  # seconds between seeing the approval question and answering it
 # Optional: ML_SCREENSHOTS_DIR=docs/screenshots also saves PNGs of the UI on the way (needs the
 # playwright package and a system chromium; neither is in requirements.txt).
 SCREENSHOTS = os.environ.get("ML_SCREENSHOTS_DIR")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run the server as the unprivileged 'nobody' then."""
-    return ["runuser", "-u", "nobody", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    base = Path(tempfile.mkdtemp(prefix="ml-ops-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, "nobody", "nogroup")
-    data, port = base / "data", _free_port()
-    subprocess.run(
-        _as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "airflow", "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        _as_postgres_user([*ctl, "-o", f"-k {base} -h 127.0.0.1 -p {port}", "-l", str(base / "pg.log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE airflow")
-        conn.close()
-        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
-    finally:
-        subprocess.run(_as_postgres_user([*ctl, "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-class Api:
-    """The public REST API with a token from the simple auth manager."""
-
-    def __init__(self, base: str, password: str) -> None:
-        self.base = base
-        self.password = password
-        self.token: str | None = None
-
-    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
-        req = urllib.request.Request(self.base + path, method=method)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            req.add_header("Content-Type", "application/json")
-        if auth:
-            req.add_header("Authorization", f"Bearer {self.login()}")
-        try:
-            with urllib.request.urlopen(req, data=data, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw.decode(errors="replace")
-
-    def login(self) -> str:
-        if self.token is None:
-            status, body = self._request(
-                "POST", "/auth/token", {"username": "admin", "password": self.password}, auth=False
-            )
-            assert status in (200, 201), (status, body)
-            self.token = body["access_token"]
-        return self.token
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self._request("GET", path)
-
-    def post(self, path: str, body: Any) -> tuple[int, Any]:
-        return self._request("POST", path, body)
-
-    def patch(self, path: str, body: Any) -> tuple[int, Any]:
-        return self._request("PATCH", path, body)
+    with localstack.postgres_cluster("ml-ops-pg-") as server:
+        yield localstack.create_database(server, "airflow")
 
 
 def _wait(what: str, probe, procs: dict[str, subprocess.Popen] | None = None, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = probe()
-        if result:
-            return result
-        for name, proc in (procs or {}).items():
-            assert proc.poll() is None, f"airflow {name} exited with {proc.returncode} while waiting for {what}"
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(every)
+    return localstack.wait_for(what, probe, procs, every=every, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")
@@ -162,75 +64,21 @@ def airflow(postgres) -> Iterator[dict[str, Any]]:
     today = dt.datetime.now(dt.UTC).date()
     make_data(data, end=today, days=40)
     write_spec(problems, ops_spec(DAG_ID, deploy={"require_approval": True}))
-    port, password = _free_port(), secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({"admin": password}))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        "ML_PROBLEMS_DIR": str(problems),
-        "ML_DATA_ROOT": str(data),
-        "ML_ARTIFACT_ROOT": str(artifacts),
-        "ML_CODE_VERSION": "ops-test",
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    airflow_bin = str(VENV_BIN / "airflow")
-    migrate = subprocess.run(
-        [airflow_bin, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600, check=False
+    env = localstack.stack_env(home, postgres, localstack.free_port())
+    env.update(
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+        ML_PROBLEMS_DIR=str(problems),
+        ML_DATA_ROOT=str(data),
+        ML_ARTIFACT_ROOT=str(artifacts),
+        ML_CODE_VERSION="ops-test",
     )
-    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
-    procs: dict[str, subprocess.Popen] = {}
-    logs = {}
     try:
-        for name, args in {
-            # --skip-serve-logs: no log server on all interfaces; the api-server reads the local files
-            "scheduler": ["scheduler", "--skip-serve-logs"],
-            "dag-processor": ["dag-processor"],
-            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        }.items():
-            logs[name] = open(home / f"{name}.log", "w")  # noqa: SIM115 - closed in the finally below
-            procs[name] = subprocess.Popen(
-                [airflow_bin, *args], env=env, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True
-            )
-        api = Api(f"http://127.0.0.1:{port}", password)
-
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{api.base}/api/v2/monitor/health", timeout=5) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        _wait("the api-server", up, procs)
-        yield {"api": api, "procs": procs, "today": today, "artifacts": artifacts / DAG_ID, "home": home}
+        localstack.migrate(env)
+        with localstack.airflow_stack(env) as (api, procs):
+            yield {"api": api, "procs": procs, "today": today, "artifacts": artifacts / DAG_ID, "home": home}
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        for f in logs.values():
-            f.close()
         if os.environ.get("ML_KEEP_TEST_TMP"):
             print(f"kept the real-Airflow folder {base}")
         else:
