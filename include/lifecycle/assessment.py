@@ -284,18 +284,16 @@ def metric_intervals(
 
     sub = sets.head(SECONDARY_RESAMPLES)
     if spec.is_binary:
-
-        def table(r: np.ndarray) -> dict[str, Any]:
-            return em.binary_metrics(y[r], scores[r], threshold=threshold, amount=None if amount is None else amount[r])
-
+        full = em.binary_metrics(y, scores, threshold=threshold, amount=amount)
+        table = em.ResampledBinaryMetrics(y, scores, threshold=threshold, amount=amount)  # no sort per resample
         keys = _BINARY_KEYS
     else:
 
         def table(r: np.ndarray) -> dict[str, Any]:
             return em.regression_metrics(y[r], scores[r])
 
+        full = table(np.arange(len(y)))
         keys = _REGRESSION_KEYS
-    full = table(np.arange(len(y)))
     tables = [table(r) for r in sub]
     out = {}
     for key in keys:

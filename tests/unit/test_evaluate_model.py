@@ -25,6 +25,7 @@ from sklearn.metrics import (
 from include.lifecycle.evaluate_model import (
     Calibrator,
     MetricUndefined,
+    ResampledBinaryMetrics,
     binary_metrics,
     brier_score,
     calibration_check,
@@ -356,6 +357,29 @@ def test_binary_metrics_match_sklearn(binary_data):
     assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == len(y)
     assert m["amount_caught_share"] == pytest.approx(amount[pred & (y == 1)].sum() / amount[y == 1].sum())
     json.dumps(m)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("rounded", [False, True])  # True: many tied scores
+def test_resampled_binary_metrics_equal_binary_metrics_on_the_resampled_rows(seed, rounded):
+    rng = np.random.default_rng(seed)
+    n = 400
+    y = (rng.random(n) < 0.1).astype(int)
+    scores = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1)
+    if rounded:
+        scores = np.round(scores, 1)
+    amount = rng.gamma(2.0, 50.0, n)
+    fast = ResampledBinaryMetrics(y, scores, threshold=0.5, amount=amount)
+    sets = [rng.integers(0, n, n) for _ in range(20)]
+    sets += [np.flatnonzero(y == 0)[:50], np.flatnonzero(y == 1)[:5], np.r_[np.flatnonzero(y == 1)[:1], 0, 0]]
+    for rows in sets:
+        want = binary_metrics(y[rows], scores[rows], threshold=0.5, amount=amount[rows])
+        got = fast(rows)
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert got[key] == (None if value is None else pytest.approx(value, rel=1e-12, abs=1e-12)), key
+    # not probabilities: no brier or log loss, as binary_metrics
+    assert ResampledBinaryMetrics([0, 1], [-2.0, 3.0], threshold=0.0)(np.array([0, 1, 1]))["brier"] is None
 
 
 def test_binary_metrics_single_class_does_not_raise():

@@ -48,6 +48,7 @@ from include.lifecycle.evaluate_model.importance import (
 )
 from include.lifecycle.evaluate_model.metrics import (
     MetricUndefined,
+    ResampledBinaryMetrics,
     binary_metrics,
     goal_metric,
     metric_at_alert_rate,
@@ -59,6 +60,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "Calibrator",
     "MetricUndefined",
+    "ResampledBinaryMetrics",
     "binary_metrics",
     "brier_score",
     "calibration_check",
