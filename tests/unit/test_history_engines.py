@@ -288,3 +288,15 @@ def test_feature_names_and_spec_errors() -> None:
         per_entity_features(table, PER_CARD, time_column="merchant_id", entity_column="card_number")
     with pytest.raises(ValueError, match="not a per-entity kind"):
         per_entity_features(table, [FeatureGroupSpec(name="r", kind="raw")], **kwargs)
+
+
+def test_unbound_table_uses_the_portable_time_expression(frames: dict[str, pd.DataFrame], duckdb_con) -> None:
+    """An unbound memtable gets Ibis' portable TimestampDelta instead of the engine's native
+    epoch-microseconds function: the same features."""
+    df = frames["edges"]
+    expr = per_entity_features(
+        ibis.memtable(df), PER_CARD, time_column="ts", entity_column="card_number", keep=["row_id"]
+    )
+    assert "DATE_DIFF" in str(ibis.to_sql(expr, dialect="duckdb"))
+    got = duckdb_con.to_pandas(expr).sort_values("row_id").reset_index(drop=True)
+    _assert_same(got, _pandas_features(df, PER_CARD))
