@@ -15,6 +15,7 @@ to install it. One small Spark session (local[1], no UI) serves the whole module
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import shutil
@@ -202,6 +203,8 @@ def _find_java_home() -> str:
 @pytest.fixture(scope="module")
 def spark_con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ibis.BaseBackend]:
     os.environ["JAVA_HOME"] = _find_java_home()
+    # py4j logs "Closing down clientserver connection" at exit, after pytest closed the captured stream
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     from pyspark.sql import SparkSession
 
     scratch = tmp_path_factory.mktemp("spark")
