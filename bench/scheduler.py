@@ -36,11 +36,13 @@ per api-server): it is warmed before the clock starts, as on a scheduler that ha
 Variants, for what the deployment (not the DAG) can change: ``--airflow-config`` sets Airflow
 options of the stack (e.g. ``scheduler.scheduler_idle_sleep_time=0.2``: the scheduler sleeps 1 s
 by default when a loop found nothing to do, so a task waits 0.5 s on average to be queued after
-its upstream ends); the stack imports the project's ``plugins/airflow_local_settings.py``, with which
-the scheduler imports the libraries the tasks use at start (the LocalExecutor forks its workers
-from the scheduler and each task process from a worker, so a task then starts with pandas,
-scikit-learn, xgboost and MLflow in memory instead of importing them: MLflow alone takes 2-3 s
-here, and several tasks use it); ``--no-preload`` turns that off (``ML_PRELOAD_LIBRARIES=false``).
+its upstream ends; under ``make bench`` the stack gets the Makefile's 0.2 s, as ``make up`` does,
+and the value is recorded with each run). The stack imports the project's
+``plugins/airflow_local_settings.py``, with which the scheduler imports the libraries the tasks
+use at start (the LocalExecutor forks its workers from the scheduler and each task process from
+a worker, so a task then starts with pandas, scikit-learn, xgboost and MLflow in memory instead
+of importing them: MLflow alone takes 2-3 s here, and several tasks use it); ``--no-preload``
+turns that off (``ML_PRELOAD_LIBRARIES=false``).
 
 Trials: every mapped ``train_model`` instance with its threads (``SM_NUM_CPUS``, from its XCom),
 wall time and the most trials that ran at once; ``threads x concurrent <= cores`` is checked and
@@ -124,6 +126,9 @@ def stack_env(
     )
     if trial_slots:
         env["ML_TRIAL_SLOTS"] = str(trial_slots)
+    idle = "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"
+    if idle in os.environ:  # what `make up` gives its scheduler (the Makefile exports it: 0.2 s)
+        env[idle] = os.environ[idle]
     for key, value in tune.get("config", {}).items():  # --airflow-config section.key=value
         section, _, name = key.partition(".")
         env[f"AIRFLOW__{section.upper()}__{name.upper()}"] = value
@@ -277,6 +282,7 @@ def run_once(
     # CPU the orchestrator burns while the run goes on, on the same cores as the tasks (the
     # scheduler's figure leaves out the task processes that ended: see session_cpu)
     result["cpu_during_run_s"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
+    result["scheduler_idle_sleep_time"] = env.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "1 (default)")
     result["scheduler_preloaded"] = preloaded  # xgboost's library mapped in the scheduler process
     result["execution_api_first_request_s"] = execution_api_warmup_s  # not in the run's time
     result["load_before"] = load_before
