@@ -139,12 +139,19 @@ def monitor_champion(problem: str, **context: Any) -> dict[str, Any]:
     recent_captured = captured & day_of.isin(newest).to_numpy()
     if recent_captured.any():
         parts.append(scores.loc[recent_captured, [time_col, *inputs]])
+    already = 0
     if landing is not None:
         raw_recent = landing[monitoring.utc(landing[time_col]).dt.date.astype(str).isin(newest).to_numpy()]
+        # a day scored partly with inputs (e.g. capture switched on that day): its captured rows are
+        # in already, so their landing copies are left out rather than counted twice
+        seen = raw_recent[key].astype(str).isin(set(scores.loc[recent_captured, key].astype(str))).to_numpy()
+        already = int(seen.sum())
+        raw_recent = raw_recent.loc[~seen]
         parts.append(raw_recent.assign(**{time_col: monitoring.utc(raw_recent[time_col])}))
     counts["drift_inputs"] = {
         "captured_rows": int(recent_captured.sum()),
         "landing_days": [d for d in uncaptured if d in newest],
+        "landing_rows_already_captured": already,
     }
     drift = None
     if parts:
