@@ -149,3 +149,42 @@ def test_the_retrained_champion_recovers_on_the_new_pattern(champion_v1, env) ->
     # of the goal, so the monitor keeps asking - it says so, with the new figures)
     assert w["low"] > was["high"], (w, was)
     assert after["verdict"]["evidence"]["window"]["model_version"] == v2
+
+
+def test_a_day_scored_partly_without_inputs_counts_every_row_once_in_drift(champion_v1, env) -> None:
+    """A day whose scores carry the inputs for some rows only (e.g. capture switched on that day, or
+    older score files): its landing rows stand in for the rest, and the rows it captured are not
+    counted a second time from the landing copy. Runs after the retraining test (its newest days)."""
+    import pandas as pd
+
+    from include.lifecycle.capture import input_columns
+
+    retrain_day = DRIFT_DAY + dt.timedelta(days=27)
+    as_of = retrain_day + dt.timedelta(days=7 + MATURITY + 1)  # the recovery test's monitor
+    before_file = env["artifacts"] / "monitoring" / f"ds={as_of}" / "monitoring.json"
+    before = json.loads(before_file.read_text()) if before_file.exists() else _monitor(env, as_of)[1]
+    assert before["counts"]["drift_inputs"]["landing_days"] == []  # every newest day captured its inputs
+    spec = load_spec(env["problems"] / f"{NAME}.yaml")
+    mixed = retrain_day + dt.timedelta(days=6)  # the newest scored day
+    files = sorted((env["artifacts"] / "scores" / f"ds={mixed}").glob("*.parquet"))
+    assert files, "the batch DAG scored the day"
+    kept = 0
+    for f in files:
+        scored = pd.read_parquet(f)
+        inputs = input_columns(spec, scored.columns)
+        half = len(scored) // 2
+        scored.loc[scored.index[half:], inputs] = None  # these rows were scored without their inputs
+        scored.to_parquet(f)
+        kept += half
+    scored_rows = sum(len(pd.read_parquet(f)) for f in files)
+    landing = env["problems"].parent / "data" / "data" / NAME / "landing" / "transactions" / f"ds={mixed}"
+    landing_rows = sum(len(pd.read_parquet(f)) for f in landing.glob("*.parquet"))
+    assert landing_rows >= scored_rows
+
+    _, after = _monitor(env, as_of)
+    drift = after["counts"]["drift_inputs"]
+    assert drift["landing_days"] == [mixed.isoformat()]
+    assert drift["landing_rows_already_captured"] == kept > 0
+    # every row once: the day's captured rows, plus its landing rows that were not captured
+    rows = after["drift"]["compared"]["rows"]
+    assert rows == before["drift"]["compared"]["rows"] - scored_rows + kept + (landing_rows - kept), (rows, before)
