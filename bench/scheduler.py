@@ -88,7 +88,6 @@ import lifecycle  # noqa: E402  (bench/lifecycle.py: spec, data, plain path, sec
 from ml_lifecycle import localstack  # noqa: E402  (plugins/: the loopback Airflow stack)
 
 PY = sys.executable
-VENV_BIN = Path(PY).parent
 PROBLEM = lifecycle.PROBLEM
 AS_OF = lifecycle.AS_OF
 PHASES = ("scheduling", "queue", "process", "parse", "compute", "finish")
