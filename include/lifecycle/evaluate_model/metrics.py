@@ -158,29 +158,17 @@ def binary_metrics(
     tp = int((pred & yb).sum())
     fp = int((pred & ~yb).sum())
     fn = int((~pred & yb).sum())
-    tn = n - tp - fp - fn
     positives = tp + fn
     one_class = positives == 0 or positives == n
-    precision = _safe_div(tp, tp + fp)
-    recall = _safe_div(tp, positives)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    out: dict[str, Any] = {
-        "roc_auc": None if one_class else float(roc_auc_score(yb, s)),
-        "auprc": None if one_class else float(average_precision_score(yb, s)),
-        "precision": precision,
-        "recall": recall if positives else None,
-        "f1": f1 if positives else None,
-        "alert_rate": _safe_div(tp + fp, n),
-        "brier": None,
-        "log_loss": None,
-        "threshold": float(threshold),
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-        "positives": positives,
-        "n": int(n),
-    }
+    out = _binary_table(
+        n=int(n),
+        tp=tp,
+        fp=fp,
+        positives=positives,
+        threshold=threshold,
+        roc_auc=None if one_class else float(roc_auc_score(yb, s)),
+        auprc=None if one_class else float(average_precision_score(yb, s)),
+    )
     if n and s.min() >= 0.0 and s.max() <= 1.0:
         yf = yb.astype(np.float64)
         out["brier"] = float(np.mean((s - yf) ** 2))
@@ -191,6 +179,34 @@ def binary_metrics(
         total = float(a[yb].sum())
         out["amount_caught_share"] = _safe_div(float(a[pred & yb].sum()), total) if total > 0 else None
     return out
+
+
+def _binary_table(
+    *, n: int, tp: int, fp: int, positives: int, threshold: float, roc_auc: float | None, auprc: float | None
+) -> dict[str, Any]:
+    """The keys :func:`binary_metrics` and :class:`ResampledBinaryMetrics` share, from the counts at
+    the threshold (brier and log loss None until the caller sets them)."""
+    fn = positives - tp
+    precision = _safe_div(tp, tp + fp)
+    recall = _safe_div(tp, positives)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    return {
+        "roc_auc": roc_auc,
+        "auprc": auprc,
+        "precision": precision,
+        "recall": recall if positives else None,
+        "f1": f1 if positives else None,
+        "alert_rate": _safe_div(tp + fp, n),
+        "brier": None,
+        "log_loss": None,
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": n - tp - fp - fn,
+        "positives": positives,
+        "n": n,
+    }
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -249,12 +265,7 @@ class ResampledBinaryMetrics:
         positives = int(round(pos_g.sum()))
         tp = int(round(wp[self._pred].sum()))
         flagged = int(round(w[self._pred].sum()))
-        fp, fn = flagged - tp, positives - tp
-        tn = n - tp - fp - fn
         one_class = positives == 0 or positives == n
-        precision = _safe_div(tp, tp + fp)
-        recall = _safe_div(tp, positives)
-        f1 = _safe_div(2 * precision * recall, precision + recall)
         auc = ap = None
         if not one_class:
             cum_pos = np.cumsum(pos_g)
@@ -263,23 +274,11 @@ class ResampledBinaryMetrics:
             seen = np.cumsum(all_g)
             has = pos_g > 0
             ap = float(np.sum(pos_g[has] / positives * (cum_pos[has] / seen[has])))
-        out: dict[str, Any] = {
-            "roc_auc": auc,
-            "auprc": ap,
-            "precision": precision,
-            "recall": recall if positives else None,
-            "f1": f1 if positives else None,
-            "alert_rate": _safe_div(tp + fp, n),
-            "brier": float(w @ self._sq / n) if self._prob and n else None,
-            "log_loss": float(w @ self._ll / n) if self._prob and n else None,
-            "threshold": self.threshold,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-            "positives": positives,
-            "n": n,
-        }
+        out = _binary_table(
+            n=n, tp=tp, fp=flagged - tp, positives=positives, threshold=self.threshold, roc_auc=auc, auprc=ap
+        )
+        if self._prob and n:
+            out["brier"], out["log_loss"] = float(w @ self._sq / n), float(w @ self._ll / n)
         if self._amount is not None:
             caught = w * self._amount
             total = float(caught.sum())
