@@ -89,10 +89,14 @@ run: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key
 	  echo "full log: $(AIRFLOW_HOME)/last-run.log"; \
 	  $(DEVTOOLS) finish-run $(PROBLEM) --since $$since --log $(AIRFLOW_HOME)/last-run.log --artifact-root $(ML_ARTIFACT_ROOT)
 
+# The training trials of every DAG share one pool of trial_slots() slots (half the cores, or
+# $ML_TRIAL_SLOTS), so two problems training at once do not oversubscribe the machine.
+TRIAL_POOL ?= ml_trials
 up: setup $(AIRFLOW_HOME)/.db $(AIRFLOW_HOME)/pii_hash_key demo-data
 	@echo "Airflow UI on http://127.0.0.1:8080 - user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	chmod 700 $(AIRFLOW_HOME)
-	umask 077 && AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(DEVTOOLS) trial-pool $(TRIAL_POOL)
+	umask 077 && AIRFLOW_VAR_ML_PII_HASH_KEY=$$(cat $(AIRFLOW_HOME)/pii_hash_key) ML_TRIAL_POOL=$(TRIAL_POOL) \
 	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	  $(VENV)/bin/airflow standalone
 

@@ -45,7 +45,7 @@ from ml_lifecycle.context import resolve
 from ml_lifecycle.errors import FailureRecorder, fail_fast
 from ml_lifecycle.notify import lifecycle_notifiers
 from ml_lifecycle.operators import CollectAndLabelOperator, TrainingTrialOperator
-from ml_lifecycle.settings import task_defaults
+from ml_lifecycle.settings import task_defaults, trial_pool
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
 
@@ -160,6 +160,8 @@ def build_dag(path: Path) -> DAG:
     # trials of this DAG at once (all its runs together), each with its share of the cores; the
     # DAG is parsed with the spec's backend (a run's backend param cannot change a task's settings)
     trial_slots = resolve(spec).trial_concurrency()
+    # the trials of all DAGs on this machine share one pool when the deployment made it (trial_pool)
+    pool = {"pool": trial_pool()} if trial_slots is not None and trial_pool() else {}
 
     with DAG(
         dag_id=name,
@@ -229,7 +231,7 @@ def build_dag(path: Path) -> DAG:
                 )
                 plan_trials = py(t.PLAN_TRIALS, sections.plan_trials, round_no=k)
                 train_model = TrainingTrialOperator.partial(
-                    task_id=t.TRAIN_MODEL, problem=name, round_no=k, max_active_tis_per_dag=trial_slots
+                    task_id=t.TRAIN_MODEL, problem=name, round_no=k, max_active_tis_per_dag=trial_slots, **pool
                 ).expand(trial=plan_trials.output)
                 select_model = py(t.SELECT_MODEL, sections.select_model, round_no=k, trials=train_model.output)
                 evaluate_model = py(t.EVALUATE_MODEL, sections.evaluate_model, round_no=k)

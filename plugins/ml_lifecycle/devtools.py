@@ -529,6 +529,23 @@ def monitor_demo(*, per_day: int, seed: int = 7, before: int = 7, retrain_after:
     return 0
 
 
+def trial_pool(pool: str | None) -> int:
+    """Create (or resize) the Airflow pool the training trials of every lifecycle DAG share, with
+    ``trial_slots()`` slots: ``make up`` and compose run it after the database migration."""
+    import os
+    import subprocess
+
+    from ml_lifecycle.settings import TRIAL_POOL_ENV, pool_setup_command
+
+    name = pool or os.environ.get(TRIAL_POOL_ENV)
+    if not name:
+        print(f"trial-pool: no pool named (set ${TRIAL_POOL_ENV} or pass one): nothing to do", flush=True)
+        return 0
+    cmd = pool_setup_command(name)
+    print(f"trial-pool: {' '.join(cmd[:5])}", flush=True)
+    return subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_lifecycle.devtools", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -555,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-day", type=int, default=4000, help="transactions a day of the scenario's data")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--retrain-after", type=int, default=34, help="days after the drift the retraining run is dated")
+    p = sub.add_parser("trial-pool", help="create the Airflow pool the trials of all DAGs share ($ML_TRIAL_POOL)")
+    p.add_argument("pool", nargs="?", default=None, help="the pool's name (default: $ML_TRIAL_POOL)")
     args = parser.parse_args(argv)
+    if args.command == "trial-pool":
+        return trial_pool(args.pool)
     if args.command == "monitor-demo":
         return monitor_demo(per_day=args.per_day, seed=args.seed, retrain_after=args.retrain_after)
     if args.command == "rollback":

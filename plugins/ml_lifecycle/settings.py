@@ -56,6 +56,25 @@ def trial_slots() -> int:
     return min(cores, max(1, int(env))) if env else max(1, cores // 2)
 
 
+TRIAL_POOL_ENV = "ML_TRIAL_POOL"
+
+
+def trial_pool() -> str | None:
+    """The Airflow pool that the local training trials of every lifecycle DAG share
+    (``$ML_TRIAL_POOL``). ``make up``, docker compose and the project's test stacks set it to
+    ``ml_trials`` and create that pool with ``trial_slots()`` slots (``pool_setup_command``), so
+    the cap of concurrent trials holds across DAGs (several problems, a monitor's retraining) and
+    not only within one DAG. Unset: no pool (Airflow's ``default_pool``) and the cap is per DAG: a
+    task whose pool does not exist is never scheduled, so a deployment that did not create the
+    pool must not be made to wait for it."""
+    return os.environ.get(TRIAL_POOL_ENV) or None
+
+
+def pool_setup_command(pool: str) -> list[str]:
+    """The ``airflow`` command line that creates (or resizes) the trial pool on this machine."""
+    return ["airflow", "pools", "set", pool, str(trial_slots()), "training trials of every lifecycle DAG"]
+
+
 def trial_threads() -> int:
     """Threads of one local trial: its share of the cores when ``trial_slots()`` trials run at once."""
     return max(1, machine_cores() // trial_slots())

@@ -44,6 +44,9 @@ def test_official_airflow3_shape():
         assert SERVICES[service]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert SERVICES[service]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert _env("airflow-init")["_AIRFLOW_DB_MIGRATE"] == "true"
+    # after the migration, the pool the trials of every DAG share (the DAGs name it: ML_TRIAL_POOL)
+    init = " ".join(SERVICES["airflow-init"]["command"])
+    assert init.index("/entrypoint airflow version") < init.index("python -m ml_lifecycle.devtools trial-pool")
     assert SERVICES["postgres"]["image"].startswith("postgres:")
     assert SERVICES["redis"]["image"].startswith("redis:")
     assert "mc mb" in " ".join(SERVICES["minio-init"]["command"])
@@ -78,6 +81,7 @@ def test_environment_the_project_needs(service):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["PYTHONPATH"] == "/opt/airflow:/opt/airflow/plugins"  # include/ and the ml_lifecycle plugin
     assert env["ML_DATA_ROOT"] == "/opt/airflow"
+    assert env["ML_TRIAL_POOL"] == "ml_trials"  # the DAG processor names it, the init creates it
     # secrets are required from .env, never defaulted in the file
     for var, source in {
         "AIRFLOW_VAR_ML_PII_HASH_KEY": "ML_PII_HASH_KEY",

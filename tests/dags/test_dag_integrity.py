@@ -228,3 +228,23 @@ def test_an_unknown_field_is_rejected_with_its_name(tmp_path):
     message = "\n".join(bag.import_errors.values())
     assert "training.candidates[0].famly" in message
     assert "card_fraud.yaml" in message
+
+
+def test_trials_share_the_machines_pool_when_the_deployment_made_one(monkeypatch):
+    """make up and compose set ML_TRIAL_POOL and create the pool: every DAG's trials then share
+    it (the cap holds across DAGs). Unset, a DAG must not name a pool nobody created (its tasks
+    would never be scheduled); the aws backend's trials run on SageMaker and take no local slot."""
+    from ml_lifecycle.settings import trial_slots
+
+    monkeypatch.setenv("ML_TRIAL_POOL", "ml_trials")
+    pooled = _dagbag()
+    assert pooled.import_errors == {}
+    for name, spec in SHIPPED.items():
+        for k in range(1, spec.max_rounds + 1):
+            trials = pooled.dags[name].get_task(f"round_{k}.train_model")
+            local = spec.backend == "local"
+            assert trials.max_active_tis_per_dag == (trial_slots() if local else None)
+            assert trials.pool == ("ml_trials" if local else "default_pool"), (name, k)
+    monkeypatch.delenv("ML_TRIAL_POOL")
+    plain = _dagbag()
+    assert {plain.dags[n].get_task("round_1.train_model").pool for n in SHIPPED} == {"default_pool"}

@@ -73,6 +73,7 @@ def airflow(postgres) -> Iterator[dict[str, Any]]:
         ML_DATA_ROOT=str(data),
         ML_ARTIFACT_ROOT=str(artifacts),
         ML_CODE_VERSION="ops-test",
+        ML_TRIAL_POOL="ml_trials",  # as make up and compose run it: trials of all DAGs share a pool
     )
     try:
         localstack.migrate(env)
@@ -180,6 +181,33 @@ def _task(af: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
 
 def _task_state(af: dict[str, Any], run_id: str, task_id: str) -> str:
     return _task(af, run_id, task_id)["state"]
+
+
+def _trials_share_the_pool(af: dict[str, Any], run_ids: list[str]) -> None:
+    """The training trials ran in the pool the stack created (as make up and compose create it),
+    and never more at once than its slots, across runs that ran side by side."""
+    status, pool = af["api"].get("/api/v2/pools/ml_trials")
+    assert status == 200, pool
+    status, found = af["api"].get(f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances?limit=1000")
+    assert status == 200, found
+    trials = [
+        ti for ti in found["task_instances"] if ti["task_id"].endswith(".train_model") and ti["run_id"] in run_ids
+    ]
+    assert trials and {ti["pool"] for ti in trials} == {"ml_trials"}, [(ti["task_id"], ti["pool"]) for ti in trials]
+    assert len({ti["run_id"] for ti in trials}) == len(run_ids)
+    edges = sorted(
+        (stamp, +1 if i == 0 else -1)
+        for ti in trials
+        if ti["start_date"] and ti["end_date"]
+        for i, stamp in enumerate(
+            (dt.datetime.fromisoformat(ti["start_date"]), dt.datetime.fromisoformat(ti["end_date"]))
+        )
+    )
+    running = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    assert 1 <= peak <= pool["slots"], (peak, pool)
 
 
 def test_real_airflow_schedule_approval_params_and_backfill(airflow):
@@ -295,6 +323,7 @@ def test_real_airflow_schedule_approval_params_and_backfill(airflow):
         assert _task_state(af, r["dag_run_id"], "deploy_model") == "skipped"
         summaries[r["dag_run_id"]] = s
     assert len({read_json(runs_dir / safe_run_id(r) / "collect_summary.json")["dataset_rel"] for r in summaries}) == 5
+    _trials_share_the_pool(af, [r["dag_run_id"] for r in runs])
 
     # 5. the registry: the nightly run's version is still the one champion, promoted once, intact
     assert [d["version"] for d in reg.deployments()] == [1]
