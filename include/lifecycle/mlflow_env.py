@@ -15,6 +15,8 @@ mlflow is imported inside the functions (it takes about 2 s to import): DAG file
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,32 @@ def artifact_location(artifact_root: str | None = None) -> str:
 
 
 def client(artifact_root: str | None = None) -> Any:
-    """An ``mlflow.MlflowClient`` on the tracking store and model registry."""
+    """An ``mlflow.MlflowClient`` on the tracking store and model registry.
+
+    A SQLite store is opened under an exclusive lock (``mlflow.db.lock`` beside it): the first
+    open creates the schema with MLflow's migrations, and two processes that do it at once (two
+    runs starting together on a fresh checkout) break it, one of them failing in alembic. Opening
+    a store that exists costs ~0.1 s, so waiting for another opener is short."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(artifact_root)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _opening(uri):
+        made = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        made._get_registry_client().store  # noqa: B018 - the registry's store is opened lazily: now, locked
+    return made
+
+
+@contextmanager
+def _opening(uri: str) -> Generator[None]:
+    """Exclusive, inter-process, while a ``sqlite:///`` store is opened; nothing for other stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
 
 
 def experiment_id(mlflow_client: Any, problem: str, artifact_root: str | None = None) -> str:

@@ -45,8 +45,11 @@ _TRANSIENT_AWS_CODES = frozenset(
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures a later try may not meet: network, timeouts, AWS throttling and 5xx."""
+    """True for failures a later try may not meet: network, timeouts, AWS throttling and 5xx, a
+    SQLite database locked by another writer."""
     if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if "database is locked" in str(exc):  # SQLite (the local MLflow store) busy with another writer
         return True
     try:
         from botocore.exceptions import ClientError, HTTPClientError

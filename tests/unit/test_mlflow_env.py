@@ -37,7 +37,7 @@ def _create(root: str, out) -> None:
 def test_two_processes_creating_the_experiment_get_the_same_one(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = str(tmp_path)
-    mlflow_env.client(root).search_experiments()  # the schema, once (as the first task of a run does)
+    mlflow_env.client(root).search_experiments()  # the schema, once (the test below races its creation)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_create, args=(root, out)) for _ in range(2)]
@@ -49,3 +49,34 @@ def test_two_processes_creating_the_experiment_get_the_same_one(tmp_path, monkey
     assert len(ids) == 1
     exp = mlflow_env.client(root).get_experiment(ids.pop())
     assert exp.name == "card_fraud" and exp.artifact_location == f"{tmp_path.as_uri()}/mlflow-artifacts/card_fraud"
+
+
+def _open_at_once(root: str, barrier, out) -> None:
+    import mlflow  # noqa: F401 - imported before the barrier, so the opens themselves race
+
+    barrier.wait(120)
+    try:
+        c = mlflow_env.client(root)
+        c.search_experiments()
+        c.search_registered_models()
+        out.put("ok")
+    except Exception as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_runs_that_start_together_on_a_fresh_checkout_all_open_the_store(tmp_path, monkeypatch):
+    """make up on a fresh clone, *Trigger* with *Unpause on trigger* ticked: the manual and the
+    nightly run start together and both evaluate_data tasks open an MLflow store that does not
+    exist yet. Seen on 2026-11-27: two processes migrated the new SQLite schema at once and one
+    failed (alembic: "expected to match one row when updating ... in 'alembic_version'; 0 found")."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = str(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    n = 3
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_at_once, args=(root, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [out.get(timeout=5) for _ in procs] == ["ok"] * n
