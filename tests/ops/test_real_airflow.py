@@ -188,13 +188,13 @@ def _trials_share_the_pool(af: dict[str, Any], run_ids: list[str]) -> None:
     and never more at once than its slots, across runs that ran side by side."""
     status, pool = af["api"].get("/api/v2/pools/ml_trials")
     assert status == 200, pool
-    status, found = af["api"].get(f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances?limit=1000")
-    assert status == 200, found
-    trials = [
-        ti for ti in found["task_instances"] if ti["task_id"].endswith(".train_model") and ti["run_id"] in run_ids
-    ]
+    trials = []
+    for run_id in run_ids:  # the API returns at most 100 task instances a page
+        status, found = af["api"].get(_run_path(run_id) + "/taskInstances?task_display_name_pattern=train_model")
+        assert status == 200 and found["total_entries"] == len(found["task_instances"]), found
+        trials += [ti for ti in found["task_instances"] if ti["task_id"].endswith(".train_model")]
     assert trials and {ti["pool"] for ti in trials} == {"ml_trials"}, [(ti["task_id"], ti["pool"]) for ti in trials]
-    assert len({ti["run_id"] for ti in trials}) == len(run_ids)
+    assert len({ti["dag_run_id"] for ti in trials}) == len(run_ids)
     edges = sorted(
         (stamp, +1 if i == 0 else -1)
         for ti in trials
