@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import ibis
@@ -214,6 +213,15 @@ def _tokenise(table: ir.Table, columns: list[str], pii_key: bytes, backend: str 
     return table
 
 
+def cached(table: ir.Table) -> ir.Table:
+    """``table.cache()`` with its UDFs registered first: Ibis 12's PySpark backend caches a table
+    without registering them (Spark then fails with UNRESOLVED_ROUTINE)."""
+    backends, _ = table._find_backends()
+    if len(backends) == 1 and hasattr(backends[0], "_register_udfs"):
+        backends[0]._register_udfs(table)
+    return table.cache()
+
+
 # --- casting and the column rules -----------------------------------------------------------------
 Rule = tuple[ir.BooleanValue, str, str]  # (broken, rule, column)
 
@@ -344,12 +352,12 @@ def curate(
     pii_key: bytes,
     history: ir.Table | None = None,
     labels: ir.Table | None = None,
-    cache: Callable[[ir.Table], ir.Table] | None = None,
+    cache: bool = False,
 ) -> Curation:
     """The curated rows, the quarantine and the labelled data set of one run (module docstring).
 
-    ``cache``: applied to the stage every output is derived from (cast, rules, duplicates, tokens),
-    e.g. ``lambda t: t.cache()`` so that the three outputs do not each compute it again.
+    ``cache``: materialise the stage every output is derived from (cast, rules, duplicates, tokens)
+    once (:func:`cached`), so that the three outputs do not each compute it again.
     """
     schema = spec.schema_
     if schema.extra_columns == "keep":
@@ -397,8 +405,8 @@ def curate(
     else:
         stage = stage.mutate(__in_dup=ibis.literal(False), __cross=ibis.literal(False))
     stage = stage.mutate(__keep=stage.__valid & ~stage.__in_dup & ~stage.__cross)
-    if cache is not None:
-        stage = cache(stage)
+    if cache:
+        stage = cached(stage)
 
     # outputs
     curated = _ordered(stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS), spec)
