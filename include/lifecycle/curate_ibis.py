@@ -110,6 +110,7 @@ class Curation:
     curated: ir.Table
     quarantine: ir.Table
     dataset: ir.Table | None
+    stage: ir.Table  # every row cast, with its rule and duplicate flags: what the outputs derive from
 
 
 # --- backend specifics ----------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def curate(
     if spec.data.labels is not None and key is not None:
         kept = stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS)
         dataset = _dataset(kept, spec, labels, as_of_ts, pii_key, backend)
-    return Curation(curated, quarantine, dataset)
+    return Curation(curated, quarantine, dataset, stage)
 
 
 def _raw_text(raw: ir.Value) -> ir.StringValue:
