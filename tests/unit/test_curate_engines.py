@@ -536,3 +536,87 @@ def test_same_curation_as_collect(kind: str, cases: dict[str, Case], engine: Cal
 def test_uncached_stage_gives_the_same(kind: str, cases: dict[str, Case], duckdb_con: ibis.BaseBackend) -> None:
     """Every output computed from the raw rows again (no ``cache``): the same results."""
     _assert_same(_ibis(duckdb_con, cases[kind], cached=False), cases[kind])
+
+
+PARQUET_RULES = {
+    ("  ", "not_null", "tx"),
+    ("a4", "not_null", "ts"),
+    ("a5", "not_null", "card"),
+    ("a6", "not_null", "amount"),
+    ("a7", "dtype:float", "amount"),
+    ("a8", "min:0.01", "amount"),
+    ("a9", "max:1000", "amount"),
+    ("a10", "allowed", "kind"),
+    ("a12", "dtype:int", "qty"),
+    ("a13", "dtype:int", "qty"),
+    ("a14", "min:1", "qty"),
+    ("a15", "max:100", "qty"),
+    ("a16", "dtype:int", "qty"),
+    ("a17", "outside_partition", "ts"),
+    ("a19", "outside_partition", "ts"),
+    ("a21", "not_null", "ts"),
+    ("a22", "max:1000", "amount"),
+    ("a23", "min:0.01", "amount"),
+    ("a24", "allowed", "kind"),
+    ("d2", "min:0.01", "amount"),
+    ("d7", "max:1000", "amount"),
+    (None, "not_null", "tx"),
+}
+PARQUET_DUPLICATES = [  # (tx, file or folder the quarantine names, ds)
+    ("a1", "ds=2024-03-04/part-0.parquet", "2024-03-04"),
+    ("d1", "ds=2024-03-03/part-0.parquet", "2024-03-03"),
+    ("d1", "ds=2024-03-03/part-1.parquet", "2024-03-03"),
+    ("d3", "ds=2024-03-03/part-0.parquet", "2024-03-03"),
+    ("d5", "ds=2024-03-04/part-0.parquet", "2024-03-04"),
+    ("d6", "ds=2024-03-04/part-0.parquet", "2024-03-04"),
+    ("h1", "ds=2024-03-03", "2024-03-03"),
+    ("h2", "ds=2024-03-04/part-0.parquet", "2024-03-04"),
+]
+
+
+def test_rules_by_hand(cases: dict[str, Case], duckdb_con: ibis.BaseBackend) -> None:
+    """The rule of every quarantined row of the hand-made inputs, read off the rows above, so a
+    mistake shared by both paths (or a rule that neither applies) shows too."""
+    cur, qua, dataset = _ibis(duckdb_con, cases["parquet"])
+    broken = qua[qua["_rule"] != "duplicate_key"]
+    assert {(_norm(t), r, c) for t, r, c in zip(broken["tx"], broken["_rule"], broken["_column"], strict=True)} == (
+        PARQUET_RULES
+    )
+    assert len(broken) == len(PARQUET_RULES)
+    dups = qua[qua["_rule"] == "duplicate_key"]
+    root = str(cases["parquet"].raw).rsplit("/", 1)[0] + "/landing/transactions/"
+    got = sorted((t, s.split(root, 1)[1], d) for t, s, d in zip(dups["tx"], dups["_source"], dups["_ds"], strict=True))
+    assert got == PARQUET_DUPLICATES
+    assert dataset is not None
+    assert sorted(dataset.loc[dataset["is_fraud"] == 1, "tx"]) == ["d5", "l1", "l5", "l6"]
+    assert {"m1", "a18", "a20", "d2", "hx", "d7"} <= set(dataset["tx"]) and not {"m2", "m3"} & set(dataset["tx"])
+    assert cur.set_index("tx").loc["a2", "kind"] == "ecom" and "d3" in set(cur["tx"])
+
+    cur, qua, _ = _ibis(duckdb_con, cases["csv"])
+    rules = {t: (r, c) for t, r, c in zip(qua["tx"], qua["_rule"], qua["_column"], strict=True) if str(t)[:1] == "t"}
+    assert rules == {
+        "t1": ("dtype:float", "amount"),
+        "t2": ("dtype:float", "amount"),
+        "t4": ("dtype:float", "amount"),
+        "t5": ("dtype:int", "qty"),
+        "t6": ("dtype:int", "qty"),
+        "t7": ("dtype:int", "qty"),
+        "t8": ("dtype:timestamp", "ts"),
+        "t10": ("not_null", "amount"),
+    }
+    rows = cur.set_index("tx")
+    assert rows.loc["t3", "amount"] == 100.0 and rows.loc["t3", "qty"] == 7 and rows.loc["t9", "qty"] == 4
+    assert _norm(rows.loc["t9", "ts"]) == "2024-03-03T02:00:00+00:00"
+    assert _norm(rows.loc["t11", "kind"]) is None and _norm(rows.loc["t11", "qty"]) is None
+
+    cur, qua, _ = _ibis(duckdb_con, cases["single"])
+    rules = {(t, r, c) for t, r, c in zip(qua["tx"], qua["_rule"], qua["_column"], strict=True)}
+    assert rules == {
+        ("s1", "duplicate_key", "tx"),
+        ("s2", "target_missing", "is_fraud"),
+        ("s3", "future_time", "ts"),
+        ("s4", "future_time", "ts"),
+        ("s6", "not_null", "ts"),
+        ("s7", "max:1000", "amount"),
+    }
+    assert sorted(cur["tx"]) == ["s1", "s5", "s8", "s9"]
