@@ -63,7 +63,20 @@ Known differences, stated so nobody is surprised:
 * a partition's ``_source`` for an earlier day's duplicate counts the files that have rows here;
   collect.py also counts files without rows (a partition of one data file and one empty file
   names its folder there, the file here);
-* ``schema.extra_columns: keep`` is not supported (undeclared columns are dropped).
+* ``schema.extra_columns: keep`` is not supported (undeclared columns are dropped);
+* an int value of 2**63 - 1 (and the others that round to 2**63 as float64) is quarantined as outside
+  the int64 range, as in collect.py: both compare the value as float64, where it rounds to 2**63.
+
+Within a partition the first row is the first in ``(_source, _row)`` order: collect.py reads a
+partition's files in name order, and the URIs of one folder sort like the names. For a CSV file
+``_row`` is the row's position in the frame collect.py's reader gives (unparsable rows left out).
+
+Cost. ``curate(..., cache=True)`` materialises the stage once (:func:`cached`, which also works
+around Ibis 12's PySpark cache not registering UDFs); without it each output computes it again.
+On DuckDB the stage holds every row's typed and bookkeeping columns, so it needs several times the
+memory of collect.py's Arrow frames, and the measured speed (bench/curate_engines.py,
+bench/results/curate-engines-*.json) is below collect.py's on this project's 2-core machine: the
+portable definition is for Spark on Glue, not (yet) a faster local ETL.
 
 Pure Python, no airflow and no Spark import: the backend is whatever the input table is bound to.
 """

@@ -12,7 +12,8 @@ numbers and times), a label feed with labels that arrive late, before their even
 broken; a single file with labels in its rows (target_missing, future_time); and a few days of
 the demo generator's card data (include/lifecycle/synth.py) with its defects.
 
-The PySpark leg needs Java (Spark 3.5: Java 8, 11 or 17): without it the test fails, saying how
+The Ibis path runs with the stage cached (``curate(..., cache=True)``) as a run would; one DuckDB
+test runs without. The PySpark leg needs Java (Spark 3.5: Java 8, 11 or 17): without it the test fails, saying how
 to install it. One small Spark session (local[1], no UI) serves the whole module.
 """
 
