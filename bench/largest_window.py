@@ -27,6 +27,7 @@ by size into ``bench/results/largest-window-<date>.json``, so sizes can be run i
 
     .venv/bin/python bench/largest_window.py --rows 4000000 8000000
     .venv/bin/python bench/largest_window.py --rows 16000000 24000000 32000000 40000000 --deadline 09:20
+    .venv/bin/python bench/largest_window.py --show            # the table of today's results file
 """
 
 from __future__ import annotations
@@ -307,6 +308,7 @@ def predicted_s(results: list[dict[str, Any]], n: int) -> float | None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    not_run = sorted((r for r in results if "not_run" in r), key=lambda r: r["rows"])
     results = sorted((r for r in results if "generate" in r), key=lambda r: r["rows"])
     width = 22
     head = f"{'seconds (s per M rows)':32}" + "".join(f"{r['rows']:>{width},}" for r in results)
@@ -358,6 +360,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         if not r.get("ok"):
             lines.append(f"{r['rows']:,}: failed in {r.get('failed_in')}: {r.get('failure')}")
+    for r in not_run:
+        lines.append(f"{r['rows']:,}: not run: {r['not_run']}")
     return "\n".join(lines)
 
 
@@ -370,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmp", type=Path, default=None, help="where the working folders go (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the working folders")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/largest-window-<date>.json")
+    p.add_argument("--show", action="store_true", help="print the table of the results file and exit")
     p.add_argument("--gen-child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.gen_child:
@@ -383,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         stop_at = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     out = args.out or ROOT / "bench" / "results" / f"largest-window-{dt.date.today().isoformat()}.json"
     data = json.loads(out.read_text()) if out.exists() else {}
+    if args.show:
+        print(table(data.get("results", [])))
+        return 0
     by_rows = {r["rows"]: r for r in data.get("results", [])}
     cap_bytes = int(args.cap_gb * GB)
     for n in sorted(args.rows):
