@@ -234,6 +234,7 @@ def measure(n: int, cap_bytes: int, tmp: Path | None, stop_at: float | None, kee
     work = Path(tempfile.mkdtemp(prefix=f"bench-window-{n}-", dir=tmp))
     cap = Cap(cap_bytes, f"bench-largest-window-{os.getpid()}-{n}")
     result: dict[str, Any] = {"rows": n, "cap_gb": cap_bytes / GB, "cap": cap.mechanism, "started": _now()}
+    result["loadavg_at_start"] = os.getloadavg()  # the machine may be shared: its load, start and end
     try:
         env = lifecycle.airflow_env(work, work / "artifacts-plain")
         print(f"[{n:,} rows] generating data (capped) ...", file=sys.stderr, flush=True)
@@ -273,6 +274,7 @@ def measure(n: int, cap_bytes: int, tmp: Path | None, stop_at: float | None, kee
         return result
     finally:
         result["finished"] = _now()
+        result["loadavg_at_end"] = os.getloadavg()
         rows_m = result.get("rows_generated", n) / 1e6
         if "plain" in result:
             result["plain"]["s_per_m_rows"] = {k: v / rows_m for k, v in result["plain"]["sections_s"].items()}
