@@ -372,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, nargs="*", default=DEFAULT_ROWS)
     p.add_argument("--cap-gb", type=float, default=19.0, help="memory cap of each child (GiB)")
     p.add_argument("--deadline", default=None, help="HH:MM UTC today: start no size predicted to end later")
+    p.add_argument(
+        "--no-skip",
+        action="store_true",
+        help="start every size even if predicted past the deadline (a size expected to fail early); still stop at it",
+    )
     p.add_argument("--keep-going", action="store_true", help="run the remaining sizes after a failure")
     p.add_argument("--tmp", type=Path, default=None, help="where the working folders go (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the working folders")
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     cap_bytes = int(args.cap_gb * GB)
     for n in sorted(args.rows):
         guess = predicted_s(list(by_rows.values()), n)
-        if stop_at is not None and guess is not None and time.time() + guess > stop_at:
+        if stop_at is not None and guess is not None and time.time() + guess > stop_at and not args.no_skip:
             print(f"[{n:,} rows] not run: predicted {guess:.0f} s, past the deadline", file=sys.stderr, flush=True)
             by_rows.setdefault(n, {"rows": n, "not_run": f"predicted {guess:.0f} s would end past {args.deadline}"})
             continue
