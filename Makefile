@@ -109,6 +109,16 @@ bench: setup
 	$(PY) bench/bench_data_and_features.py
 	$(PY) bench/scheduler.py --rows $(BENCH_SCHED_ROWS) --reps 3
 
+# The largest training window the local backend handles, measured up to failure (not part of `make
+# bench`: it takes most of an hour). The plain path of bench/lifecycle.py at growing sizes, each step
+# in a child capped at BENCH_WINDOW_CAP_GB (its own memory cgroup, else RLIMIT_AS), until one fails;
+# writes bench/results/largest-window-<date>.json. Needs a few GB of free disk in $$TMPDIR.
+BENCH_WINDOW_ROWS ?= 4000000 8000000 16000000 24000000 32000000 40000000 48000000 56000000
+BENCH_WINDOW_CAP_GB ?= 19
+.PHONY: bench-window
+bench-window: setup
+	$(PY) bench/largest_window.py --rows $(BENCH_WINDOW_ROWS) --cap-gb $(BENCH_WINDOW_CAP_GB)
+
 # The champion of $(PROBLEM) behind a SageMaker-style endpoint on 127.0.0.1:$(SERVE_PORT) (after `make run`);
 # with the PII key it keeps the recent curated days as per-card context. deploy_model tells it to
 # reload when the Airflow variable ml_serving_url (or ML_SERVING_URL) points at it.

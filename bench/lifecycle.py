@@ -213,8 +213,12 @@ def _plain_context() -> dict[str, Any]:
     }
 
 
-def plain_child(work: Path, spawned_at: float) -> None:
-    """The sections of one round, called directly with the context keys they read."""
+def plain_child(work: Path, spawned_at: float, progress: Path | None = None) -> None:
+    """The sections of one round, called directly with the context keys they read.
+
+    With ``progress``, one JSON line is appended there when each section starts and ends (flushed
+    at once), so that a run killed part-way (bench/largest_window.py) still tells which section it
+    was in and how long the finished ones took."""
     t_entry = time.time()
     t0 = time.perf_counter()
     # what the sections' own modules import at module level (the rest they import when called)
@@ -236,10 +240,17 @@ def plain_child(work: Path, spawned_at: float) -> None:
     ctx = _plain_context()
     times: dict[str, float] = {}
 
+    def mark(**event: Any) -> None:
+        if progress is not None:
+            with progress.open("a") as f:
+                f.write(json.dumps(event | {"t": time.time()}) + "\n")
+
     def timed(name: str, fn, *args, **kwargs):
+        mark(start=name)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         times[name] = time.perf_counter() - t0
+        mark(end=name, s=times[name])
         return out
 
     timed("formulate_problem", sections.formulate_problem, PROBLEM, **ctx)
@@ -468,12 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-reps", type=int, default=3, help="alternating runs of the training step and bare xgboost")
     p.add_argument("--plain-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--progress", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the working folders")
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>.json)")
     args = p.parse_args(argv)
     if args.plain_child:
-        plain_child(args.plain_child, args.spawned_at or time.time())
+        plain_child(args.plain_child, args.spawned_at or time.time(), args.progress)
         return 0
     if args.train_child:
         train_child(args.train_child, args.train_reps)

@@ -384,7 +384,7 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
 @dataclass(frozen=True)
 class _Day:
     table: pa.Table
-    fraud_ids: pa.Array
+    fraud_ids: pa.Array | pa.ChunkedArray
     fraud_ts_us: np.ndarray
     n_fraud: int
     n_defects: int
@@ -718,7 +718,7 @@ def generate(
     first = max(start, write_from - dt.timedelta(days=_MAX_REPORT_DAYS + 1))
     n_write = (end - write_from).days
     rows = frauds = defects = written = 0
-    cb_ids: list[pa.Array] = []
+    cb_ids: list[pa.Array | pa.ChunkedArray] = []
     cb_reported: list[np.ndarray] = []
     for i in range((first - start).days, days):
         day = start + dt.timedelta(days=i)
@@ -742,7 +742,10 @@ def generate(
         if written % 10 == 0 or written == n_write:
             emit(f"wrote {written}/{n_write} partitions, {rows} rows")
 
-    ids = pa.concat_arrays(cb_ids) if cb_ids else pa.array([], type=pa.string())
+    # pyarrow converts a large numpy string array in chunks (a ChunkedArray): here a day of about
+    # 0.9M transactions or more (a 28-day window of 26M+); concat_arrays takes plain arrays only
+    chunks = [c for a in cb_ids for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    ids = pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
     reported = np.concatenate(cb_reported) if cb_reported else np.empty(0, np.int64)
     report_day = reported // _US_PER_DAY
     first_report_day = (write_from - _EPOCH).days

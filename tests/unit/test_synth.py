@@ -422,3 +422,28 @@ def test_the_drift_scenario_changes_fraud_from_its_day_on(tmp_path: Path) -> Non
     assert (new["merchant_category"] == "fuel").all() and (new["channel"] == "contactless").all()
     assert (old["merchant_category"] != "fuel").mean() > 0.9
     assert new["ts"].dt.hour.between(8, 21).all()
+
+
+def test_days_whose_ids_pyarrow_converts_in_chunks_still_give_their_chargebacks(tmp_path: Path, monkeypatch) -> None:
+    """From about 0.9M transactions a day pyarrow converts a day's ids in chunks (a ChunkedArray);
+    the chargebacks, gathered over all days, failed there (bench/largest_window.py at 48M rows):
+    here every day's fraud ids come chunked, and the files are those of plain arrays."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    plain = tmp_path / "plain"
+    synth.generate(plain, end=END, days=DAYS, tx_per_day=PER_DAY, seed=7)
+    day = synth._generate_day
+
+    def chunked(*args, **kwargs):
+        out = day(*args, **kwargs)
+        ids = out.fraud_ids
+        half = len(ids) // 2
+        return dataclasses.replace(out, fraud_ids=pa.chunked_array([ids[:half], ids[half:]], type=ids.type))
+
+    monkeypatch.setattr(synth, "_generate_day", chunked)
+    root = tmp_path / "chunked"
+    synth.generate(root, end=END, days=DAYS, tx_per_day=PER_DAY, seed=7)
+    assert _files(root) == _files(plain)
+    assert len(_read(root, "chargebacks")) > 0
