@@ -20,10 +20,7 @@ to install it. One small Spark session (local[1], no UI) serves the whole module
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +44,7 @@ from include.lifecycle.curate_ibis import curate
 from include.lifecycle.layout import RunLayout
 from include.lifecycle.spec import Spec, parse_spec
 from include.lifecycle.store import Store
-from tests.unit.test_history_engines import _find_java_home
+from tests.unit import engines
 
 KEY = b"unit-test-pii-key-0123456789abcdef"
 RUN = "runs/r2"
@@ -481,39 +478,20 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spark_con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ibis.BaseBackend]:
-    os.environ["JAVA_HOME"] = _find_java_home()
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # the UDF workers need this interpreter's pandas/pyarrow
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    from pyspark.sql import SparkSession
-
-    scratch = tmp_path_factory.mktemp("spark")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("curate-engines-parity")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
+    conf = {
+        "spark.sql.shuffle.partitions": "1",
         # tiny inputs: compiling whole-stage code and re-planning cost more than they save
-        .config("spark.sql.codegen.wholeStage", "false")
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "512m")
-        .config("spark.local.dir", str(scratch))
-        .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={scratch}")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    try:
-        yield ibis.pyspark.connect(session)
-    finally:
-        session.stop()
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.adaptive.enabled": "false",
+    }
+    with engines.spark_backend(tmp_path_factory.mktemp("spark"), "curate-engines-parity", conf) as con:
+        yield con
 
 
 @pytest.fixture(scope="module")
 def duckdb_con() -> Iterator[ibis.BaseBackend]:
-    con = ibis.duckdb.connect(threads=1)
-    yield con
-    con.disconnect()
+    with engines.duckdb_backend() as con:
+        yield con
 
 
 ENGINES: dict[str, str] = {"duckdb": "duckdb_con", "pyspark": "spark_con"}

@@ -15,11 +15,6 @@ to install it. One small Spark session (local[1], no UI) serves the whole module
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import os
-import re
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +27,7 @@ from include.lifecycle import synth
 from include.lifecycle.features import engineer
 from include.lifecycle.history_ibis import feature_names, per_entity_features
 from include.lifecycle.spec import FeatureGroupSpec
+from tests.unit import engines
 
 T0 = pd.Timestamp("2024-03-01 00:00", tz="UTC")
 VELOCITY = FeatureGroupSpec(
@@ -44,11 +40,6 @@ COUNTS_ONLY = [
     FeatureGroupSpec(name="counts", kind="velocity"),
     FeatureGroupSpec(name="flags", kind="history", columns=["is_online", "channel"]),
 ]
-SUPPORTED_JAVA = (8, 11, 17)  # what Spark 3.5 runs on
-JAVA_HINT = (
-    "the PySpark parity test needs Java {versions} (Spark 3.5): install it with "
-    "`apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or point JAVA_HOME at a JDK/JRE 17"
-)
 
 
 def _tx(rows: list[tuple]) -> pd.DataFrame:
@@ -174,64 +165,16 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
 # ------------------------------------------------------------------------------------------------
 # engines
 # ------------------------------------------------------------------------------------------------
-def _java_version(java: str) -> int | None:
-    try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    if not m:
-        return None
-    major = int(m.group(1))
-    return int(m.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
-
-
-def _find_java_home() -> str:
-    """A JAVA_HOME Spark 3.5 runs on: $JAVA_HOME if supported, else a Debian JDK/JRE 17 or 11, else
-    the `java` on PATH. Fails (not skips) when there is none: the parity test is part of `make test`."""
-    candidates = [os.environ.get("JAVA_HOME", "")]
-    candidates += sorted(str(p) for v in (17, 11) for p in Path("/usr/lib/jvm").glob(f"java-{v}-openjdk*"))
-    on_path = shutil.which("java")
-    if on_path:
-        candidates.append(str(Path(on_path).resolve().parents[1]))
-    for home in filter(None, candidates):
-        if _java_version(str(Path(home) / "bin" / "java")) in SUPPORTED_JAVA:
-            return home
-    pytest.fail(JAVA_HINT.format(versions="/".join(map(str, SUPPORTED_JAVA))), pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def spark_con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ibis.BaseBackend]:
-    os.environ["JAVA_HOME"] = _find_java_home()
-    # py4j logs "Closing down clientserver connection" at exit, after pytest closed the captured stream
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    from pyspark.sql import SparkSession
-
-    scratch = tmp_path_factory.mktemp("spark")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("history-engines-parity")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "512m")
-        .config("spark.local.dir", str(scratch))
-        .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={scratch}")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    try:
-        yield ibis.pyspark.connect(session)
-    finally:
-        session.stop()
+    with engines.spark_backend(tmp_path_factory.mktemp("spark"), "history-engines-parity") as con:
+        yield con
 
 
 @pytest.fixture(scope="module")
 def duckdb_con() -> Iterator[ibis.BaseBackend]:
-    con = ibis.duckdb.connect(threads=1)
-    yield con
-    con.disconnect()
+    with engines.duckdb_backend() as con:
+        yield con
 
 
 ENGINES: dict[str, str] = {"duckdb": "duckdb_con", "pyspark": "spark_con"}
