@@ -87,7 +87,12 @@ def _opening(uri: str) -> Generator[None]:
         return
     import fcntl
 
-    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a+b") as lock:
+    try:
+        lock = open(f"{uri.removeprefix('sqlite:///')}.lock", "a+b")  # noqa: SIM115 - closed below
+    except OSError:  # a folder this process may not write to: it cannot create the schema either
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         yield
 

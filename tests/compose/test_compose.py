@@ -5,6 +5,7 @@ the Airflow/Python versions equal to the pinned requirements."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,8 @@ def test_official_airflow3_shape():
         assert SERVICES[service]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert _env("airflow-init")["_AIRFLOW_DB_MIGRATE"] == "true"
     # after the migration, the pool the trials of every DAG share (the DAGs name it: ML_TRIAL_POOL)
-    init = " ".join(SERVICES["airflow-init"]["command"])
-    assert init.index("/entrypoint airflow version") < init.index("python -m ml_lifecycle.devtools trial-pool")
+    init = SERVICES["airflow-init"]["command"][-1]
+    assert init.index("/entrypoint airflow version") < init.index('airflow pools set "$${ML_TRIAL_POOL}" "$$slots"')
     assert SERVICES["postgres"]["image"].startswith("postgres:")
     assert SERVICES["redis"]["image"].startswith("redis:")
     assert "mc mb" in " ".join(SERVICES["minio-init"]["command"])
@@ -131,3 +132,30 @@ def test_every_airflow_service_shares_one_image():
 
 def test_the_secrets_file_is_ignored_by_git():
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize(
+    ("nproc", "env", "slots"), [(2, "", 1), (1, "", 1), (8, "", 4), (8, "3", 3), (2, "64", 2), (4, "0", 1)]
+)
+def test_the_init_sizes_the_trial_pool_as_the_dags_do(tmp_path, monkeypatch, nproc, env, slots):
+    """The init's shell computes the pool's slots as ``settings.trial_slots()`` does (it runs
+    before any Python of the project): run its lines with a fake ``nproc`` and ``airflow``."""
+    from ml_lifecycle import settings
+
+    script = SERVICES["airflow-init"]["command"][-1]
+    lines = script[script.index("cores=") :].replace("$$", "$")
+    (tmp_path / "nproc").write_text(f"#!/bin/sh\necho {nproc}\n")
+    (tmp_path / "airflow").write_text('#!/bin/sh\necho "$@"\n')
+    for f in ("nproc", "airflow"):
+        (tmp_path / f).chmod(0o755)
+    run_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "ML_TRIAL_POOL": "ml_trials"} | (
+        {"ML_TRIAL_SLOTS": env} if env else {}
+    )
+    done = subprocess.run(["bash", "-c", lines], env=run_env, capture_output=True, text=True, check=True)
+    assert done.stdout.split()[:4] == ["pools", "set", "ml_trials", str(slots)]
+    monkeypatch.setattr(settings, "machine_cores", lambda: nproc)
+    if env:
+        monkeypatch.setenv("ML_TRIAL_SLOTS", env)
+    else:
+        monkeypatch.delenv("ML_TRIAL_SLOTS", raising=False)
+    assert settings.trial_slots() == slots
