@@ -531,7 +531,8 @@ def monitor_demo(*, per_day: int, seed: int = 7, before: int = 7, retrain_after:
 
 def trial_pool(pool: str | None) -> int:
     """Create (or resize) the Airflow pool the training trials of every lifecycle DAG share, with
-    ``trial_slots()`` slots: ``make up`` and compose run it after the database migration."""
+    ``trial_slots()`` slots: ``make up`` and the test stacks run it after the database migration
+    (compose's init runs ``airflow pools set`` itself, with the same size)."""
     import os
     import subprocess
 

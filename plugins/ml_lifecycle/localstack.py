@@ -185,11 +185,12 @@ def migrate(env: dict[str, str], timeout: float = 600) -> None:
 @contextmanager
 def airflow_stack(env: dict[str, str]) -> Generator[tuple[Api, dict[str, subprocess.Popen]]]:
     """The scheduler, dag-processor and api-server of ``env`` (``stack_env``; the database
-    migrated; the trials' pool created when ``env`` names one in ``ML_TRIAL_POOL``), each in a session of its own with its log in ``$AIRFLOW_HOME/<name>.log``; yields
-    the REST client (logged in as ``admin`` with a fresh password) once the api-server answers, and
-    the processes; stops them (SIGTERM to each process group, then SIGKILL) on the way out."""
+    migrated; the trials' pool created when ``env`` names one in ``ML_TRIAL_POOL``), each in a
+    session of its own with its log in ``$AIRFLOW_HOME/<name>.log``; yields the REST client
+    (logged in as ``admin`` with a fresh password) once the api-server answers, and the processes;
+    stops them (SIGTERM to each process group, then SIGKILL) on the way out."""
     home = Path(env["AIRFLOW_HOME"])
-    if env.get("ML_TRIAL_POOL"):  # the trials' shared pool, as make up and compose create it
+    if env.get("ML_TRIAL_POOL"):  # the trials' shared pool, as make up creates it
         done = subprocess.run(
             [str(VENV_BIN / "python"), "-m", "ml_lifecycle.devtools", "trial-pool"],
             env=env,

@@ -62,7 +62,8 @@ TRIAL_POOL_ENV = "ML_TRIAL_POOL"
 def trial_pool() -> str | None:
     """The Airflow pool that the local training trials of every lifecycle DAG share
     (``$ML_TRIAL_POOL``). ``make up``, docker compose and the project's test stacks set it to
-    ``ml_trials`` and create that pool with ``trial_slots()`` slots (``pool_setup_command``), so
+    ``ml_trials`` and create that pool with ``trial_slots()`` slots (``pool_setup_command``;
+    compose's init computes the same size in shell), so
     the cap of concurrent trials holds across DAGs (several problems, a monitor's retraining) and
     not only within one DAG. Unset: no pool (Airflow's ``default_pool``) and the cap is per DAG: a
     task whose pool does not exist is never scheduled, so a deployment that did not create the
