@@ -102,6 +102,7 @@ def _answer(af: dict[str, Any], run_id: str, option: str, again: bool = False) -
     def asked():
         status, detail = af["api"].get(path)
         if status != 200 or not detail.get("body") or detail["response_received"]:
+            _still_running(af, run_id, "before approve_deployment asked")
             return None
         return detail if _task_state(af, run_id, "approve_deployment") == "awaiting_input" else None
 
@@ -171,6 +172,25 @@ def _screenshot(af: dict[str, Any], name: str, path: str, click: str | None = No
             page.screenshot(path=str(out / f"{name}.png"))
         finally:
             browser.close()
+
+
+def _still_running(af: dict[str, Any], run_id: str, when: str) -> None:
+    """Fail at once, naming the run's failed tasks, when the run ended ``when`` (instead of
+    waiting out ``WAIT`` for a question that will never come)."""
+    status, run = af["api"].get(_run_path(run_id))
+    assert status == 200, run
+    if run["state"] not in ("success", "failed"):
+        return
+    status, found = af["api"].get(_run_path(run_id) + "/taskInstances?state=failed&state=upstream_failed")
+    tis = found.get("task_instances", [])
+    failed = [(t["task_id"], t.get("map_index"), t["state"]) for t in tis]
+    first = next((t for t in tis if t["state"] == "failed"), None)
+    log = ""
+    if first:
+        where = f"/taskInstances/{first['task_id']}/logs/{first['try_number']}?full_content=true"
+        _, got = af["api"].get(_run_path(run_id) + where + f"&map_index={first.get('map_index', -1)}")
+        log = f"\nlog of {first['task_id']} (end):\n{json.dumps(got)[-3000:]}"
+    raise AssertionError(f"run {run_id} ended {run['state']} {when}; failed tasks: {failed}{log}")
 
 
 def _task(af: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
