@@ -12,10 +12,20 @@ Other processes (api-server, dag-processor, a scheduler that does not run tasks,
 nothing.
 """
 
+import atexit
+import gc
 import os
 import sys
 
 __all__: list[str] = []  # airflow.settings copies every public name of this module: none
+
+# At exit, Python's last garbage collection walks every object the process still holds (Airflow,
+# SQLAlchemy, pandas, MLflow...): 1.4-1.7 s for an `airflow dags test` of the flagship on 2 cores.
+# Freezing them first (registered here, early, so it runs after the handlers registered later)
+# leaves that walk out; exit handlers still run (logs flushed, temporary folders removed) and the
+# operating system takes back the memory. Task processes are not concerned: Airflow ends them
+# with os._exit.
+atexit.register(gc.freeze)
 
 _ON = os.environ.get("ML_PRELOAD_LIBRARIES", "true").strip().lower() not in ("0", "false", "no", "off")
 
