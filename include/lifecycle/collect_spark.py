@@ -238,7 +238,9 @@ def typed_frame(table: pa.Table, spec: Spec) -> pd.DataFrame:
 
 
 def _write_day(problem: Store, spec: Spec, ds: str, table: pa.Table, plan: dict[str, Any]) -> dict[str, Any]:
-    """One curated partition (its rows sorted as collect.py sorts them), its quarantine, its manifest."""
+    """One curated partition (its rows sorted as collect.py sorts them), its quarantine, its manifest.
+    ``table``: the day's rows of kind ``c`` (curated), ``d`` (a duplicate key, typed), ``q`` (a row
+    that breaks a rule, as text) and one ``m`` (the day is there)."""
     names = spec.schema_.names
     rel = f"curated/ds={ds}"
     kind = table.column(KIND)
@@ -248,6 +250,10 @@ def _write_day(problem: Store, spec: Spec, ds: str, table: pa.Table, plan: dict[
     qua = pd.DataFrame({n: pd.array(q.column(f"__q_{i}").to_pylist(), dtype="string") for i, n in enumerate(names)})
     for c in ("_rule", "_column", "_reason", "_source"):
         qua[c] = pd.Series(q.column(c).to_pylist(), dtype="str")
+    d = table.filter(pc.equal(kind, "d"))
+    if len(d):  # duplicate keys in the partition: quarantined by collect.py's own function (its text, its reason)
+        sources = np.asarray(d.column("_source").to_pylist(), dtype=object)
+        qua = C._with_duplicates(qua, typed_frame(d.select(names), spec), spec, sources)
     if len(qua):
         problem.write_parquet(f"quarantine/ds={ds}/part-0.parquet", qua)
     else:  # rebuilt without bad rows: an older quarantine file must not outlive its partition
@@ -491,8 +497,9 @@ class _Run:
         return plans
 
     # -- curating and writing -------------------------------------------------------------------
-    def curate(self, raw: DataFrame) -> tuple[DataFrame, DataFrame]:
-        """curate_ibis on the raw rows: the kept rows of each partition (typed) and its quarantine."""
+    def curate(self, raw: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+        """curate_ibis on the raw rows: the kept rows of each partition and its duplicate keys (typed),
+        and its rows that break a rule."""
         import ibis
 
         from include.lifecycle.curate_ibis import curate
@@ -506,9 +513,10 @@ class _Run:
         )
         stage = out.stage
         self.cached.append(stage)
-        kept = _spark_df(con, stage.filter(stage["__keep"]).select(*self.spec.schema_.names, *ROW_COLUMNS))
-        quarantine = _spark_df(con, out.partition_quarantine)
-        return kept, quarantine
+        columns = [*self.spec.schema_.names, *ROW_COLUMNS]
+        kept = _spark_df(con, stage.filter(stage["__keep"]).select(*columns))
+        dups = _spark_df(con, stage.filter(stage["__in_dup"]).select(*columns))
+        return kept, dups, _spark_df(con, out.broken)
 
     def malformed(self) -> pd.DataFrame:
         """Quarantine rows of the CSV rows that could not be parsed (collect.py's text, no value)."""
@@ -522,7 +530,9 @@ class _Run:
                     frames.append(q.assign(_ds=ds))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def write(self, kept: DataFrame, quarantine: DataFrame, plans: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def write(
+        self, kept: DataFrame, dups: DataFrame, quarantine: DataFrame, plans: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         """Every partition to curate written by the executors (one task per day); their counts."""
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import from_arrow_schema
@@ -532,6 +542,7 @@ class _Run:
         q_cols = {f"__q_{i}": F.col(n).cast("string") for i, n in enumerate(names)}
         parts = [
             kept.select(F.lit("c").alias(KIND), "_ds", "_source", "_row", *names),
+            dups.select(F.lit("d").alias(KIND), "_ds", "_source", "_row", *names),
             quarantine.select(
                 F.lit("q").alias(KIND),
                 F.col("_ds").cast("string").alias("_ds"),
@@ -622,10 +633,10 @@ class _Run:
             plans = self.day_plans()
             kept = written = None
             if raw is not None:
-                kept, quarantine = self.curate(raw)
+                kept, dups, quarantine = self.curate(raw)
                 kept = kept.persist()
                 self.persisted.append(kept)
-                written = self.write(kept, quarantine, plans)
+                written = self.write(kept, dups, quarantine, plans)
             return self.finish(kept, written or {}, t_start)
         finally:
             for df in self.persisted:

@@ -9,9 +9,8 @@ computes what :func:`include.lifecycle.collect.collect_and_label` computes from 
   timestamp/date: UTC timestamps, dates truncated to the day), PII columns replaced by their
   tokens, plus ``_ds``, ``_source`` and ``_row``; order ``_ds``, time, key (as ``sort_curated``).
 * ``quarantine``: every other row, the declared columns as text (PII tokenised), ``_rule``,
-  ``_column``, ``_source`` and ``_ds``; ``partition_quarantine``: the part of it that collect.py
-  writes to the partitions' ``quarantine/ds=<ds>/part-0.parquet`` (every row but the keys kept on
-  an earlier day, which go to the run's ``cross_partition`` file).
+  ``_column``, ``_source`` and ``_ds``; ``broken``: the part of it that breaks a rule (not a
+  duplicate key).
 * ``dataset``: the curated rows old enough for their labels (``data.labels.maturity_days``) with
   the target column: ``label_value`` where a usable label holds the key, else ``negative_value``.
 
@@ -133,7 +132,7 @@ class Curation:
     quarantine: ir.Table
     dataset: ir.Table | None
     stage: ir.Table  # every row cast, with its rule and duplicate flags: what the outputs derive from
-    partition_quarantine: ir.Table  # the quarantine less the keys kept on an earlier day
+    broken: ir.Table  # the quarantined rows that break a rule (the quarantine less the duplicate keys)
 
 
 # --- backend specifics ----------------------------------------------------------------------------
@@ -479,13 +478,12 @@ def curate(
     # outputs
     curated = _ordered(stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS), spec)
     parts = _quarantine(stage, spec, rules, pii, pii_key, backend)
-    partition_quarantine = _union(parts[:2])
     quarantine = _union(parts)
     dataset = None
     if spec.data.labels is not None and key is not None:
         kept = stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS)
         dataset = _dataset(kept, spec, labels, as_of_ts, pii_key, backend)
-    return Curation(curated, quarantine, dataset, stage, partition_quarantine)
+    return Curation(curated, quarantine, dataset, stage, parts[0])
 
 
 def _union(parts: list[ir.Table]) -> ir.Table:
