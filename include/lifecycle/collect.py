@@ -1371,6 +1371,9 @@ def collect_and_label(
     """Curate the window's partitions (re-using ones already curated from the same input) and
     write the run's labelled data set to ``<run_dir>/dataset.parquet``. Returns the summary.
 
+    This is the pandas/Arrow path of one machine (the local backend, a Glue pythonshell job); a
+    Glue glueetl job runs the same on Spark executors (:mod:`include.lifecycle.collect_spark`).
+
     One background thread identifies and reads the next partitions while the current one is
     validated and another writes curated partitions (Parquet, then the manifest) in order while
     the main thread carries on; every log line is still written in order, after what it reports.

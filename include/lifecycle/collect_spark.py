@@ -20,8 +20,10 @@ never through Spark's own S3 connector:
 * ``curate_ibis.curate`` on Ibis's PySpark backend casts, validates, de-duplicates within each
   partition and tokenises PII (collect.py's rules in collect.py's order);
 * the executors write the curated partitions: the rows are shuffled by ``_ds`` and one task writes
-  each day (sorted by ``collect.sort_curated``), its quarantine and, last, its manifest, through
-  ``Store``, returning the day's counts;
+  each day (sorted by ``collect.sort_curated``), its quarantine (a duplicate key's row made by
+  collect.py's ``_with_duplicates``) and, last, its manifest, through ``Store``, returning the
+  day's counts; the manifests' fingerprints are collect.py's, so either engine re-uses the other's
+  partitions;
 * keys delivered on an earlier day (of the window, re-used partitions included, or of the curated
   history before it; collect.py's ``history_partitions``) are found by a Spark group-by on the key;
   those rows (normally few) are gathered into the run's ``cross_partition`` quarantine on the driver;
@@ -33,9 +35,10 @@ never through Spark's own S3 connector:
 
 Differences from collect.py (tests/unit/test_collect_spark.py holds the rest equal):
 
-* the partition quarantine's ``_reason`` names the column and the rule, not the value
-  (``amount breaks rule min:0.01``; the CSV rows that could not be parsed keep collect.py's text):
-  SQL has neither Python's ``repr`` of a value nor its masking; its rows are in another order;
+* the ``_reason`` of a quarantined row that breaks a rule names the column and the rule, not the
+  value (``amount breaks rule min:0.01``): SQL has neither Python's ``repr`` of a value nor its
+  masking (duplicate keys and CSV rows that could not be parsed keep collect.py's reason); the rows
+  of a partition's quarantine file are in another order, its columns in schema order;
 * a run that stops on an unreadable file, a schema error or an empty delivery writes no
   partition (collect.py has written the partitions before the one that stops it);
 * the text forms curate_ibis documents (e.g. a float stored in a string column of a Parquet file
@@ -44,8 +47,10 @@ Differences from collect.py (tests/unit/test_collect_spark.py holds the rest equ
 * a single-file source, ``sklearn:`` data and ``schema.extra_columns: keep`` are not partitioned
   or not supported by curate_ibis: they run collect.py on the driver (``engine`` says so).
 
-Needs ``spark.sql.session.timeZone`` UTC (set here). No airflow import; pyspark and ibis are
-imported when a run starts.
+Logged: the window, files and rows read by the executors (and how long), partitions written,
+each partition's counts, cross-partition duplicates, labels, the totals. Needs
+``spark.sql.session.timeZone`` UTC (set here). No airflow import; pyspark and ibis are imported
+when a run starts.
 """
 
 from __future__ import annotations
