@@ -1,9 +1,15 @@
 """Entry point of the collect-and-label ETL: the same file runs in-process (local backend)
-and as an AWS Glue Python shell job (aws backend), where Glue passes ``--name value`` args.
+and as an AWS Glue job (aws backend), where Glue passes ``--name value`` args.
 
     python -m include.jobs.collect_and_label --spec include/problems/card_fraud.yaml \
         --artifact-root file:///.../artifacts/card_fraud --run-dir runs/<run> \
         --as-of 2026-11-01T00:00:00+00:00 --lookback-days 28 --pii-key-env ML_PII_HASH_KEY
+
+``--engine pandas`` (the default: the local backend and a Glue ``pythonshell`` job) runs
+:func:`include.lifecycle.collect.collect_and_label` in this process; ``--engine spark`` (a Glue
+``glueetl`` job) runs :func:`include.lifecycle.collect_spark.collect_and_label_spark` on the job's
+Spark session, the executors reading and writing the partitions (same outputs; ``--spark-master``
+only outside Glue, e.g. ``local[2]``). The summary's ``engine`` says which ran.
 
 On Glue the key comes from Secrets Manager (``--pii-key-secret``) and every object written to S3
 is encrypted on the server (``--sse aws:kms --kms-key-id ...`` or ``--sse AES256``).
@@ -39,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--region", default=None, help="AWS region of the secret")
     p.add_argument("--sse", default=None, choices=["aws:kms", "AES256"], help="S3 server-side encryption of writes")
     p.add_argument("--kms-key-id", default=None, help="KMS key of --sse aws:kms")
+    p.add_argument("--engine", default="pandas", choices=["pandas", "spark"], help="pandas in process, or Spark")
+    p.add_argument("--spark-master", default=None, help="Spark master outside Glue (default: PySpark's)")
     args, _unknown = p.parse_known_args(argv)  # Glue adds its own --JOB_NAME etc.
     return args
 
@@ -57,17 +65,24 @@ def main(argv: Sequence[str] | None = None, *, pii_key: bytes | None = None, log
     source = resolve_source(args.source or spec.data.source)
     labels = resolve_source(args.labels or spec.data.labels.source) if spec.data.labels else None
     problem = Store.from_uri(args.artifact_root, **storage_options(args))
-    summary = collect_and_label(
-        spec,
-        problem=problem,
-        run_dir=args.run_dir,
-        as_of=dt.datetime.fromisoformat(args.as_of),
-        lookback_days=args.lookback_days,
-        pii_key=key,
-        source_uri=source,
-        labels_uri=labels,
-        log=log,
-    )
+    run = {
+        "problem": problem,
+        "run_dir": args.run_dir,
+        "as_of": dt.datetime.fromisoformat(args.as_of),
+        "lookback_days": args.lookback_days,
+        "pii_key": key,
+        "source_uri": source,
+        "labels_uri": labels,
+        "log": log,
+    }
+    if args.engine == "spark":
+        from include.lifecycle.collect_spark import collect_and_label_spark, spark_fallback_reason, spark_session
+
+        log(f"collect_and_label: engine spark (master {args.spark_master or 'of the job'})")
+        spark = None if spark_fallback_reason(spec) else spark_session(args.spark_master)
+        summary = collect_and_label_spark(spec, spark=spark, **run)
+    else:
+        summary = collect_and_label(spec, **run) | {"engine": {"name": "pandas"}}
     problem.write_json(RunLayout.collect_summary_in(args.run_dir), summary)
     return summary
 

@@ -671,15 +671,7 @@ def _cast_and_validate(
     """:func:`cast_and_validate` before its curated rows are taken: every row cast, the mask of the
     rows that break no rule and the result with an empty ``curated``."""
     declared = set(schema.names)
-    missing = [c.name for c in schema.columns if c.name not in df.columns]
-    if missing:
-        raise SchemaError(
-            f"{mask_digits(source)}: column(s) {missing} declared in the spec schema are missing "
-            f"(rule: every schema column must be present; found {_names(df.columns, declared)})"
-        )
-    if df.columns.duplicated().any():
-        twice = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
-        raise SchemaError(f"{mask_digits(source)}: column(s) {_names(twice, declared)} appear more than once")
+    check_columns(df, schema, source)
     info = read_info(df)
     extra = [c for c in df.columns if c not in declared]
     n = len(df)
@@ -799,6 +791,28 @@ def _cast_and_validate(
             rows_in=n + len(malformed),
         ),
     )
+
+
+def check_columns(df: pd.DataFrame, schema: SchemaSpec, source: str, *, nested: bool = False) -> None:
+    """A :class:`SchemaError` naming ``source`` when a declared column is missing or a column appears
+    twice (``nested``: also when a declared column holds nested values: lists, arrays, mappings)."""
+    declared = set(schema.names)
+    missing = [c.name for c in schema.columns if c.name not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"{mask_digits(source)}: column(s) {missing} declared in the spec schema are missing "
+            f"(rule: every schema column must be present; found {_names(df.columns, declared)})"
+        )
+    if df.columns.duplicated().any():
+        twice = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise SchemaError(f"{mask_digits(source)}: column(s) {_names(twice, declared)} appear more than once")
+    for col in schema.columns if nested else []:
+        kind = _nested_kind(df[col.name])
+        if kind:
+            raise SchemaError(
+                f"{mask_digits(source)}: column {col.name!r} holds {kind} values (nested data) that cannot be "
+                f"cast to {col.dtype}"
+            )
 
 
 def _nested_kind(raw: pd.Series) -> str:
@@ -1333,6 +1347,16 @@ def _checks(spec: Spec, as_of: dt.datetime) -> dict[str, Any]:
     return checks
 
 
+def partition_fingerprint(spec: Spec, ids: Any, pii_key: bytes, checks: dict[str, Any]) -> dict[str, Any]:
+    """What a curated partition was built from (its manifest's ``fingerprint``): ``ids``, each input
+    file's ``[name, size, content id]``; the schema, the PII key's fingerprint and the ``checks``."""
+    fingerprint = {"source": ids, "spec": spec.schema_.model_dump_json(), "key": key_fingerprint(pii_key)}
+    fingerprint["checks"] = checks
+    if labelled_target(spec):  # curation checks the target too (rule target_missing)
+        fingerprint["target"] = labelled_target(spec)
+    return fingerprint
+
+
 def _rows_of(df: pd.DataFrame) -> int:
     """The rows a file held: its frame's and the CSV rows that could not be parsed."""
     info = read_info(df)
@@ -1353,6 +1377,9 @@ def collect_and_label(
 ) -> dict[str, Any]:
     """Curate the window's partitions (re-using ones already curated from the same input) and
     write the run's labelled data set to ``<run_dir>/dataset.parquet``. Returns the summary.
+
+    This is the pandas/Arrow path of one machine (the local backend, a Glue pythonshell job); a
+    Glue glueetl job runs the same on Spark executors (:mod:`include.lifecycle.collect_spark`).
 
     One background thread identifies and reads the next partitions while the current one is
     validated and another writes curated partitions (Parquet, then the manifest) in order while
@@ -1523,10 +1550,7 @@ def _collect_and_label(
                 size = len(blob) if blob is not None else int(source.fs.size(source.path(rel)))
                 ids.append([name, size, source.content_id(rel, blob)])
                 datas.append(blob)
-        fingerprint = {"source": ids, "spec": spec.schema_.model_dump_json(), "key": key_fingerprint(pii_key)}
-        fingerprint["checks"] = checks
-        if labelled_target(spec):  # curation checks the target too (rule target_missing)
-            fingerprint["target"] = labelled_target(spec)
+        fingerprint = partition_fingerprint(spec, ids, pii_key, checks)
         old = problem.read_json_or(f"curated/ds={ds}/_manifest.json")
         reuse = bool(old) and old.get("fingerprint") == fingerprint
         if not reuse and frames is None:
@@ -1767,12 +1791,9 @@ def _collect_and_label(
     return summary
 
 
-def _history_keys(
-    spec: Spec, problem: Store, start: str, end: str, pii_key: bytes
-) -> list[tuple[str, pa.ChunkedArray]]:
-    """Keys of the curated partitions before the window, back to ``data.max_lookback_days`` before
-    its end, that were curated with this schema, key column and PII key (a key seen there and
-    delivered again in the window is a duplicate)."""
+def history_partitions(spec: Spec, problem: Store, start: str, end: str, pii_key: bytes) -> list[str]:
+    """The curated partitions before the window, back to ``data.max_lookback_days`` before its end,
+    that were curated with this schema, key column and PII key (their keys count as delivered)."""
     key = spec.data.key
     assert key is not None
     lo = (dt.date.fromisoformat(end) - dt.timedelta(days=spec.data.max_lookback_days)).isoformat()
@@ -1784,6 +1805,19 @@ def _history_keys(
         fp = (problem.read_json_or(f"curated/ds={ds}/_manifest.json") or {}).get("fingerprint") or {}
         if fp.get("spec") != schema_fp or fp.get("key") != key_fp or (fp.get("checks") or {}).get("key_column") != key:
             continue
+        out.append(ds)
+    return out
+
+
+def _history_keys(
+    spec: Spec, problem: Store, start: str, end: str, pii_key: bytes
+) -> list[tuple[str, pa.ChunkedArray]]:
+    """Keys of the :func:`history_partitions` (a key seen there and delivered again in the window
+    is a duplicate)."""
+    key = spec.data.key
+    assert key is not None
+    out = []
+    for ds in history_partitions(spec, problem, start, end, pii_key):
         try:
             out.append((ds, problem.read_table(f"curated/ds={ds}/part-0.parquet", columns=[key]).column(key)))
         except (OSError, pa.ArrowException, KeyError):  # unreadable history only weakens the check

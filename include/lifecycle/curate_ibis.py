@@ -9,7 +9,8 @@ computes what :func:`include.lifecycle.collect.collect_and_label` computes from 
   timestamp/date: UTC timestamps, dates truncated to the day), PII columns replaced by their
   tokens, plus ``_ds``, ``_source`` and ``_row``; order ``_ds``, time, key (as ``sort_curated``).
 * ``quarantine``: every other row, the declared columns as text (PII tokenised), ``_rule``,
-  ``_column``, ``_source`` and ``_ds``.
+  ``_column``, ``_source`` and ``_ds``; ``broken``: the part of it that breaks a rule (not a
+  duplicate key).
 * ``dataset``: the curated rows old enough for their labels (``data.labels.maturity_days``) with
   the target column: ``label_value`` where a usable label holds the key, else ``negative_value``.
 
@@ -20,12 +21,16 @@ Parquet) and three bookkeeping columns: ``_ds`` (the partition date ``YYYY-MM-DD
 row's number within its file). ``history``: optional ``_ds`` and key of the curated partitions
 before the window (what ``collect._history_keys`` reads). ``labels``: optional raw rows of the
 label feed's partitions ``[window start, as_of + 1 day)`` with ``_ds``/``_source``/``_row``.
-Reading stays in collect.py's reader (``frame_from_bytes``): encoding repair (rule ``encoding``)
-and CSV rows of the wrong width (``malformed_row``) are found while reading files, so these two
-rules are not here; the caller selects the window's partitions.
+Reading stays in collect.py's reader (``frame_from_bytes``): encoding repair and CSV rows of the
+wrong width (``malformed_row``) are found while reading files. The rows of the wrong width are not
+rows here (the caller quarantines them); the values that were not UTF-8 may be passed in an
+optional fourth bookkeeping column ``_encoding``: the names of the declared columns of that row
+whose bytes were repaired, each followed by ``\x1f`` and the whole preceded by it (``\x1ftx\x1f``;
+NULL: none); a named column then breaks rule ``encoding`` before its own rules, as in collect.py.
+The caller selects the window's partitions.
 
 Rules, exactly as ``collect._cast_and_validate`` orders them; the first broken one is recorded.
-Column by column in schema order: ``target_missing`` (the target column when there is no label
+Column by column in schema order: ``encoding`` (with ``_encoding``), ``target_missing`` (the target column when there is no label
 feed), ``not_null``, ``dtype:<t>`` (a present value that does not cast; for int and float also
 "not a finite number", then for int "outside the int64 range" and a fraction), ``min:<v>``,
 ``max:<v>``, ``allowed``; then ``outside_partition`` (partitioned layout: the time column more
@@ -100,6 +105,9 @@ from include.lifecycle.spec import ColumnSpec, Spec
 
 ROW_COLUMNS = ("_ds", "_source", "_row")
 """The bookkeeping columns of the raw rows: partition date, file URI, row number within the file."""
+ENCODING_COLUMN = "_encoding"
+"""Optional bookkeeping column of the raw rows: the declared columns whose bytes were not UTF-8."""
+ENCODING_SEP = "\x1f"
 
 QUARANTINE_COLUMNS = ("_rule", "_column", "_source", "_ds")
 UTC = idt.Timestamp(timezone="UTC", scale=6)
@@ -124,6 +132,7 @@ class Curation:
     quarantine: ir.Table
     dataset: ir.Table | None
     stage: ir.Table  # every row cast, with its rule and duplicate flags: what the outputs derive from
+    broken: ir.Table  # the quarantined rows that break a rule (the quarantine less the duplicate keys)
 
 
 # --- backend specifics ----------------------------------------------------------------------------
@@ -387,11 +396,14 @@ def curate(
     history: ir.Table | None = None,
     labels: ir.Table | None = None,
     cache: bool = False,
+    cross_partition: bool = True,
 ) -> Curation:
     """The curated rows, the quarantine and the labelled data set of one run (module docstring).
 
     ``cache``: materialise the stage every output is derived from (cast, rules, duplicates, tokens)
     once (:func:`cached`), so that the three outputs do not each compute it again.
+    ``cross_partition=False``: no key is checked against earlier days (``history`` is not used); for
+    a caller that checks the keys of the window itself, e.g. with partitions it did not curate again.
     """
     schema = spec.schema_
     if schema.extra_columns == "keep":
@@ -413,13 +425,18 @@ def curate(
         for i, c in enumerate(schema.columns)
         if _is_text(raw[c.name].type())
     }
-    raw = raw.select(*ROW_COLUMNS, *schema.names, **texts)
+    encoding = [ENCODING_COLUMN] if ENCODING_COLUMN in raw.columns else []
+    raw = raw.select(*ROW_COLUMNS, *encoding, *schema.names, **texts)
     typed: dict[str, ir.Value] = {}
     rules: list[Rule] = []
     for i, col in enumerate(schema.columns):
         text = raw[f"__t_{i}"] if f"__t_{i}" in texts else None
         value, col_rules = _column(raw[col.name], col, target=target, backend=backend, text=text)
         typed[col.name] = value
+        if encoding:  # bytes that were not UTF-8 come first, as in collect.py
+            rules.append(
+                (raw[ENCODING_COLUMN].contains(f"{ENCODING_SEP}{col.name}{ENCODING_SEP}"), "encoding", col.name)
+            )
         rules += col_rules
     rules += _time_rules(raw, typed, spec, as_of_ts)
     why = ibis.cases(*[(broken, i) for i, (broken, _, _) in enumerate(rules)], else_=ibis.null(idt.int16))
@@ -440,7 +457,9 @@ def curate(
         w = ibis.window(group_by=[stage._ds, k, stage.__valid], order_by=[stage._source, stage._row])
         stage = stage.mutate(__in_dup=stage.__valid & (ibis.row_number().over(w) > 0))
         days = stage.filter(stage.__valid).select(__k=stage[key], __d=stage._ds.cast(_TEXT))
-        if history is not None and spec.data.layout == "partitioned":
+        if not cross_partition:
+            days = days.filter(ibis.literal(False))
+        elif history is not None and spec.data.layout == "partitioned":
             days = days.union(history.select(__k=history[key].cast(k.type()), __d=history._ds.cast(_TEXT)))
         first = days.filter(days.__k.notnull()).group_by("__k").aggregate(__first=ibis._.__d.min())
         joined = stage.left_join(first, stage[key] == first.__k)
@@ -458,12 +477,20 @@ def curate(
 
     # outputs
     curated = _ordered(stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS), spec)
-    quarantine = _quarantine(stage, spec, rules, pii, pii_key, backend)
+    parts = _quarantine(stage, spec, rules, pii, pii_key, backend)
+    quarantine = _union(parts)
     dataset = None
     if spec.data.labels is not None and key is not None:
         kept = stage.filter(stage.__keep).select(*schema.names, *ROW_COLUMNS)
         dataset = _dataset(kept, spec, labels, as_of_ts, pii_key, backend)
-    return Curation(curated, quarantine, dataset, stage)
+    return Curation(curated, quarantine, dataset, stage, parts[0])
+
+
+def _union(parts: list[ir.Table]) -> ir.Table:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.union(p)
+    return out
 
 
 def _raw_text(raw: ir.Value) -> ir.StringValue:
@@ -475,7 +502,9 @@ def _raw_text(raw: ir.Value) -> ir.StringValue:
 
 def _quarantine(
     stage: ir.Table, spec: Spec, rules: list[Rule], pii: list[str], pii_key: bytes, backend: str | None
-) -> ir.Table:
+) -> list[ir.Table]:
+    """The quarantined rows: [rows that break a rule, duplicates within a partition, keys kept on an
+    earlier day] (the last two only with a key; the last only for a partitioned source)."""
     schema = spec.schema_
     names = schema.names
     key = spec.data.key
@@ -492,7 +521,7 @@ def _quarantine(
     if pii:
         broken = _tokenise(broken, pii, pii_key, backend)
     if key is None:
-        return broken
+        return [broken]
     typed_text = {c: _typed_text(stage[c]) for c in names}
     within = stage.filter(stage.__in_dup).select(
         **typed_text,
@@ -519,10 +548,7 @@ def _quarantine(
                 _ds=cross._ds.cast(_TEXT),
             )
         )
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.union(p)
-    return out
+    return parts
 
 
 def _typed_text(value: ir.Value) -> ir.StringValue:

@@ -134,6 +134,7 @@ def aws_env(moto_url, clients, session_tmp):
         "pii_key_secret": PII_SECRET,
         "poll_seconds": 1,
         "serving_image": "registry.example/ml-lifecycle-serving:test",
+        "glue": {"number_of_workers": 3},  # a glueetl job (Spark), played by PySpark in local mode
     }
     spec["deploy"] = {"enabled": True, "endpoint_name": "card-fraud-aws-test"}
     problems = session_tmp / "aws-problems"
@@ -174,6 +175,26 @@ def _job_env(moto_url: str, **extra: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": REGION,
         **extra,
+    }
+
+
+def _spark_env(work: Path) -> dict[str, str]:
+    """What a glueetl job's Spark needs on this machine: a Java Spark 3.5 runs on (failing with the
+    install hint without one), the workers on this interpreter, local[2] without UI, scratch in ``work``."""
+    from tests.unit.engines import find_java_home
+
+    conf = {
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.driver.memory": "1g",
+        "spark.local.dir": str(work / "spark"),
+        "spark.sql.warehouse.dir": str(work / "spark" / "warehouse"),
+    }
+    submit = " ".join(f"--conf {k}={v}" for k, v in conf.items())
+    return {
+        "JAVA_HOME": find_java_home(),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_SUBMIT_ARGS": f"--master local[2] {submit} pyspark-shell",
     }
 
 
@@ -278,17 +299,22 @@ def install_players(monkeypatch: pytest.MonkeyPatch, aws_env: dict, clients: dic
         for k, v in args.items():
             if k.startswith("--"):
                 argv += [k, v]
+        env = _job_env(aws_env["url"], PYTHONPATH=str(libs))
+        if job["Command"]["Name"] == "glueetl":  # Glue's Spark, played by PySpark in local mode
+            env |= _spark_env(work)
         proc = subprocess.run(
             [sys.executable, str(script), *argv],
             cwd=work,
-            env=_job_env(aws_env["url"], PYTHONPATH=str(libs)),
+            env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             check=False,
         )
         assert proc.returncode == 0, f"the Glue job failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        played["glue"].append({"job": job, "arguments": dict(script_arguments or {}), "run_id": response["JobRunId"]})
+        played["glue"].append(
+            {"job": job, "arguments": dict(script_arguments or {}), "run_id": response["JobRunId"], "log": proc.stdout}
+        )
         return response
 
     def play_training(hook, config):

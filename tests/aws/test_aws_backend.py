@@ -139,9 +139,18 @@ def test_the_glue_job_runs_the_projects_job_file_with_the_runs_arguments(first_r
     assert script == (ROOT / "include" / "jobs" / "collect_and_label.py").read_bytes()
     assert job["Role"] == ROLE_ARN
     assert job["Command"]["Name"] == "glueetl" and job["GlueVersion"] == "5.0"
+    glue_spec = aws_env["spec"]["aws"].get("glue") or {}
+    assert job["WorkerType"] == glue_spec.get("worker_type", "G.1X")
+    assert job["NumberOfWorkers"] == glue_spec.get("number_of_workers", 2)
     assert job["DefaultArguments"]["--extra-py-files"].endswith("/include.zip")
-    assert "pandas==" in job["DefaultArguments"]["--additional-python-modules"]
+    modules = dict(m.split("==") for m in job["DefaultArguments"]["--additional-python-modules"].split(","))
+    from importlib import metadata
+
+    assert modules["pandas"] == metadata.version("pandas")
+    assert modules["ibis-framework"] == metadata.version("ibis-framework") and "sqlglot" in modules
+    assert "pyspark" not in modules  # Glue 5.0 ships Spark 3.5
     args = played["arguments"]
+    assert args["--engine"] == "spark"
     run_dir = f"runs/{safe_run_id(first_run['run_id'])}"
     assert args["--run-dir"] == run_dir and args["--ml-run-key"] == f"{PROBLEM}/{run_dir}"
     assert args["--artifact-root"] == f"s3://{BUCKET}/ml/{PROBLEM}"
@@ -150,6 +159,25 @@ def test_the_glue_job_runs_the_projects_job_file_with_the_runs_arguments(first_r
     assert args["--pii-key-secret"] == "ml-lifecycle/pii-hash-key"
     assert json.loads(args["--spec"])["name"] == PROBLEM
     assert not any("test-only-pii-key" in v for v in args.values())  # the key itself never travels
+
+
+def test_the_glue_job_ran_the_spark_path(first_run, clients) -> None:
+    """The played glueetl job curated on Spark: its executors read the files and wrote the
+    partitions (its log and its summary say so), and the run still went green."""
+    (played,) = first_run["played"]["glue"]
+    log = played["log"]
+    assert "collect_and_label: engine spark" in log
+    assert re.search(r"spark: read \d+ files of 18 partitions \(\d+ rows\) on the executors", log)
+    assert "spark: wrote 18 curated partitions on the executors" in log
+    run = f"ml/{PROBLEM}/runs/{safe_run_id(first_run['run_id'])}"
+    collect = _json(clients["s3"], f"{run}/collect_summary.json")
+    engine = collect["engine"]
+    assert engine["name"] == "spark" and engine["master"] == "local[2]" and engine["partitions_curated"] == 18
+    assert collect["rows_in"] == sum(f["rows"] for f in collect["files"] if f["source"] == "data" and "rows" in f)
+    assert {p["ds"] for p in collect["partitions"]} == {
+        k.split("ds=")[1].split("/")[0] for k in _objects(clients["s3"], f"ml/{PROBLEM}/curated/") if "_manifest" in k
+    }
+    assert first_run["state"] == "success"
 
 
 def test_the_curated_partitions_are_in_the_glue_catalog(first_run, clients) -> None:

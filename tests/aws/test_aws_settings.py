@@ -272,3 +272,33 @@ def test_every_aws_client_retries_throttling_with_adaptive_back_off() -> None:
         assert job.botocore_config == {"retries": BOTOCORE_RETRIES}
         assert job.hook.config.retries == BOTOCORE_RETRIES
         assert (job.aws_conn_id, job.region_name) == ("aws_default", "eu-west-1")
+
+
+def test_glueetl_runs_the_spark_engine_and_pythonshell_pandas() -> None:
+    """A glueetl job (Spark) gets ``--engine spark`` and Ibis among its modules (pinned, never
+    pyspark: Glue ships Spark); a pythonshell job stays on pandas without Ibis."""
+    from importlib import metadata
+
+    from include.lifecycle.store import Store
+    from ml_lifecycle.aws.glue import glue_arguments, glue_job_kwargs
+
+    code = {"include.zip": "s3://b/code/include.zip", "collect_and_label.py": "s3://b/code/collect_and_label.py"}
+    for job_type, engine in (("glueetl", "spark"), ("pythonshell", "pandas")):
+        glue = {"job_type": job_type, "number_of_workers": 5, "worker_type": "G.2X"}
+        spec = parse_spec(_aws_spec(glue=glue))
+        assert spec.aws is not None
+        kwargs, _ = glue_job_kwargs(spec.aws, code)
+        modules = dict(m.split("==") for m in kwargs["DefaultArguments"]["--additional-python-modules"].split(","))
+        assert "pyspark" not in modules and modules["pandas"] == metadata.version("pandas")
+        args = glue_arguments(
+            spec, Store.from_uri("memory://ml/p"), run_dir="runs/r", as_of="2026-11-01", lookback_days=3,
+            source="s3://landing-bucket/transactions", labels=None,
+        )  # fmt: skip
+        assert args["--engine"] == engine
+        if job_type == "glueetl":
+            assert kwargs["Command"]["Name"] == "glueetl" and kwargs["GlueVersion"] == "5.0"
+            assert (kwargs["WorkerType"], kwargs["NumberOfWorkers"]) == ("G.2X", 5)
+            assert modules["ibis-framework"] == metadata.version("ibis-framework")
+            assert modules["sqlglot"] == metadata.version("sqlglot")
+        else:
+            assert kwargs["Command"]["Name"] == "pythonshell" and "ibis-framework" not in modules

@@ -1,5 +1,5 @@
-"""The engines of the Ibis parity tests (test_history_engines, test_curate_engines): one small
-Spark session in local mode (Spark 3.5, Glue 5.0's) and DuckDB on one thread.
+"""The engines of the parity tests (test_history_engines, test_curate_engines, test_collect_spark):
+one small Spark session in local mode (Spark 3.5, Glue 5.0's) and DuckDB on one thread.
 
 Spark needs Java 8, 11 or 17: without it the tests fail (not skip), saying how to install it,
 because the parity tests are part of ``make test``."""
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ibis
 import pytest
@@ -53,9 +54,9 @@ def find_java_home() -> str:
 
 
 @contextmanager
-def spark_backend(scratch: Path, app: str, conf: dict[str, str] | None = None) -> Generator[ibis.BaseBackend]:
-    """Ibis on a Spark session ``local[1]`` without UI, UTC, its files under ``scratch``; ``conf``
-    adds or overrides settings. Stopped on the way out."""
+def spark_session(scratch: Path, app: str, conf: dict[str, str] | None = None) -> Generator[Any]:
+    """A Spark session ``local[1]`` without UI, UTC, its files under ``scratch``; ``conf`` adds or
+    overrides settings. Stopped on the way out."""
     os.environ["JAVA_HOME"] = find_java_home()
     os.environ["PYSPARK_PYTHON"] = sys.executable  # UDF workers need this interpreter's pandas/pyarrow
     # py4j logs "Closing down clientserver connection" at exit, after pytest closed the captured stream
@@ -78,9 +79,16 @@ def spark_backend(scratch: Path, app: str, conf: dict[str, str] | None = None) -
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     try:
-        yield ibis.pyspark.connect(session)
+        yield session
     finally:
         session.stop()
+
+
+@contextmanager
+def spark_backend(scratch: Path, app: str, conf: dict[str, str] | None = None) -> Generator[ibis.BaseBackend]:
+    """Ibis on :func:`spark_session`."""
+    with spark_session(scratch, app, conf) as session:
+        yield ibis.pyspark.connect(session)
 
 
 @contextmanager

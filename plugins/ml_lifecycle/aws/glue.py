@@ -2,7 +2,12 @@
 partitions in the Glue Data Catalog.
 
 The job's script is ``include/jobs/collect_and_label.py`` with ``include/`` as an
-``--extra-py-files`` zip; the job definition is named after the code's digest, so it never
+``--extra-py-files`` zip. A ``glueetl`` job (Glue 5.0: Spark 3.5, Python 3.11; the default) runs
+it with ``--engine spark``: the files are read, curated (``curate_ibis`` on Ibis's PySpark backend)
+and the curated partitions written by the Spark executors, so ``aws.glue.number_of_workers`` adds
+workers to the work (:mod:`include.lifecycle.collect_spark`); its ``--additional-python-modules``
+add Ibis (pinned; Spark itself is Glue's). A ``pythonshell`` job runs ``--engine pandas`` on its
+one machine (collect.py). the job definition is named after the code's digest, so it never
 changes under its name (no ``update_job``). A job run carries ``--ml-run-key <problem>/<run
 folder>``, by which a retried task finds it again.
 """
@@ -24,6 +29,13 @@ from ml_lifecycle.aws.store import s3_uri, sse_kwargs
 # Python packages the Glue job installs (--additional-python-modules), pinned to the versions
 # this project runs with, so the job computes exactly what the local backend computes.
 GLUE_MODULES = ("pandas", "numpy", "pyarrow", "pydantic", "pyyaml", "s3fs", "fsspec")
+# and what the Spark engine of a glueetl job adds (never pyspark: Glue 5.0 ships Spark 3.5)
+GLUE_SPARK_MODULES = ("ibis-framework", "sqlglot", "pyarrow-hotfix")
+
+
+def glue_engine(job_type: str) -> str:
+    """The job script's ``--engine`` for a Glue job type: Spark on ``glueetl``, pandas on ``pythonshell``."""
+    return "spark" if job_type == "glueetl" else "pandas"
 
 
 def glue_job_name(spec: Spec) -> str:
@@ -35,9 +47,9 @@ def glue_run_key(problem: str, run_dir: str) -> str:
     return f"{problem}/{run_dir}"
 
 
-def _modules() -> str:
+def _modules(job_type: str = "pythonshell") -> str:
     out = []
-    for dist in GLUE_MODULES:
+    for dist in GLUE_MODULES + (GLUE_SPARK_MODULES if glue_engine(job_type) == "spark" else ()):
         try:
             out.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -50,7 +62,7 @@ def glue_job_kwargs(aws: AwsSpec, code: dict[str, str]) -> tuple[dict[str, Any],
     g = aws.glue
     defaults = {
         "--extra-py-files": code["include.zip"],
-        "--additional-python-modules": _modules(),
+        "--additional-python-modules": _modules(g.job_type),
         "--job-language": "python",
     }
     kwargs: dict[str, Any] = {"Timeout": g.timeout_minutes, "DefaultArguments": defaults}
@@ -77,6 +89,7 @@ def glue_arguments(
         "--run-dir": run_dir,
         "--as-of": as_of,
         "--lookback-days": str(lookback_days),
+        "--engine": glue_engine(aws.glue.job_type),
         "--source": source,
         "--pii-key-secret": aws.pii_key_secret,
         "--region": aws.region,
