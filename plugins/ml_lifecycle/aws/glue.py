@@ -7,7 +7,7 @@ it with ``--engine spark``: the files are read, curated (``curate_ibis`` on Ibis
 and the curated partitions written by the Spark executors, so ``aws.glue.number_of_workers`` adds
 workers to the work (:mod:`include.lifecycle.collect_spark`); its ``--additional-python-modules``
 add Ibis (pinned; Spark itself is Glue's). A ``pythonshell`` job runs ``--engine pandas`` on its
-one machine (collect.py). the job definition is named after the code's digest, so it never
+one machine (collect.py). The job definition is named after the code's digest, so it never
 changes under its name (no ``update_job``). A job run carries ``--ml-run-key <problem>/<run
 folder>``, by which a retried task finds it again.
 """
