@@ -1661,19 +1661,7 @@ def _collect_and_label(
             writer.submit(problem.write_parquet, qrel, dup_qua)
             n_dup = int(drop.sum())
             cross.update(duplicate_key=n_dup, quarantine_rel=qrel)
-            for entry in partitions:
-                n = per_ds.get(entry["ds"], 0)
-                if n:
-                    entry["rows_curated"] -= n
-                    entry["rows_quarantined"] += n
-                    entry["by_rule"] = {
-                        **entry["by_rule"],
-                        "duplicate_key": entry["by_rule"].get("duplicate_key", 0) + n,
-                    }
-                    entry["cross_partition_duplicates"] = n
-            totals["rows_curated"] -= n_dup
-            totals["rows_quarantined"] += n_dup
-            by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + n_dup
+            count_cross_partition(partitions, totals, by_rule, per_ds)
             log(
                 f"cross-partition: {n_dup} rows whose {key} was delivered on an earlier day quarantined "
                 f"(duplicate_key) -> {problem.uri(qrel)}"
@@ -1708,14 +1696,7 @@ def _collect_and_label(
         if len(result.quarantined):
             qrel = RunLayout.quarantine_in(run_dir, "labels")
             writer.submit(problem.write_parquet, qrel, result.quarantined)
-        label_summary = {
-            "label_rows_read": result.counts["rows_read"],
-            "label_rows_in": result.counts["rows_in"],
-            "label_rows_quarantined": result.counts["rows_quarantined"],
-            "label_rows_not_yet_arrived": result.counts["rows_not_yet_arrived"],
-            "label_by_rule": result.counts["by_rule"],
-            "label_quarantine_rel": qrel,
-        }
+        label_summary = label_counts(result, qrel)
         maturity_days = spec.data.labels.maturity_days
         if rows is not None and maturity_days and time_column and len(rows):
             # the immature rows are left out in Arrow, before the rows become pandas; taken as pandas
@@ -1737,19 +1718,108 @@ def _collect_and_label(
         found = label_positions[label_positions >= 0]
         used = int(mature_rows[found].sum()) if mature_rows is not None else len(found)
         label_rows = used
-        label_summary["label_rows_unmatched"] = len(labels) - used
-        if (
-            label_summary["label_rows_in"]
-            != used + label_summary["label_rows_unmatched"] + label_summary["label_rows_quarantined"]
-        ):
-            raise AssertionError(f"label accounting broken: {label_summary}")
-        if label_summary["label_rows_quarantined"]:
-            warn(
-                f"{label_summary['label_rows_quarantined']} label rows quarantined {label_summary['label_by_rule']} "
-                f"-> {problem.uri(label_summary['label_quarantine_rel'])}"
-            )
+        account_labels(label_summary, len(labels), used, problem, warn)
     dataset_rel = RunLayout.dataset_in(run_dir)
     writer.submit(problem.write_parquet, dataset_rel, dataset)  # after the partitions, as before
+    summary = run_summary(
+        spec,
+        problem,
+        totals=totals,
+        by_rule=by_rule,
+        window={"start": start, "end": end, "as_of": as_of.isoformat(), "lookback_days": lookback_days},
+        partitions=partitions,
+        dataset_rel=dataset_rel,
+        dataset=dataset,
+        label_rows=label_rows,
+        label_summary=label_summary,
+        immature=immature,
+        source_uri=source_uri,
+        labels_uri=labels_uri,
+        files=files,
+        outside_window=outside_window,
+        missing_days=missing_days,
+        cross=cross,
+        warnings=warnings,
+    )
+    log(
+        f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
+        f"{totals['rows_quarantined']} quarantined; data set {len(dataset)} rows -> {summary['dataset_uri']}"
+    )
+    writer.drain()
+    return summary
+
+
+# --- the summary's bookkeeping, shared with the Spark path (collect_spark.py) ----------------------
+def count_cross_partition(
+    partitions: list[dict[str, Any]], totals: dict[str, int], by_rule: dict[str, int], per_ds: dict[str, int]
+) -> None:
+    """Move the rows whose key was delivered on an earlier day (``per_ds``: how many per partition)
+    from curated to quarantined (rule ``duplicate_key``) in the partitions' counts and the totals."""
+    n_dup = 0
+    for entry in partitions:
+        n = int(per_ds.get(entry["ds"], 0))
+        if n:
+            entry["rows_curated"] -= n
+            entry["rows_quarantined"] += n
+            entry["by_rule"] = {**entry["by_rule"], "duplicate_key": entry["by_rule"].get("duplicate_key", 0) + n}
+            entry["cross_partition_duplicates"] = n
+            n_dup += n
+    totals["rows_curated"] -= n_dup
+    totals["rows_quarantined"] += n_dup
+    by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + n_dup
+
+
+def label_counts(result: LabelResult, quarantine_rel: str | None) -> dict[str, Any]:
+    """The label feed's counts in the summary."""
+    return {
+        "label_rows_read": result.counts["rows_read"],
+        "label_rows_in": result.counts["rows_in"],
+        "label_rows_quarantined": result.counts["rows_quarantined"],
+        "label_rows_not_yet_arrived": result.counts["rows_not_yet_arrived"],
+        "label_by_rule": result.counts["by_rule"],
+        "label_quarantine_rel": quarantine_rel,
+    }
+
+
+def account_labels(
+    label_summary: dict[str, Any], usable: int, used: int, problem: Store, warn: Callable[[str], None]
+) -> None:
+    """Every label row counted once: used (its row is in the data set), unmatched or quarantined."""
+    label_summary["label_rows_unmatched"] = usable - used
+    if (
+        label_summary["label_rows_in"]
+        != used + label_summary["label_rows_unmatched"] + label_summary["label_rows_quarantined"]
+    ):
+        raise AssertionError(f"label accounting broken: {label_summary}")
+    if label_summary["label_rows_quarantined"]:
+        warn(
+            f"{label_summary['label_rows_quarantined']} label rows quarantined {label_summary['label_by_rule']} "
+            f"-> {problem.uri(label_summary['label_quarantine_rel'])}"
+        )
+
+
+def run_summary(
+    spec: Spec,
+    problem: Store,
+    *,
+    totals: dict[str, int],
+    by_rule: dict[str, int],
+    window: dict[str, Any],
+    partitions: list[dict[str, Any]],
+    dataset_rel: str,
+    dataset: pd.DataFrame,
+    label_rows: int | None,
+    label_summary: dict[str, Any],
+    immature: int,
+    source_uri: str,
+    labels_uri: str | None,
+    files: list[dict[str, Any]],
+    outside_window: int,
+    missing_days: list[str],
+    cross: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The run's collection summary (``collect_summary.json``): counts, files by outcome, positives."""
     outcomes: dict[str, dict[str, int]] = {}
     for f in files:
         per = outcomes.setdefault(f["source"], {})
@@ -1757,7 +1827,7 @@ def _collect_and_label(
     summary = {
         **totals,
         "by_rule": by_rule,
-        "window": {"start": start, "end": end, "as_of": as_of.isoformat(), "lookback_days": lookback_days},
+        "window": window,
         "partitions": partitions,
         "dataset_uri": problem.uri(dataset_rel),
         "dataset_rel": dataset_rel,
@@ -1783,11 +1853,6 @@ def _collect_and_label(
             pd.Series(value_counts.index, dtype=value_counts.index.dtype), spec.problem.positive_label
         )
         summary["positives"] = int(value_counts.to_numpy()[matches].sum())
-    log(
-        f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
-        f"{totals['rows_quarantined']} quarantined; data set {len(dataset)} rows -> {summary['dataset_uri']}"
-    )
-    writer.drain()
     return summary
 
 

@@ -70,7 +70,6 @@ import pyarrow.compute as pc
 
 from include.lifecycle import collect as C
 from include.lifecycle.curate_ibis import ENCODING_COLUMN, ENCODING_SEP, ROW_COLUMNS
-from include.lifecycle.dataset import positive_mask
 from include.lifecycle.layout import RunLayout
 from include.lifecycle.spec import ColumnSpec, Spec
 from include.lifecycle.store import Store
@@ -730,21 +729,8 @@ class _Run:
                 qrel = RunLayout.quarantine_in(run_dir, "cross_partition")
                 problem.write_parquet(qrel, qua)
                 n_dup = len(dups)
-                per_ds = pd.Series(own).value_counts().to_dict()
                 cross.update(duplicate_key=n_dup, quarantine_rel=qrel)
-                for entry in partitions:
-                    n = int(per_ds.get(entry["ds"], 0))
-                    if n:
-                        entry["rows_curated"] -= n
-                        entry["rows_quarantined"] += n
-                        entry["by_rule"] = {
-                            **entry["by_rule"],
-                            "duplicate_key": entry["by_rule"].get("duplicate_key", 0) + n,
-                        }
-                        entry["cross_partition_duplicates"] = n
-                totals["rows_curated"] -= n_dup
-                totals["rows_quarantined"] += n_dup
-                by_rule["duplicate_key"] = by_rule.get("duplicate_key", 0) + n_dup
+                C.count_cross_partition(partitions, totals, by_rule, pd.Series(own).value_counts().to_dict())
                 log(
                     f"cross-partition: {n_dup} rows whose {key} was delivered on an earlier day quarantined "
                     f"(duplicate_key) -> {problem.uri(qrel)}"
@@ -774,14 +760,7 @@ class _Run:
             if len(result.quarantined):
                 qrel = RunLayout.quarantine_in(run_dir, "labels")
                 problem.write_parquet(qrel, result.quarantined)
-            label_summary = {
-                "label_rows_read": result.counts["rows_read"],
-                "label_rows_in": result.counts["rows_in"],
-                "label_rows_quarantined": result.counts["rows_quarantined"],
-                "label_rows_not_yet_arrived": result.counts["rows_not_yet_arrived"],
-                "label_by_rule": result.counts["by_rule"],
-                "label_quarantine_rel": qrel,
-            }
+            label_summary = C.label_counts(result, qrel)
             if mature is not None:
                 log(
                     f"labels: left out {immature} rows younger than {spec.data.labels.maturity_days} days "
@@ -799,65 +778,43 @@ class _Run:
             found = result.positions[result.positions >= 0]
             used = int(ev_mature[found].sum())
             label_rows = used
-            label_summary["label_rows_unmatched"] = len(labels) - used
-            if (
-                label_summary["label_rows_in"]
-                != used + label_summary["label_rows_unmatched"] + label_summary["label_rows_quarantined"]
-            ):
-                raise AssertionError(f"label accounting broken: {label_summary}")
-            if label_summary["label_rows_quarantined"]:
-                self.warn(
-                    f"{label_summary['label_rows_quarantined']} label rows quarantined {label_summary['label_by_rule']} "
-                    f"-> {problem.uri(label_summary['label_quarantine_rel'])}"
-                )
+            C.account_labels(label_summary, len(labels), used, problem, self.warn)
         dataset_rel = RunLayout.dataset_in(run_dir)
         problem.write_parquet(dataset_rel, dataset)
-        outcomes: dict[str, dict[str, int]] = {}
-        for f in self.files:
-            per = outcomes.setdefault(f["source"], {})
-            per[f["outcome"]] = per.get(f["outcome"], 0) + 1
-        summary = {
-            **totals,
-            "by_rule": by_rule,
-            "window": {
+        summary = C.run_summary(
+            spec,
+            problem,
+            totals=totals,
+            by_rule=by_rule,
+            window={
                 "start": self.start,
                 "end": self.end,
                 "as_of": self.as_of.isoformat(),
                 "lookback_days": self.lookback_days,
             },
-            "partitions": partitions,
-            "dataset_uri": problem.uri(dataset_rel),
-            "dataset_rel": dataset_rel,
-            "dataset_rows": len(dataset),
-            "label_rows_used": label_rows,
-            **label_summary,
-            "immature_rows_left_out": immature,
-            "source_uri": self.source_uri,
-            "labels_uri": (self.labels_uri or spec.data.labels.source) if spec.data.labels else None,
-            "files": self.files,
-            "files_by_outcome": outcomes,
-            "partitions_outside_window": self.outside_window,
-            "missing_days": self.missing_days,
-            "partition_tolerance_hours": spec.data.partition_tolerance_hours if time_column else None,
-            "cross_partition": cross,
-            "warnings": self.warnings,
-            "engine": {
-                "name": "spark",
-                "spark_version": self.spark.version,
-                "master": self.sc.master,
-                "default_parallelism": self.parallelism,
-                "partitions_curated": len(self.fresh),
-                "partitions_reused": len(self.reused),
-                "seconds": round(time.monotonic() - t_start, 1),
-            },
+            partitions=partitions,
+            dataset_rel=dataset_rel,
+            dataset=dataset,
+            label_rows=label_rows,
+            label_summary=label_summary,
+            immature=immature,
+            source_uri=self.source_uri,
+            labels_uri=self.labels_uri,
+            files=self.files,
+            outside_window=self.outside_window,
+            missing_days=self.missing_days,
+            cross=cross,
+            warnings=self.warnings,
+        )
+        summary["engine"] = {
+            "name": "spark",
+            "spark_version": self.spark.version,
+            "master": self.sc.master,
+            "default_parallelism": self.parallelism,
+            "partitions_curated": len(self.fresh),
+            "partitions_reused": len(self.reused),
+            "seconds": round(time.monotonic() - t_start, 1),
         }
-        target = spec.problem.target
-        if target in dataset.columns and spec.is_binary:
-            value_counts = dataset[target].value_counts(dropna=True)
-            matches = positive_mask(
-                pd.Series(value_counts.index, dtype=value_counts.index.dtype), spec.problem.positive_label
-            )
-            summary["positives"] = int(value_counts.to_numpy()[matches].sum())
         log(
             f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
             f"{totals['rows_quarantined']} quarantined; data set {len(dataset)} rows -> {summary['dataset_uri']} "
