@@ -4,7 +4,7 @@ backend): from the same landing files and the same curated history, the same cur
 (rows in order, Arrow types, manifests), the same partition quarantine (every row's rule, column,
 source and text columns; ``_reason`` for duplicate keys and CSV rows that could not be parsed, not
 for a broken rule, whose value the Spark path does not show: documented), the same cross-partition and label quarantine, the same data
-set (rows in order, Arrow types) and the same summary (counts, rules, files, warnings; all but
+set (rows in order, Arrow types; the curated partitions and the data set byte for byte) and the same summary (counts, rules, files, warnings; all but
 ``engine`` and the paths of the two artifact roots).
 
 The inputs: test_curate_engines' hand-made partitions (a row for every rule and for their
@@ -172,6 +172,10 @@ def _same_outputs(spec: Spec, sp: dict, ss: dict, art_p: Path, art_s: Path, run:
     for part in sp["partitions"]:
         ds = part["ds"]
         _same_file(art_p, art_s, f"curated/ds={ds}/part-0.parquet")
+        # more than the same rows: the same bytes, so either engine's partition is the other's
+        assert (art_s / f"curated/ds={ds}/part-0.parquet").read_bytes() == (
+            art_p / f"curated/ds={ds}/part-0.parquet"
+        ).read_bytes(), ds
         manifest = f"curated/ds={ds}/_manifest.json"
         assert json.loads((art_s / manifest).read_text()) == json.loads((art_p / manifest).read_text())
         _same_quarantine(art_p, art_s, f"quarantine/ds={ds}/part-0.parquet", spec)
@@ -181,6 +185,7 @@ def _same_outputs(spec: Spec, sp: dict, ss: dict, art_p: Path, art_s: Path, run:
         if (art_p / rel).exists():
             _same_file(art_p, art_s, rel, ordered=name == "cross_partition")
     _same_file(art_p, art_s, RunLayout.dataset_in(run))
+    assert (art_s / RunLayout.dataset_in(run)).read_bytes() == (art_p / RunLayout.dataset_in(run)).read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "synth"])
