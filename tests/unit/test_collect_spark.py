@@ -1,11 +1,16 @@
 """Parity of the Spark collection (include/lifecycle/collect_spark.py, PySpark in local mode, what
 the Glue ``glueetl`` job runs) with collect.py's ``collect_and_label`` (pandas/Arrow, the local
-backend): from the same landing files and the same curated history, the same curated partitions
-(rows in order, Arrow types, manifests), the same partition quarantine (every row's rule, column,
-source and text columns; ``_reason`` for duplicate keys and CSV rows that could not be parsed, not
-for a broken rule, whose value the Spark path does not show: documented), the same cross-partition and label quarantine, the same data
-set (rows in order, Arrow types; the curated partitions and the data set byte for byte) and the same summary (counts, rules, files, warnings; all but
-``engine`` and the paths of the two artifact roots).
+backend): from the same landing files and the same curated history,
+
+* the same curated partitions, byte for byte (so the same rows in order, Arrow types), and the
+  same manifests;
+* the same partition quarantine: every row's rule, column, source and text columns; ``_reason``
+  for duplicate keys and CSV rows that could not be parsed, not for a broken rule, whose value
+  the Spark path does not show (documented);
+* the same cross-partition and label quarantine;
+* the same data set, byte for byte;
+* the same summary (counts, rules, files, warnings; all but ``engine`` and the paths of the two
+  artifact roots).
 
 The inputs: test_curate_engines' hand-made partitions (a row for every rule and for their
 precedence, duplicates within a file, across the files of a partition, across days and against
