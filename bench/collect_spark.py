@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="*", default=[1_000_000])
     p.add_argument("--master", default="local[2]")
+    p.add_argument("--conf", action="append", default=[], help="a Spark setting key=value (repeatable)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
@@ -100,15 +101,18 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["JAVA_HOME"] = find_java_home()
     os.environ["PYSPARK_PYTHON"] = sys.executable
-    spark = (
+    builder = (
         SparkSession.builder.master(args.master)
         .appName("bench-collect-spark")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", "6g")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
     )
+    for kv in args.conf:
+        k, _, v = kv.partition("=")
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     try:
         results = [run(n, args.master, spark) for n in sorted(args.rows)]

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 META = "_meta"
+SHUFFLE_ROWS = 1_000_000  # rows per shuffle partition at the most, past two partitions per core
 KIND = "_kind"
 _ERRORS: dict[str, type[Exception]] = {"InputFileError": C.InputFileError, "SchemaError": C.SchemaError}
 
@@ -474,6 +475,12 @@ class _Run:
             f"spark: read {len(tasks)} files of {len(self.fresh)} partitions ({rows} rows) on the executors "
             f"in {time.monotonic() - t0:.1f} s"
         )
+        # Spark's default of 200 shuffle partitions is hundreds of tiny tasks for a window of a few
+        # million rows on a few workers (1M rows on local[2]: 87 s with 200, 54 s with 4,
+        # bench/collect_spark.py): two per core, or one per SHUFFLE_ROWS rows when that is more
+        shuffle = max(2 * self.parallelism, -(-rows // SHUFFLE_ROWS))
+        self.spark.conf.set("spark.sql.shuffle.partitions", str(shuffle))
+        self.log(f"spark: {shuffle} shuffle partitions ({self.parallelism} cores, {rows} rows)")
         return raw.filter(raw["_row"] >= 0).drop(META)
 
     def day_plans(self) -> dict[str, dict[str, Any]]:
