@@ -108,6 +108,7 @@ bench: setup
 	$(PY) bench/lifecycle.py --rows $(BENCH_ROWS)
 	$(PY) bench/bench_data_and_features.py
 	$(PY) bench/scheduler.py --rows $(BENCH_SCHED_ROWS) --reps 3
+	$(PY) bench/largest_window.py --show
 
 # The largest training window the local backend handles, measured up to failure (not part of `make
 # bench`: it takes most of an hour). The plain path of bench/lifecycle.py at growing sizes, each step

@@ -110,3 +110,29 @@ def test_bench_scheduler_runs_the_dag_on_a_real_scheduler_within_the_cores(tmp_p
         assert c["max_concurrent"] == 2 and c["threads_per_trial"] == [cores // 2]
     assert all(t["openmp"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"} for t in c["per_trial"])
     assert "scheduler" in proc.stdout and "ratio" in proc.stdout
+
+
+def test_make_bench_shows_the_largest_window_measured(tmp_path):
+    """`make bench` ends with the largest local window that `make bench-window` measured (the newest
+    results file): measuring it takes most of an hour, so `make bench` shows it rather than runs it."""
+
+    def show(*extra: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "bench/largest_window.py", "--show", *extra],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    newest = sorted((PROJECT_ROOT / "bench" / "results").glob("largest-window-*.json"))[-1]
+    results = json.loads(newest.read_text())["results"]
+    shown = show()
+    assert newest.name in shown and "outcome" in shown
+    ran = [r["rows"] for r in results if r.get("ok")]
+    assert f"{max(ran):,}" in shown  # the largest window that ran is in the table
+    assert "not measured yet" in show("--out", str(tmp_path / "none.json"))
+    assert "bench/largest_window.py --show" in (PROJECT_ROOT / "Makefile").read_text()
