@@ -248,3 +248,32 @@ def test_a_second_spark_run_re_uses_every_partition(spark: Any, tmp_path: Path) 
             cross_p, list(cross_p.columns), ordered=True
         )
     assert sp["dataset_rows"] == again["dataset_rows"] == on_pandas["dataset_rows"]
+
+
+@pytest.mark.parametrize("defect", ["not_parquet", "missing_column"])
+def test_a_bad_file_stops_the_spark_run_as_it_stops_collect_py(defect: str, spark: Any, tmp_path: Path) -> None:
+    """A file that cannot be read (not Parquet) or lacks a declared column stops both engines with the
+    same error type and message, naming the file (and the column); the Spark run writes no partition
+    (documented: collect.py has written the days before it)."""
+    spec, src, lab, _ = _landing_case(tmp_path, "parquet")
+    bad = src / "ds=2024-03-04" / "part-7.parquet"
+    if defect == "not_parquet":
+        bad.write_bytes(b"this is not a parquet file\n" * 20)
+    else:
+        pd.DataFrame({"tx": ["z1"], "amount": [1.0]}).to_parquet(bad, index=False)
+    art_p, art_s = tmp_path / "pandas", tmp_path / "spark"
+    errors = {}
+    for engine, art in (("pandas", art_p), ("spark", art_s)):
+        with pytest.raises(ValueError) as caught:  # InputFileError and SchemaError are ValueErrors
+            if engine == "pandas":
+                _collect(spec, art, src, lab, AS_OF, RUN)
+            else:
+                _spark_run(spark, spec, art, src, lab, AS_OF, RUN)
+        errors[engine] = caught.value
+    assert type(errors["spark"]) is type(errors["pandas"])
+    assert str(errors["spark"]) == str(errors["pandas"])
+    assert "part-7.parquet" in str(errors["spark"])
+    if defect == "missing_column":
+        assert "missing" in str(errors["spark"]) and "'card'" in str(errors["spark"])
+    assert not list(art_s.glob("curated/*/part-0.parquet"))
+    assert not (art_s / RunLayout.dataset_in(RUN)).exists()
