@@ -1705,7 +1705,9 @@ def _collect_and_label(
             mature = (rows.select([time_column]).to_pandas()[time_column] < cutoff).to_numpy()
             mature_rows = mature
             immature = int((~mature).sum())
-            rows = rows if mature.all() else rows.take(pa.array(np.flatnonzero(mature)))
+            # rows come by day, then time: the mature ones are (nearly always) a prefix, sliced without a copy
+            n_mature = int(mature.sum())
+            rows = rows.slice(0, n_mature) if mature[:n_mature].all() else rows.filter(pa.array(mature))
             log(f"labels: left out {immature} rows younger than {maturity_days} days (labels not mature)")
     if rows is None:
         dataset = pd.DataFrame({c.name: pd.Series(dtype="object") for c in spec.schema_.columns})
