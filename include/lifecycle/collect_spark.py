@@ -61,6 +61,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -367,37 +368,29 @@ def collect_and_label_spark(
     return _Run(spec, problem, run_dir, as_of, lookback_days, pii_key, source_uri, labels_uri, log, spark).run()
 
 
+@dataclass
 class _Run:
     """One Spark collection (the state :func:`collect_and_label_spark` threads through its steps)."""
 
-    def __init__(
-        self,
-        spec: Spec,
-        problem: Store,
-        run_dir: str,
-        as_of: dt.datetime,
-        lookback_days: int,
-        pii_key: bytes,
-        source_uri: str,
-        labels_uri: str | None,
-        log: Log,
-        spark: SparkSession,
-    ) -> None:
-        self.spec, self.problem, self.run_dir, self.as_of = spec, problem, run_dir, as_of
-        self.lookback_days, self.pii_key, self.source_uri, self.labels_uri = (
-            lookback_days,
-            pii_key,
-            source_uri,
-            labels_uri,
-        )
-        self.log, self.spark = log, spark
-        self.sc = spark.sparkContext
+    spec: Spec
+    problem: Store
+    run_dir: str
+    as_of: dt.datetime
+    lookback_days: int
+    pii_key: bytes
+    source_uri: str
+    labels_uri: str | None
+    log: Log
+    spark: SparkSession
+    files: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)
+    persisted: list[DataFrame] = field(default_factory=list)
+    cached: list[Any] = field(default_factory=list)  # Ibis tables cached in Spark, released at the end
+
+    def __post_init__(self) -> None:
+        self.sc = self.spark.sparkContext
         self.parallelism = max(1, self.sc.defaultParallelism)
-        self.files: list[dict[str, Any]] = []
-        self.warnings: list[str] = []
-        self.views: list[str] = []
-        self.persisted: list[DataFrame] = []
-        self.cached: list[Any] = []  # Ibis tables cached in Spark, released at the end
 
     def warn(self, msg: str) -> None:
         msg = C.mask_digits(msg)

@@ -892,6 +892,27 @@ def test_maturity_days_leave_out_rows_whose_labels_may_still_come(mini_landing: 
     assert s["immature_rows_left_out"] == 3 and s["dataset_rows"] == 2
 
 
+def test_maturity_leaves_out_rows_delivered_out_of_order_across_days(tmp_path: Path) -> None:
+    """Rows come by day, then time; a day may hold a row a little past its end (within the
+    partition tolerance) and the next day one a little before its start. So the mature rows are not
+    always the first ones: each is kept or left out by its own time."""
+    src = Store.from_uri(str(tmp_path / "landing"))
+    early = _tx_frame("2026-10-29", [("a1", "10:00", "4111111111111111", 10.0, "pos")])
+    late = _tx_frame("2026-10-30", [("a2", "00:30", "5500000000000004", 20.0, "ecom")])  # delivered on the 29th
+    src.write_parquet("tx/ds=2026-10-29/part-0.parquet", pd.concat([early, late], ignore_index=True))
+    before = _tx_frame("2026-10-29", [("b0", "23:30", "4012888888881881", 5.0, "pos")])  # delivered on the 30th
+    day = _tx_frame("2026-10-30", [("b1", "10:00", "4111111111111111", 30.0, "pos")])
+    src.write_parquet("tx/ds=2026-10-30/part-0.parquet", pd.concat([before, day], ignore_index=True))
+    feed = pd.DataFrame({"tx": ["a1"], "reported_at": pd.to_datetime(["2026-10-30T08:00Z"], utc=True)})
+    src.write_parquet("cb/ds=2026-10-30/part-0.parquet", feed)
+    spec = _mini_spec(data__labels__maturity_days=2)  # rows before 2026-10-30T00:00Z are mature
+    s = _run(spec, tmp_path / "art", tmp_path / "landing" / "tx", tmp_path / "landing" / "cb")
+    assert s["rows_curated"] == 4 and s["rows_quarantined"] == 0  # within the partitions' tolerance
+    ds = pd.read_parquet(tmp_path / "art" / s["dataset_rel"])
+    assert ds["tx"].tolist() == ["a1", "b0"] and ds["is_fraud"].tolist() == [1, 0]
+    assert s["immature_rows_left_out"] == 2 and s["dataset_rows"] == 2 and s["label_rows_used"] == 1
+
+
 def test_custom_label_values(mini_landing: Path, tmp_path: Path) -> None:
     spec = _mini_spec(
         data__labels__label_value="fraud", data__labels__negative_value="legit", problem__positive_label="fraud"
