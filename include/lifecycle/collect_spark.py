@@ -31,7 +31,12 @@ never through Spark's own S3 connector:
   collect.py's ``collect_labels``, against the events of the labelled keys only (a Spark semi-join);
 * the labelled data set is gathered on the driver, labelled by collect.py's ``join_labels`` and
   written as the one ``<run_dir>/dataset.parquet``: the downstream SageMaker steps read one file
-  anyway, so the driver must hold the window's mature rows (as the pandas path does).
+  anyway, so the driver must hold the window's mature rows (as the pandas path does);
+* the spec's per-entity feature groups (``velocity``, ``history``) of the data set's rows are
+  computed by the executors with the one Ibis definition (``history_ibis``, parity-tested against
+  features.py) and written beside the data set in its row order (``entity_features.parquet``,
+  :class:`~include.lifecycle.features.EntityFeatures`): feature engineering takes them from there
+  instead of computing them in the Airflow task.
 
 Differences from collect.py (tests/unit/test_collect_spark.py holds the rest equal):
 
@@ -781,6 +786,7 @@ class _Run:
             C.account_labels(label_summary, len(labels), used, problem, self.warn)
         dataset_rel = RunLayout.dataset_in(run_dir)
         problem.write_parquet(dataset_rel, dataset)
+        entity_features = self.entity_features(rows, dataset_rel, len(dataset))
         summary = C.run_summary(
             spec,
             problem,
@@ -814,6 +820,7 @@ class _Run:
             "partitions_curated": len(self.fresh),
             "partitions_reused": len(self.reused),
             "seconds": round(time.monotonic() - t_start, 1),
+            "entity_features": entity_features,
         }
         log(
             f"collect_and_label: {totals['rows_in']} rows in = {totals['rows_curated']} curated + "
@@ -821,6 +828,60 @@ class _Run:
             f"(spark, {summary['engine']['seconds']} s)"
         )
         return summary
+
+    def entity_features(self, rows: DataFrame | None, dataset_rel: str, n_rows: int) -> dict[str, Any] | None:
+        """The spec's per-entity feature groups (``velocity``, ``history``) of the data set's rows,
+        computed here by the one Ibis definition (history_ibis) and written beside the data set in its
+        row order (:class:`~include.lifecycle.features.EntityFeatures`): feature engineering then takes
+        them instead of computing them in the Airflow task. Every declared group is computed, so any
+        round's plan finds its groups. None (and no file) when the spec has none or they cannot be
+        computed on these rows (feature engineering then computes them and reports why)."""
+        import ibis
+
+        from include.lifecycle.features import PER_ENTITY_KINDS, EntityFeatures
+        from include.lifecycle.history_ibis import feature_names, per_entity_features
+
+        spec, problem = self.spec, self.problem
+        rel = RunLayout.entity_features_beside(dataset_rel)
+        time_column, entity_column = spec.data.time_column, spec.data.entity_column
+        groups = [g for g in spec.features.groups if g.kind in PER_ENTITY_KINDS]
+        problem.remove(rel)  # a retried run never leaves an earlier attempt's file behind
+        if rows is None or not groups or not time_column or not entity_column:
+            return None
+        t0 = time.monotonic()
+        con = ibis.pyspark.connect(self.spark)
+        view = f"ml_collect_rows_{uuid.uuid4().hex}"
+        rows.createOrReplaceTempView(view)
+        self.views.append(view)
+        table = con.table(view)
+        keep = list(dict.fromkeys(c for c in ("_ds", time_column, spec.data.key, "_source", "_row") if c))
+        try:
+            names = feature_names(table, groups)
+            expr = per_entity_features(
+                table,
+                groups,
+                time_column=time_column,
+                entity_column=entity_column,
+                keep=keep,
+                exclude=spec.excluded_from_features,
+            )
+        except ValueError as exc:
+            self.warn(f"per-entity features not computed on Spark (feature engineering computes them): {exc}")
+            return None
+        out = _to_arrow(self._ordered(_spark_df(con, expr)).select(*names))
+        if out.num_rows != n_rows:  # the same rows in the same order as the data set, or nothing
+            raise RuntimeError(f"per-entity features: {out.num_rows} rows for a data set of {n_rows}")
+        engine = f"spark {self.spark.version}"
+        meta = EntityFeatures.metadata(
+            groups, time_column=time_column, entity_column=entity_column, rows=n_rows, engine=engine
+        )
+        problem.write_parquet(rel, out.replace_schema_metadata(meta))
+        seconds = round(time.monotonic() - t0, 1)
+        self.log(
+            f"per-entity features: groups {[g.name for g in groups]}, {len(names)} columns for {n_rows} rows "
+            f"({engine}, {seconds} s) -> {problem.uri(rel)}"
+        )
+        return {"rel": rel, "groups": [g.name for g in groups], "columns": names, "seconds": seconds}
 
     def _ordered(self, rows: DataFrame) -> DataFrame:
         """The order of collect.py's data set: partition, then time and key (missing last), then file order."""

@@ -438,6 +438,108 @@ def _interactions(b: _Builder, g: FeatureGroupSpec, exclude: Collection[str]) ->
     return added
 
 
+PER_ENTITY_KINDS = ("velocity", "history")
+"""The feature group kinds computed per entity over time (the ones a Spark job can precompute)."""
+
+ENTITY_FEATURES_META = b"ml_lifecycle.entity_features"
+"""The Parquet schema metadata key of a file of precomputed per-entity features (JSON: the groups,
+time and entity columns, the rows and the engine that computed them)."""
+
+
+def per_entity_names(df: pd.DataFrame, group: FeatureGroupSpec) -> list[str]:
+    """The columns :func:`engineer` adds for a ``velocity`` or ``history`` group on ``df``, in order."""
+    if group.kind == "velocity":
+        names = []
+        for w in group.params.get("windows") or list(DEFAULT_WINDOWS):
+            label = _window_label(w)
+            names.append(f"vel_cnt_{label}")
+            if group.columns:
+                names.append(f"vel_sum_{label}")
+        return [*names, "vel_log_secs_since_prev"]
+    if group.kind == "history":
+        return ["hist_n_prior", *(f"hist_{c}_ratio" if _is_numeric(df[c]) else f"hist_new_{c}" for c in group.columns)]
+    raise ValueError(f"feature group {group.name!r}: kind {group.kind!r} is not a per-entity kind {PER_ENTITY_KINDS}")
+
+
+@dataclass(frozen=True)
+class EntityFeatures:
+    """Per-entity feature columns (``velocity``, ``history``) computed elsewhere for the same rows, in
+    the same order: the Spark collect job computes them for its data set with the one Ibis definition
+    (:mod:`include.lifecycle.history_ibis`, parity-tested against this module) and writes them beside
+    it. :func:`engineer` takes a group's columns from here when the group's definition and the time
+    and entity columns are the ones they were computed with; otherwise it computes the group itself."""
+
+    frame: pd.DataFrame
+    groups: tuple[FeatureGroupSpec, ...]
+    time_column: str | None
+    entity_column: str | None
+    engine: str = ""
+
+    @staticmethod
+    def metadata(
+        groups: Sequence[FeatureGroupSpec], *, time_column: str, entity_column: str, rows: int, engine: str
+    ) -> dict[bytes, bytes]:
+        """The schema metadata a file of precomputed features carries (read by :meth:`from_arrow`)."""
+        import json
+
+        meta = {
+            "groups": [g.model_dump() for g in groups],
+            "time_column": time_column,
+            "entity_column": entity_column,
+            "rows": rows,
+            "engine": engine,
+        }
+        return {ENTITY_FEATURES_META: json.dumps(meta, sort_keys=True).encode()}
+
+    @classmethod
+    def from_arrow(cls, table: Any) -> EntityFeatures:
+        """A file of precomputed features read as an Arrow table (its metadata says what it holds)."""
+        import json
+
+        raw = (table.schema.metadata or {}).get(ENTITY_FEATURES_META)
+        if raw is None:
+            raise ValueError("not a file of precomputed per-entity features (no ml_lifecycle metadata)")
+        meta = json.loads(raw)
+        if table.num_rows != meta["rows"]:
+            raise ValueError(f"precomputed per-entity features: {table.num_rows} rows, the file says {meta['rows']}")
+        return cls(
+            frame=table.to_pandas(),
+            groups=tuple(FeatureGroupSpec(**g) for g in meta["groups"]),
+            time_column=meta["time_column"],
+            entity_column=meta["entity_column"],
+            engine=meta.get("engine", ""),
+        )
+
+    def columns_for(
+        self, df: pd.DataFrame, group: FeatureGroupSpec, time_column: str, entity_column: str
+    ) -> list[str] | None:
+        """The group's columns if they are here for ``df`` (None when the group, or the time or entity
+        column, is not the one they were computed with). Raises ValueError when the rows differ."""
+        if group not in self.groups or (time_column, entity_column) != (self.time_column, self.entity_column):
+            return None
+        if len(self.frame) != len(df):
+            raise ValueError(
+                f"precomputed per-entity features ({self.engine or 'unknown engine'}) have {len(self.frame)} rows, "
+                f"the data set {len(df)}: they are not this data set's"
+            )
+        names = per_entity_names(df, group)
+        return names if all(n in self.frame.columns for n in names) else None
+
+    def taken(
+        self, df: pd.DataFrame, groups: Sequence[FeatureGroupSpec], time_column: str | None, entity_column: str | None
+    ) -> dict[str, list[str]]:
+        """The per-entity groups of ``groups`` taken from here for ``df``, with their columns."""
+        if not time_column or not entity_column:
+            return {}
+        out = {}
+        for g in groups:
+            if g.kind in PER_ENTITY_KINDS:
+                names = self.columns_for(df, g, time_column, entity_column)
+                if names is not None:
+                    out[g.name] = names
+        return out
+
+
 def engineer(
     df: pd.DataFrame,
     groups: Sequence[FeatureGroupSpec],
@@ -446,6 +548,7 @@ def engineer(
     entity_column: str | None,
     exclude: Collection[str],
     log: Callable[[str], None] | None = None,
+    precomputed: EntityFeatures | None = None,
 ) -> tuple[pd.DataFrame, FeatureColumns]:
     """Compute the features of ``groups`` for every row of ``df``.
 
@@ -481,16 +584,26 @@ def engineer(
     time do not see each other, so features at time t never depend on rows at or after t.
     Rows with a missing entity or time get NaN per-entity features and count for no row.
     Explicitly listed columns must exist and must not be in ``exclude`` (ValueError).
+
+    ``precomputed``: per-entity columns computed for the same rows by another engine
+    (:class:`EntityFeatures`); a ``velocity`` or ``history`` group found there is taken from there.
     """
     say = log or (lambda _msg: None)
-    needs_index = any(g.kind in ("velocity", "history") for g in groups)
-    idx: _EntityTimeIndex | None = None
-    if needs_index:
+    per_entity = [g for g in groups if g.kind in PER_ENTITY_KINDS]
+    taken: dict[str, list[str]] = {}
+    if per_entity:
         if not time_column or not entity_column:
             raise ValueError("velocity and history feature groups need a time_column and an entity_column")
         for c in (time_column, entity_column):
             if c not in df.columns:
                 raise ValueError(f"column {c!r} is not in the data")
+        for g in per_entity:
+            _check_columns(df, g, g.columns, exclude)
+        if precomputed is not None:
+            taken = precomputed.taken(df, per_entity, time_column, entity_column)
+    idx: _EntityTimeIndex | None = None
+    if any(g.name not in taken for g in per_entity):
+        assert time_column and entity_column
         idx = _EntityTimeIndex(df, time_column, entity_column)
     b = _Builder(df)
     for g in groups:
@@ -500,9 +613,15 @@ def engineer(
             if not time_column or time_column not in df.columns:
                 raise ValueError(f"feature group {g.name!r} (time_parts) needs the time column {time_column!r}")
             added = _time_parts(b, g, time_column)
-        elif g.kind in ("velocity", "history"):
+        elif g.name in taken:
+            assert precomputed is not None
+            frame = precomputed.frame
+            added = sum(
+                b.add(n, frame[n].to_numpy(np.float64, na_value=np.nan), "numeric", g.name) for n in taken[g.name]
+            )
+            say(f"features: group {g.name!r} ({g.kind}) taken as computed by {precomputed.engine or 'another engine'}")
+        elif g.kind in PER_ENTITY_KINDS:
             assert idx is not None
-            _check_columns(df, g, g.columns, exclude)
             added = _velocity(b, g, idx) if g.kind == "velocity" else _history(b, g, idx)
         elif g.kind == "target_encoding":
             added = _target_encoding(b, g, exclude)
@@ -588,7 +707,11 @@ class FeaturePipeline:
         }
 
     def engineer(
-        self, df: pd.DataFrame, log: Callable[[str], None] | None = None
+        self,
+        df: pd.DataFrame,
+        log: Callable[[str], None] | None = None,
+        *,
+        precomputed: EntityFeatures | None = None,
     ) -> tuple[pd.DataFrame, FeatureColumns]:
         """The features of every row of ``df``: :func:`engineer` with this pipeline's settings."""
         return engineer(
@@ -598,6 +721,7 @@ class FeaturePipeline:
             entity_column=self.entity_column,
             exclude=self.exclude,
             log=log,
+            precomputed=precomputed,
         )
 
 

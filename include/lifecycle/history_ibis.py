@@ -49,11 +49,14 @@ import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
-from include.lifecycle.features import DEFAULT_WINDOWS, NO_PREVIOUS_SECONDS, _window_label, _window_ticks
+from include.lifecycle.features import (
+    DEFAULT_WINDOWS,
+    NO_PREVIOUS_SECONDS,
+    PER_ENTITY_KINDS,
+    _window_label,
+    _window_ticks,
+)
 from include.lifecycle.spec import FeatureGroupSpec
-
-PER_ENTITY_KINDS = ("velocity", "history")
-"""The feature group kinds this module computes."""
 
 MICROS_PER_SECOND = 1_000_000
 _EPOCH = ibis.timestamp("1970-01-01 00:00:00", timezone="UTC")

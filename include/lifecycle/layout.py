@@ -11,6 +11,7 @@ This module is pure (no Airflow): the jobs that run on Glue and SageMaker use it
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypedDict
 
@@ -199,6 +200,12 @@ class RunLayout:
     @staticmethod
     def dataset_in(folder: str) -> str:
         return f"{folder}/dataset.parquet"
+
+    @staticmethod
+    def entity_features_beside(dataset_rel: str) -> str:
+        """The per-entity features a Spark collection computed for a data set, in its rows' order
+        (:class:`include.lifecycle.features.EntityFeatures`), beside the data set's file."""
+        return f"{posixpath.dirname(dataset_rel)}/entity_features.parquet"
 
     @property
     def problem_card(self) -> str:

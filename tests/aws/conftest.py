@@ -121,6 +121,8 @@ def aws_env(moto_url, clients, session_tmp):
     spec["goal"] |= {"metric": "roc_auc", "target": 0.6, "max_alert_rate": 0.02}
     spec["quality"] |= {"min_rows": 500, "min_positives": 5}
     spec["training"] |= {"initial_candidates": ["logistic", "xgboost"], "trials_per_candidate": 1}
+    # a per-entity group from round 1: the glueetl job computes it on Spark, feature engineering takes it
+    spec["features"]["initial"] = ["transaction", "card_velocity"]
     spec["training"]["split"] = {"validation_days": 3, "test_days": 3}
     spec["training"]["candidates"][2]["params"] |= {"n_estimators": 40}
     spec["diagnosis"] |= {"min_train_positives": 5}

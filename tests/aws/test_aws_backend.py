@@ -180,6 +180,31 @@ def test_the_glue_job_ran_the_spark_path(first_run, clients) -> None:
     assert first_run["state"] == "success"
 
 
+def test_the_per_entity_features_are_computed_by_the_glue_job_and_taken_by_feature_engineering(
+    first_run, clients
+) -> None:
+    """The glueetl job computed the spec's per-entity groups on Spark for the data set's rows; round
+    1's feature engineering (card_velocity is an initial group here) took them instead of computing
+    them in the Airflow task, and says so in the round's features.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.lifecycle.features import EntityFeatures
+
+    s3 = clients["s3"]
+    run = f"ml/{PROBLEM}/runs/{safe_run_id(first_run['run_id'])}"
+    collect = _json(s3, f"{run}/collect_summary.json")
+    info = collect["engine"]["entity_features"]
+    assert info["groups"] == ["card_velocity", "card_history"] and info["rel"].endswith("/entity_features.parquet")
+    body = s3.get_object(Bucket=BUCKET, Key=f"ml/{PROBLEM}/{info['rel']}")["Body"].read()
+    pre = EntityFeatures.from_arrow(pq.read_table(pa.BufferReader(body)))
+    assert len(pre.frame) == collect["dataset_rows"] and list(pre.frame.columns) == info["columns"]
+    assert "per-entity features: groups ['card_velocity', 'card_history']" in first_run["played"]["glue"][0]["log"]
+    features = _json(s3, f"{run}/round_1/features/features.json")
+    assert features["precomputed"] == {"engine": pre.engine, "groups": ["card_velocity"]}
+    assert "vel_cnt_24h" in features["columns"]["numeric"]
+
+
 def test_the_curated_partitions_are_in_the_glue_catalog(first_run, clients) -> None:
     glue = clients["glue"]
     table = glue.get_table(DatabaseName="ml_lifecycle", Name=f"{PROBLEM}_curated")["Table"]

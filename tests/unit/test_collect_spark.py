@@ -215,6 +215,38 @@ def test_spark_collects_what_collect_py_collects(kind: str, spark: Any, tmp_path
         assert rules["malformed_row"] == 2 and rules["dtype:timestamp"] == 1
     if kind == "synth":
         assert sp["positives"] > 0 and sp["label_rows_used"] > 0
+        _same_entity_features(spec, ss, art_s)
+    else:  # these specs declare no per-entity group: nothing is computed, no file
+        assert ss["engine"]["entity_features"] is None
+        assert not (art_s / RunLayout.entity_features_beside(RunLayout.dataset_in(RUN))).exists()
+
+
+def _same_entity_features(spec: Spec, ss: dict, art_s: Path) -> None:
+    """The Spark run computed every per-entity group of the spec (history_ibis) for the data set's
+    rows, in its order, as features.py computes them from the data set (floats within 1e-9
+    relative); feature engineering takes them from the file and gets the same features."""
+    import numpy as np
+
+    from include.lifecycle.features import PER_ENTITY_KINDS, EntityFeatures, FeaturePipeline
+
+    dataset = RunLayout.dataset_in(RUN)
+    rel = RunLayout.entity_features_beside(dataset)
+    info = ss["engine"]["entity_features"]
+    assert info["rel"] == rel and info["groups"] == ["card_velocity", "card_history"]
+    df = pd.read_parquet(art_s / dataset)
+    pre = EntityFeatures.from_arrow(pq.read_table(art_s / rel))
+    assert pre.engine.startswith("spark ") and len(pre.frame) == len(df) > 500
+    pipeline = FeaturePipeline.from_spec(spec, [g.name for g in spec.features.groups])
+    groups = [g for g in pipeline.groups if g.kind in PER_ENTITY_KINDS]
+    assert set(pre.taken(df, pipeline.groups, pipeline.time_column, pipeline.entity_column)) == {g.name for g in groups}
+    own, own_cols = pipeline.engineer(df)
+    names = [n for g in groups for n in pre.columns_for(df, g, pipeline.time_column, pipeline.entity_column)]
+    assert names == list(pre.frame.columns) == info["columns"]
+    np.testing.assert_allclose(pre.frame[names].to_numpy(), own[names].to_numpy(), rtol=1e-9, atol=0)
+    assert (own["hist_n_prior"] > 0).mean() > 0.5 and own["vel_cnt_24h"].max() > 1  # histories, not first rows
+    taken, taken_cols = pipeline.engineer(df, precomputed=pre)
+    assert list(taken.columns) == list(own.columns) and taken_cols.to_dict() == own_cols.to_dict()
+    np.testing.assert_allclose(taken[names].to_numpy(), own[names].to_numpy(), rtol=1e-9, atol=0)
 
 
 def test_a_second_spark_run_re_uses_every_partition(spark: Any, tmp_path: Path) -> None:

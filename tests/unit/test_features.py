@@ -730,3 +730,102 @@ def test_engineered_frame_shares_no_memory_with_the_input() -> None:
     feats.loc[0, "amount"] = 99.0
     feats.loc[0, "city"] = "zz"
     pd.testing.assert_frame_equal(df, before)
+
+
+# --- per-entity features computed by another engine (the Spark collect job) ---------------------------
+def _precomputed(df: pd.DataFrame, frame: pd.DataFrame, groups=PER_CARD, **kw) -> F.EntityFeatures:
+    """``frame`` as a file of precomputed features would carry it, read back through Parquet."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kw = {"time_column": "ts", "entity_column": "card_number", "rows": len(frame), "engine": "test engine"} | kw
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(F.EntityFeatures.metadata(groups, **kw)), buf)
+    return F.EntityFeatures.from_arrow(pq.read_table(io.BytesIO(buf.getvalue())))
+
+
+def _engineer(df: pd.DataFrame, groups, precomputed=None, log=None):
+    return engineer(
+        df,
+        groups,
+        time_column="ts",
+        entity_column="card_number",
+        exclude={"transaction_id", "card_number", "is_fraud"},
+        precomputed=precomputed,
+        log=log,
+    )
+
+
+def test_precomputed_per_entity_groups_are_taken_and_the_others_computed() -> None:
+    """A group found in the precomputed file (same definition, same time and entity columns) is
+    taken from it, column for column in features.py's order; the others are computed here."""
+    df = _tx(EDGE_ROWS)
+    raw = FeatureGroupSpec(name="raw", kind="raw", columns=["amount"])
+    groups = [raw, *PER_CARD]
+    own, own_cols = _engineer(df, groups)
+    per_entity = own.drop(columns=["amount"])
+    marked = per_entity + 1000.0  # values no computation here gives: they must come through
+    lines: list[str] = []
+    out, cols = _engineer(df, groups, _precomputed(df, marked[per_entity.columns[::-1]]), lines.append)
+    assert list(out.columns) == list(own.columns) and cols.to_dict() == own_cols.to_dict()
+    pd.testing.assert_frame_equal(out[per_entity.columns], marked, check_names=False)
+    pd.testing.assert_series_equal(out["amount"], own["amount"])
+    assert sum("taken as computed by test engine" in line for line in lines) == 2
+    # only the velocity group precomputed: history is computed here
+    velocity_only = _precomputed(df, marked[[c for c in marked.columns if c.startswith("vel_")]], [VELOCITY])
+    out, _ = _engineer(df, groups, velocity_only)
+    hist = [c for c in own.columns if c.startswith("hist_")]
+    pd.testing.assert_frame_equal(out[hist], own[hist])
+    assert (out["vel_cnt_1h"] == own["vel_cnt_1h"] + 1000.0).all()
+    assert velocity_only.taken(df, groups, "ts", "card_number") == {"card_velocity": F.per_entity_names(df, VELOCITY)}
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["other windows", "other entity column", "other time column", "a column missing"],
+)
+def test_precomputed_features_of_another_definition_are_not_taken(change: str) -> None:
+    """Features computed for another group definition, entity or time column are ignored: the group
+    is computed here (the file's features would silently be other features)."""
+    df = _tx(EDGE_ROWS)
+    own, _ = _engineer(df, PER_CARD)
+    groups, kw, frame = PER_CARD, {}, own + 1000.0
+    if change == "other windows":
+        groups = [VELOCITY.model_copy(update={"params": {"windows": ["1h", "7d"]}}), HISTORY]
+    elif change == "other entity column":
+        kw = {"entity_column": "merchant_id"}
+    elif change == "other time column":
+        kw = {"time_column": "booked_at"}
+    else:
+        frame = frame.drop(columns=["hist_new_country"])
+    pre = _precomputed(df, frame, groups, **kw)
+    out, _ = _engineer(df, PER_CARD, pre)
+    if change in ("other windows", "a column missing"):  # the other group still matches
+        same = HISTORY if change == "other windows" else VELOCITY
+        taken = F.per_entity_names(df, same)
+        pd.testing.assert_frame_equal(out[taken], own[taken] + 1000.0)
+        computed = [c for c in own.columns if c not in taken]
+        pd.testing.assert_frame_equal(out[computed], own[computed])
+    else:
+        pd.testing.assert_frame_equal(out, own)
+
+
+def test_precomputed_features_of_other_rows_are_refused() -> None:
+    """A file with another number of rows is not this data set's: a clear error, never a misaligned
+    feature; a file without the metadata is not a file of precomputed features."""
+    import pyarrow as pa
+
+    df = _tx(EDGE_ROWS)
+    own, _ = _engineer(df, PER_CARD)
+    pre = _precomputed(df.iloc[:-1], own.iloc[:-1])
+    with pytest.raises(ValueError, match=r"have 11 rows, the data set 12: they are not this data set's"):
+        _engineer(df, PER_CARD, pre)
+    with pytest.raises(ValueError, match="not a file of precomputed per-entity features"):
+        F.EntityFeatures.from_arrow(pa.Table.from_pandas(own))
+    table = pa.Table.from_pandas(own, preserve_index=False)
+    meta = F.EntityFeatures.metadata(PER_CARD, time_column="ts", entity_column="card_number", rows=99, engine="x")
+    with pytest.raises(ValueError, match="12 rows, the file says 99"):
+        F.EntityFeatures.from_arrow(table.replace_schema_metadata(meta))

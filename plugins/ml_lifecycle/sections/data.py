@@ -180,6 +180,17 @@ def _write_channel(store: Any, rel: str, X: Any, names: list[str], target: Any, 
     store.write_parquet(rel, pa.Table.from_arrays(arrays, names=names))
 
 
+def _entity_features(store: Any, dataset_rel: str) -> Any:
+    """The per-entity features a Spark collection computed for this data set (None when it did not)."""
+    from include.lifecycle.features import EntityFeatures
+    from include.lifecycle.layout import RunLayout
+
+    rel = RunLayout.entity_features_beside(dataset_rel)
+    if not store.exists(rel):
+        return None
+    return EntityFeatures.from_arrow(store.read_table(rel))
+
+
 def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str, Any]:
     """Engineer the round's feature groups, fit the preprocessing on train, write the channels."""
     import joblib
@@ -210,7 +221,12 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         raise AirflowFailException(f"feature_engineering round {round_no}: {exc}") from exc
     splits = made.assignment
     rc.store.write_json(rnd.split, made.windows)
-    feats, cols = pipeline.engineer(df, log=log.info)
+    precomputed = _entity_features(rc.store, plan["dataset_rel"])
+    taken, engine = {}, precomputed.engine if precomputed is not None else ""
+    if precomputed is not None:
+        taken = precomputed.taken(df, pipeline.groups, pipeline.time_column, pipeline.entity_column)
+    feats, cols = pipeline.engineer(df, log=log.info, precomputed=precomputed)
+    del precomputed
     pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
     train_mask = splits == TRAIN
     amount = df[spec.data.amount_column].to_numpy(dtype="float64") if spec.data.amount_column else None
@@ -248,7 +264,9 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
             names=names,
             problem_type=spec.problem.type,
             input_columns=input_columns,
-        ),
+        )
+        # where the per-entity groups were computed, when not here (scoring computes them with features.py)
+        | ({"precomputed": {"engine": engine, "groups": sorted(taken)}} if taken else {}),
     )
     log.info("feature_engineering: %d features; rows %s; positives %s", len(names), rows, positives)
     log.info("feature_engineering: split %s", json.dumps(made.windows))
@@ -259,4 +277,5 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
         "positives": positives,
         "feature_groups": plan["feature_groups"],
         "split": made.windows,
+        "precomputed": {"engine": engine, "groups": sorted(taken)} if taken else None,
     }
