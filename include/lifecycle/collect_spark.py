@@ -77,7 +77,7 @@ import pyarrow.compute as pc
 from include.lifecycle import collect as C
 from include.lifecycle.curate_ibis import ENCODING_COLUMN, ENCODING_SEP, ROW_COLUMNS
 from include.lifecycle.layout import RunLayout
-from include.lifecycle.spec import ColumnSpec, Spec
+from include.lifecycle.spec import ColumnSpec, FeatureGroupSpec, Spec
 from include.lifecycle.store import Store
 
 if TYPE_CHECKING:
@@ -834,8 +834,10 @@ class _Run:
         computed here by the one Ibis definition (history_ibis) and written beside the data set in its
         row order (:class:`~include.lifecycle.features.EntityFeatures`): feature engineering then takes
         them instead of computing them in the Airflow task. Every declared group is computed, so any
-        round's plan finds its groups. None (and no file) when the spec has none or they cannot be
-        computed on these rows (feature engineering then computes them and reports why)."""
+        round's plan finds its groups; a group features.py would refuse (a summed column that is not
+        numeric, an excluded column) is left out, named in ``skipped`` with the reason (feature
+        engineering computes it, and fails with that reason, if a round uses it). None (and no file)
+        when there are no rows or the spec declares no per-entity group."""
         import ibis
 
         from include.lifecycle.features import PER_ENTITY_KINDS, EntityFeatures
@@ -855,20 +857,29 @@ class _Run:
         self.views.append(view)
         table = con.table(view)
         keep = list(dict.fromkeys(c for c in ("_ds", time_column, spec.data.key, "_source", "_row") if c))
-        try:
-            names = feature_names(table, groups)
-            expr = per_entity_features(
+
+        def expression(chosen: list[FeatureGroupSpec]) -> Any:
+            return per_entity_features(
                 table,
-                groups,
+                chosen,
                 time_column=time_column,
                 entity_column=entity_column,
                 keep=keep,
                 exclude=spec.excluded_from_features,
             )
-        except ValueError as exc:
-            self.warn(f"per-entity features not computed on Spark (feature engineering computes them): {exc}")
-            return None
-        out = _to_arrow(self._ordered(_spark_df(con, expr)).select(*names))
+
+        skipped: dict[str, str] = {}
+        for g in groups:  # a group features.py would refuse is left to it (it says why when a round uses it)
+            try:
+                expression([g])
+            except ValueError as exc:
+                skipped[g.name] = str(exc)
+                self.log(f"per-entity features: group {g.name!r} not computed on Spark: {exc}")
+        groups = [g for g in groups if g.name not in skipped]
+        if not groups:
+            return {"groups": [], "skipped": skipped}
+        names = feature_names(table, groups)
+        out = _to_arrow(self._ordered(_spark_df(con, expression(groups))).select(*names))
         if out.num_rows != n_rows:  # the same rows in the same order as the data set, or nothing
             raise RuntimeError(f"per-entity features: {out.num_rows} rows for a data set of {n_rows}")
         engine = f"spark {self.spark.version}"
@@ -881,7 +892,13 @@ class _Run:
             f"per-entity features: groups {[g.name for g in groups]}, {len(names)} columns for {n_rows} rows "
             f"({engine}, {seconds} s) -> {problem.uri(rel)}"
         )
-        return {"rel": rel, "groups": [g.name for g in groups], "columns": names, "seconds": seconds}
+        return {
+            "rel": rel,
+            "groups": [g.name for g in groups],
+            "columns": names,
+            "seconds": seconds,
+            "skipped": skipped,
+        }
 
     def _ordered(self, rows: DataFrame) -> DataFrame:
         """The order of collect.py's data set: partition, then time and key (missing last), then file order."""

@@ -232,7 +232,7 @@ def _same_entity_features(spec: Spec, ss: dict, art_s: Path) -> None:
     dataset = RunLayout.dataset_in(RUN)
     rel = RunLayout.entity_features_beside(dataset)
     info = ss["engine"]["entity_features"]
-    assert info["rel"] == rel and info["groups"] == ["card_velocity", "card_history"]
+    assert info["rel"] == rel and info["groups"] == ["card_velocity", "card_history"] and info["skipped"] == {}
     df = pd.read_parquet(art_s / dataset)
     pre = EntityFeatures.from_arrow(pq.read_table(art_s / rel))
     assert pre.engine.startswith("spark ") and len(pre.frame) == len(df) > 500
@@ -280,6 +280,37 @@ def test_a_second_spark_run_re_uses_every_partition(spark: Any, tmp_path: Path) 
             cross_p, list(cross_p.columns), ordered=True
         )
     assert sp["dataset_rows"] == again["dataset_rows"] == on_pandas["dataset_rows"]
+
+
+def test_a_per_entity_group_features_py_would_refuse_is_left_to_feature_engineering(spark: Any, tmp_path: Path) -> None:
+    """Of the spec's per-entity groups, the Spark job computes those it can (a history group here,
+    equal to features.py's) and names the one features.py refuses (a velocity group summing a
+    category column) with features.py's reason; feature engineering, given the file, computes that
+    one itself and fails with the same reason."""
+    import numpy as np
+
+    from include.lifecycle.features import EntityFeatures, FeaturePipeline, per_entity_names
+    from include.lifecycle.spec import FeatureGroupSpec, FeaturesSpec
+
+    spec, src, lab, _ = _landing_case(tmp_path, "parquet")
+    history = FeatureGroupSpec(name="card_history", kind="history", columns=["amount", "kind", "qty"])
+    kinds = FeatureGroupSpec(name="card_kinds", kind="velocity", columns=["kind"], params={"windows": ["1h"]})
+    groups = [*spec.features.groups, kinds, history]
+    spec = spec.model_copy(update={"features": FeaturesSpec(initial=["raw"], groups=groups)})
+    ss = _spark_run(spark, spec, tmp_path / "spark", src, lab, AS_OF, RUN)
+    info = ss["engine"]["entity_features"]
+    assert info["groups"] == ["card_history"] and list(info["skipped"]) == ["card_kinds"]
+    assert "the summed column 'kind' is not numeric" in info["skipped"]["card_kinds"]
+    df = pd.read_parquet(tmp_path / "spark" / RunLayout.dataset_in(RUN))
+    pre = EntityFeatures.from_arrow(pq.read_table(tmp_path / "spark" / info["rel"]))
+    pipeline = FeaturePipeline.from_spec(spec, ["card_history"])
+    own, _ = pipeline.engineer(df)
+    names = per_entity_names(df, history)
+    assert names == info["columns"] == ["hist_n_prior", "hist_amount_ratio", "hist_new_kind", "hist_qty_ratio"]
+    assert len(df) > 10 and (own["hist_n_prior"] > 0).any()
+    np.testing.assert_allclose(pre.frame[names].to_numpy(), own[names].to_numpy(), rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match=info["skipped"]["card_kinds"].split(": ", 1)[1]):
+        FeaturePipeline.from_spec(spec, ["card_kinds", "card_history"]).engineer(df, precomputed=pre)
 
 
 @pytest.mark.parametrize("defect", ["not_parquet", "missing_column"])
