@@ -77,13 +77,46 @@ def run(rows: int, master: str, spark: Any) -> dict[str, Any]:
         out["files_compared"] = len(files)
         out["files_differing"] = differ
         out["spark_over_pandas"] = round(out["spark"]["seconds"] / out["pandas"]["seconds"], 1)
+        out["entity_features"] = _entity_features(spec, work, summary["engine"]["entity_features"])
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _entity_features(spec: Any, work: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The Spark job's per-entity features (part of its seconds above) against features.py's on the
+    data set: features.py's time for the same groups and the largest relative difference."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from include.lifecycle.features import EntityFeatures, FeaturePipeline
+
+    df = pd.read_parquet(work / "pandas" / "runs" / "bench" / "dataset.parquet")
+    pipeline = FeaturePipeline.from_spec(spec, info["groups"])
+    t0 = time.perf_counter()
+    own, _ = pipeline.engineer(df)
+    pandas_seconds = time.perf_counter() - t0
+    pre = EntityFeatures.from_arrow(pq.read_table(work / "spark" / info["rel"]))
+    a, b = pre.frame[info["columns"]].to_numpy(), own[info["columns"]].to_numpy()
+    known = ~(np.isnan(a) | np.isnan(b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(known, np.abs(a - b) / np.maximum(np.abs(b), 1e-300), 0.0)
+    per_column = dict(zip(info["columns"], (float(v) for v in rel.max(axis=0, initial=0.0)), strict=True))
+    return {
+        "groups": info["groups"],
+        "columns": len(info["columns"]),
+        "rows": len(df),
+        "spark_seconds": info["seconds"],
+        "features_py_seconds": round(pandas_seconds, 2),
+        "max_relative_difference": max(per_column.values(), default=0.0),
+        "max_relative_difference_by_column": per_column,
+        "nan_mismatches": int((np.isnan(a) != np.isnan(b)).sum()),
+    }
+
+
 def _progress(msg: str) -> None:
-    if msg.startswith(("spark:", "window", "collect_and_label")):
+    if msg.startswith(("spark:", "window", "collect_and_label", "per-entity")):
         print(f"  {msg}", file=sys.stderr, flush=True)
 
 
