@@ -32,10 +32,11 @@ Differences that cannot show on this project's data, stated so nobody is surpris
   so sub-microsecond differences in a nanosecond column are seen there and not here;
 * ``vel_log_secs_since_prev`` is ``ln(1 + x)`` (neither DuckDB nor Ibis has ``log1p``): for the
   smallest gap, one microsecond, it differs from ``log1p`` by about 1e-10 relative;
-* sums are window sums, not differences of one running sum as in features.py, so the last bits
-  of a float sum differ: within 1e-9 relative on the tests' data, up to 1.1e-8 on 1M rows of the
-  demo data (``vel_sum_*``, ``hist_*_ratio``; ``bench/collect_spark.py``), below the float32
-  resolution (6e-8) of the training channels, so a channel value may differ in its last bit.
+* sums are window sums, not differences of one running sum over the whole window as in
+  features.py (whose rounding grows with the window), so the last bits of a float sum differ:
+  within 1e-9 relative on the tests' data, up to 1.1e-8 on 1M and 4e-8 on 4M rows of the demo
+  data (``vel_sum_*``, ``hist_*_ratio``; ``bench/collect_spark.py``), around the float32
+  resolution (6e-8) of the training channels: a channel value may differ in its last bit.
 
 Pure Python, no airflow and no Spark import: the backend is whatever the input table is bound to.
 """
