@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -453,6 +455,56 @@ def test_feature_engineering_fails_when_the_split_cannot_be_made(env: Env) -> No
     ):
         sections.feature_engineering(name, 1, **context())
     assert not env.path(R1.split, name).exists()
+
+
+def test_feature_engineering_takes_per_entity_features_computed_for_its_data_set(env: Env) -> None:
+    """A file of per-entity features beside the round's data set (what the Glue Spark job writes) is
+    taken for the groups it holds: its values reach the channels, features.json and the XCom say so;
+    a file of other rows fails the task at once, naming the file."""
+    import pyarrow as pa
+
+    from include.lifecycle.features import EntityFeatures
+    from include.lifecycle.spec import FeatureGroupSpec
+
+    env.copy("round_1")
+    velocity = {"name": "per_row", "kind": "velocity", "columns": ["x"], "params": {"windows": ["1d"]}}
+    groups = [{"name": "xn", "kind": "raw", "columns": ["x", "n1"]}, velocity]
+    name = env.variant("unit_sections_entity", data={"entity_column": "row_id"}, features={"groups": groups})
+    plan = env.json(R1.plan, name)
+    env.path(R1.plan, name).write_text(json.dumps(plan | {"feature_groups": ["xn", "per_row"]}))
+    dataset = env.path(plan["dataset_rel"], name)
+    rows = len(pd.read_parquet(dataset))
+    sidecar = env.path(RunLayout.entity_features_beside(plan["dataset_rel"]), name)
+
+    def write(n: int) -> None:
+        cols = {c: np.arange(n, dtype=np.float64) for c in ("vel_cnt_1d", "vel_sum_1d", "vel_log_secs_since_prev")}
+        meta = EntityFeatures.metadata(
+            [FeatureGroupSpec(**velocity)], time_column="ts", entity_column="row_id", rows=n, engine="spark test"
+        )
+        pq.write_table(pa.table(cols).replace_schema_metadata(meta), sidecar)
+
+    write(rows)
+    got = sections.feature_engineering(name, 1, **context())
+    assert got["precomputed"] == {"engine": "spark test", "groups": ["per_row"]}
+    assert env.json(R1.features, name)["precomputed"] == got["precomputed"]
+    # each row's count is its position in the data set: no computation gives that (row_id is unique: no history)
+    split = pd.read_parquet(dataset)
+    train = pd.read_parquet(env.path(R1.channel_file("train"), name))
+    scaled = train["vel_cnt_1d"].to_numpy()
+    positions = np.flatnonzero(sections_split_mask(split, name) == "train")
+    assert np.corrcoef(scaled, positions)[0, 1] > 0.999
+    write(rows - 1)
+    with pytest.raises(AirflowFailException, match=r"entity_features.parquet: .* have \d+ rows, the data set \d+"):
+        sections.feature_engineering(name, 1, **context())
+
+
+def sections_split_mask(df: pd.DataFrame, name: str) -> np.ndarray:
+    """The split of each data set row, as feature engineering assigns it."""
+    from include.lifecycle.dataset import assign_splits, target_vector
+    from include.lifecycle.spec import load_spec
+
+    spec = load_spec(Path(os.environ["ML_PROBLEMS_DIR"]) / f"{name}.yaml")
+    return assign_splits(df, spec, target_vector(df[spec.problem.target], spec), as_of=AS_OF)
 
 
 # --- plan_trials, train_model (TrainingTrialOperator), select_model --------------------------------

@@ -199,6 +199,7 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     from include.lifecycle.bundle import features_config
     from include.lifecycle.dataset import SPLITS, TRAIN, SplitError, TargetError, make_split, target_vector
     from include.lifecycle.features import FeaturePipeline
+    from include.lifecycle.layout import RunLayout
     from include.lifecycle.preprocess import make_preprocessor
 
     rc = RunContext.from_airflow(problem, context)
@@ -224,7 +225,11 @@ def feature_engineering(problem: str, round_no: int, **context: Any) -> dict[str
     precomputed = _entity_features(rc.store, plan["dataset_rel"])
     taken, engine = {}, precomputed.engine if precomputed is not None else ""
     if precomputed is not None:
-        taken = precomputed.taken(df, pipeline.groups, pipeline.time_column, pipeline.entity_column)
+        try:  # features of other rows: the file is wrong, re-running cannot help
+            taken = precomputed.taken(df, pipeline.groups, pipeline.time_column, pipeline.entity_column)
+        except ValueError as exc:
+            where = rc.store.uri(RunLayout.entity_features_beside(plan["dataset_rel"]))
+            raise AirflowFailException(f"feature_engineering round {round_no}: {where}: {exc}") from exc
     feats, cols = pipeline.engineer(df, log=log.info, precomputed=precomputed)
     del precomputed
     pre = make_preprocessor(cols, problem_type=spec.problem.type, scale=True, seed=spec.training.seed)
