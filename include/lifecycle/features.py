@@ -448,6 +448,12 @@ time and entity columns, the rows and the engine that computed them)."""
 
 def per_entity_names(df: pd.DataFrame, group: FeatureGroupSpec) -> list[str]:
     """The columns :func:`engineer` adds for a ``velocity`` or ``history`` group on ``df``, in order."""
+    return _per_entity_names(group, lambda c: _is_numeric(df[c]))
+
+
+def _per_entity_names(group: FeatureGroupSpec, is_numeric: Callable[[str], bool]) -> list[str]:
+    """The column names of a per-entity group; ``is_numeric(column)`` decides a history column's
+    kind (ratio or new-value flag). Shared with history_ibis, which asks its engine's types."""
     if group.kind == "velocity":
         names = []
         for w in group.params.get("windows") or list(DEFAULT_WINDOWS):
@@ -457,7 +463,7 @@ def per_entity_names(df: pd.DataFrame, group: FeatureGroupSpec) -> list[str]:
                 names.append(f"vel_sum_{label}")
         return [*names, "vel_log_secs_since_prev"]
     if group.kind == "history":
-        return ["hist_n_prior", *(f"hist_{c}_ratio" if _is_numeric(df[c]) else f"hist_new_{c}" for c in group.columns)]
+        return ["hist_n_prior", *(f"hist_{c}_ratio" if is_numeric(c) else f"hist_new_{c}" for c in group.columns)]
     raise ValueError(f"feature group {group.name!r}: kind {group.kind!r} is not a per-entity kind {PER_ENTITY_KINDS}")
 
 

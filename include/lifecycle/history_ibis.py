@@ -56,6 +56,7 @@ from include.lifecycle.features import (
     DEFAULT_WINDOWS,
     NO_PREVIOUS_SECONDS,
     PER_ENTITY_KINDS,
+    _per_entity_names,
     _window_label,
     _window_ticks,
 )
@@ -92,24 +93,13 @@ def _check(table: ir.Table, group: FeatureGroupSpec, exclude: Collection[str]) -
 
 
 def feature_names(table: ir.Table, groups: Sequence[FeatureGroupSpec]) -> list[str]:
-    """The columns :func:`per_entity_features` adds for ``groups``, in order (as features.py names them)."""
-    names: list[str] = []
-    for g in groups:
-        if g.kind == "velocity":
-            for w in g.params.get("windows") or list(DEFAULT_WINDOWS):
-                label = _window_label(w)
-                names.append(f"vel_cnt_{label}")
-                if g.columns:
-                    names.append(f"vel_sum_{label}")
-            names.append("vel_log_secs_since_prev")
-        elif g.kind == "history":
-            names.append("hist_n_prior")
-            for c in g.columns:
-                is_num = c in table.columns and _is_numeric(table[c].type())
-                names.append(f"hist_{c}_ratio" if is_num else f"hist_new_{c}")
-        else:
-            raise ValueError(f"feature group {g.name!r}: kind {g.kind!r} is not a per-entity kind {PER_ENTITY_KINDS}")
-    return names
+    """The columns :func:`per_entity_features` adds for ``groups``, in order (features.py's names,
+    from the same function, with numeric-ness from the table's types)."""
+
+    def is_numeric(c: str) -> bool:
+        return c in table.columns and _is_numeric(table[c].type())
+
+    return [name for g in groups for name in _per_entity_names(g, is_numeric)]
 
 
 def per_entity_features(
